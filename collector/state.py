@@ -1,0 +1,141 @@
+"""Per-run, per-rank state built from decoded frames: the latest statistics by name."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from gradwatch.wire import Bye, Frame, Heartbeat, Hello, Stats, WireError, check_shape, unpack_floats
+
+
+@dataclass
+class RankState:
+    """What the collector knows about one rank of one run."""
+
+    run: str
+    rank: int
+    hello: Hello
+    first_seen: float
+    """Collector wall clock (``time.time()``) at the first frame of this session."""
+    last_seen: float
+    """Collector wall clock at the latest frame of any kind."""
+    names: tuple[str, ...] = ()
+    """Names of the tracked parameters, in the order of the stats rows."""
+    last_step: int = -1
+    stats: Stats | None = None
+    """The latest stats frame."""
+    columns: dict[str, list[float]] = field(default_factory=dict)
+    """Latest cheap per-parameter columns (``wire.CHEAP_FIELDS`` names), tracked order."""
+    full_columns: dict[str, list[float]] = field(default_factory=dict)
+    """Latest full per-parameter columns (``wire.FULL_FIELDS`` names), tracked order."""
+    full_step: int = -1
+    """Step of ``full_columns``; -1 before the first full step."""
+    frames: int = 0
+    dropped: int = 0
+    """Frames the agent reports it could not send (cumulative)."""
+    ended: bool = False
+    """A bye arrived; the rank is done and not expected to send more."""
+    intervals: deque[float] = field(default_factory=lambda: deque(maxlen=64))
+    """Recent wall-clock seconds between frames, for judging silence."""
+
+    @property
+    def frozen_by_design(self) -> tuple[str, ...]:
+        """Parameters the user froze on purpose (requires_grad=False): never a problem."""
+        return tuple(p.name for p in self.hello.params if not p.requires_grad)
+
+    def typical_interval(self) -> float | None:
+        """Median seconds between frames, or None before there are a few."""
+        if len(self.intervals) < 3:
+            return None
+        ordered = sorted(self.intervals)
+        return ordered[len(ordered) // 2]
+
+
+@dataclass
+class RunState:
+    """All ranks of one run."""
+
+    name: str
+    ranks: dict[int, RankState] = field(default_factory=dict)
+
+    @property
+    def ended(self) -> bool:
+        return bool(self.ranks) and all(r.ended for r in self.ranks.values())
+
+    @property
+    def last_seen(self) -> float:
+        return max((r.last_seen for r in self.ranks.values()), default=0.0)
+
+
+class Fleet:
+    """Every run the collector has heard from, updated frame by frame (one ingest thread)."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, RunState] = {}
+        self._sessions: dict[str, RankState] = {}
+
+    def rank(self, run: str, rank: int) -> RankState | None:
+        state = self.runs.get(run)
+        return None if state is None else state.ranks.get(rank)
+
+    def apply(self, frame: Frame, now: float | None = None) -> RankState:
+        """Fold one decoded frame into the state; raise WireError when it cannot be placed."""
+        now = time.time() if now is None else now
+        if isinstance(frame, Hello):
+            return self._hello(frame, now)
+        state = self._sessions.get(frame.session)
+        if state is None or state.run != frame.run or state.rank != frame.rank:
+            raise WireError("no_hello", f"{frame.run}/{frame.rank} session {frame.session} "
+                            "sent before its hello")
+        if isinstance(frame, Stats):
+            check_shape(state.hello, frame)
+            self._stats(state, frame)
+        elif isinstance(frame, Bye):
+            state.ended = True
+        if not isinstance(frame, Bye):
+            state.intervals.append(now - state.last_seen)
+        state.last_seen = now
+        state.frames += 1
+        if isinstance(frame, (Stats, Heartbeat, Bye)):
+            state.last_step = max(state.last_step, frame.step)
+            state.dropped = max(state.dropped, frame.dropped)
+        return state
+
+    def _hello(self, hello: Hello, now: float) -> RankState:
+        run = self.runs.setdefault(hello.run, RunState(hello.run))
+        old = run.ranks.get(hello.rank)
+        if old is not None and old.hello.session == hello.session:
+            old.hello = hello  # a reconnect: same process, keep what we know
+            old.last_seen = now
+            old.ended = False
+            old.frames += 1
+            return old
+        if old is not None:
+            self._sessions.pop(old.hello.session, None)
+        names = tuple(hello.params[i].name for i in hello.tracked)
+        state = RankState(hello.run, hello.rank, hello, now, now, names=names, frames=1)
+        run.ranks[hello.rank] = state
+        self._sessions[hello.session] = state
+        return state
+
+    @staticmethod
+    def _stats(state: RankState, stats: Stats) -> None:
+        state.stats = stats
+        fields = state.hello.fields
+        values = unpack_floats(stats.rows)
+        state.columns = {f: values[j :: len(fields)].tolist() for j, f in enumerate(fields)}
+        if stats.full:
+            full_fields = state.hello.full_fields
+            values = unpack_floats(stats.full)
+            state.full_columns = {
+                f: values[j :: len(full_fields)].tolist() for j, f in enumerate(full_fields)
+            }
+            state.full_step = stats.step
+
+    def forget(self, run: str) -> None:
+        """Drop a run (after its grace period) and its sessions."""
+        state = self.runs.pop(run, None)
+        if state is not None:
+            for rank in state.ranks.values():
+                self._sessions.pop(rank.hello.session, None)

@@ -1,0 +1,443 @@
+"""Wire protocol v1: the msgpack frames the agent sends and the collector receives.
+
+One msgpack map per ZeroMQ message. Every frame carries ``v`` (protocol version), ``kind``,
+``run``, ``rank``, ``session`` (random per agent process) and ``seq`` (per-session counter).
+Parameter names travel only in ``hello``; ``stats`` carries per-parameter numbers as packed
+little-endian float32 rows in the order of the hello's tracked parameters. This module is
+torch-free and is imported by both sides; docs/wire-protocol.md describes it for humans.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from array import array
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgpack
+
+VERSION = 1
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+"""Largest frame the collector accepts (also set as ZMQ_MAXMSGSIZE on its socket)."""
+MAX_PARAMS = 200_000
+MAX_NAME_LEN = 1024
+MAX_MAP_LEN = 4096
+
+# Per-parameter columns. The hello names the columns actually sent, so both lists may grow.
+CHEAP_FIELDS: tuple[str, ...] = ("grad_norm", "grad_absmax", "grad_absmean", "weight_norm")
+"""Sent every sampled step, one row per tracked parameter (16 bytes a row)."""
+FULL_FIELDS: tuple[str, ...] = ("update_norm", "update_ratio", "unchanged_frac", "underflow_frac")
+"""Sent every ``full_every`` steps from the sampled update snapshot (16 bytes a row)."""
+
+METRICS: tuple[str, ...] = (
+    "grad_norm",  # global L2 norm over all tracked gradients
+    "nonfinite_grads",  # number of tracked parameters whose gradient holds NaN/Inf
+    "step_time_seconds",  # wall time since the previous optimizer step
+    "tokens_per_second",
+    "samples_per_second",
+    "mfu_ratio",  # model FLOPs utilisation, when flops per token and peak flops are given
+    "memory_allocated_bytes",
+    "memory_reserved_bytes",
+    "memory_peak_bytes",
+    "memory_total_bytes",  # device capacity (CUDA) or physical RAM (CPU)
+    "rss_bytes",  # process resident set size
+    "oom_total",  # CUDA allocator OOMs so far
+    "alloc_retries_total",  # CUDA allocator cudaMalloc retries so far
+    "grad_scale",  # GradScaler scale, when a scaler is given
+    "scaler_skipped_total",  # optimizer steps the scaler skipped
+    "grad_p1",  # percentiles of sampled |g| across parameters, on full steps
+    "grad_p25",
+    "grad_p50",
+    "grad_p75",
+    "grad_p95",
+    "grad_p99",
+)
+"""Well-known keys of ``Stats.metrics``; an agent sends those it can measure. User values
+from ``monitor.log(...)`` travel in ``Stats.scalars`` (``tokens``, ``samples``, ``val_loss``...)."""
+
+Kind = Literal["hello", "stats", "heartbeat", "bye"]
+KINDS: tuple[str, ...] = ("hello", "stats", "heartbeat", "bye")
+REJECT_REASONS: tuple[str, ...] = (
+    "malformed",
+    "oversized",
+    "version",
+    "unknown_kind",
+    "schema",
+    "no_hello",
+)
+"""Reasons a frame is dropped; the collector counts each (``no_hello`` is decided there)."""
+
+_LIMITS: dict[str, int] = {
+    "max_buffer_size": MAX_FRAME_BYTES,
+    "max_str_len": 1024 * 1024,
+    "max_bin_len": MAX_FRAME_BYTES,
+    "max_array_len": MAX_PARAMS,
+    "max_map_len": MAX_PARAMS,
+    "max_ext_len": 0,
+}
+
+
+class WireError(ValueError):
+    """A frame that cannot be accepted; ``reason`` is one of :data:`REJECT_REASONS`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """One row of the parameter table."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    numel: int
+    requires_grad: bool
+    group: int = 0
+    """Index of the optimizer param group holding it (-1 when it is in none)."""
+
+
+@dataclass(frozen=True)
+class Hello:
+    """Sent when the agent starts and again after every (re)connect."""
+
+    run: str
+    rank: int
+    session: str
+    world_size: int
+    host: str
+    pid: int
+    torch: str
+    device: str
+    optimizer: str
+    params: tuple[ParamInfo, ...]
+    fields: tuple[str, ...] = CHEAP_FIELDS
+    full_fields: tuple[str, ...] = FULL_FIELDS
+    every: int = 1
+    full_every: int = 50
+    seq: int = 0
+    time: float = 0.0
+
+    @property
+    def tracked(self) -> tuple[int, ...]:
+        """Indices into ``params`` of the rows that stats frames carry (requires_grad ones)."""
+        return tuple(i for i, p in enumerate(self.params) if p.requires_grad)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """One sampled training step.
+
+    ``rows`` holds ``len(tracked) * len(fields)`` float32 values; ``full`` likewise for
+    ``full_fields`` on full steps and is empty otherwise. ``nograd`` lists tracked-row indices
+    whose gradient was missing this step. ``metrics`` holds agent-computed scalars (see
+    docs/wire-protocol.md for the well-known names), ``scalars`` whatever the user logged.
+    """
+
+    run: str
+    rank: int
+    session: str
+    seq: int
+    step: int
+    time: float
+    loss: float | None
+    lr: tuple[float, ...]
+    rows: bytes
+    full: bytes = b""
+    nograd: tuple[int, ...] = ()
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    scalars: Mapping[str, float] = field(default_factory=dict)
+    dropped: int = 0
+
+    def column(self, data: bytes, ncols: int, col: int) -> list[float]:
+        """Values of column ``col`` of a packed row block with ``ncols`` columns."""
+        return unpack_floats(data)[col::ncols].tolist()
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Proof of life on steps that are not sampled (sent from the training thread's path)."""
+
+    run: str
+    rank: int
+    session: str
+    seq: int
+    step: int
+    time: float
+    dropped: int = 0
+
+
+@dataclass(frozen=True)
+class Bye:
+    """The run ended on this rank (``reason``: ``close`` or ``error``)."""
+
+    run: str
+    rank: int
+    session: str
+    seq: int
+    step: int
+    time: float
+    reason: str = "close"
+    dropped: int = 0
+
+
+Frame = Hello | Stats | Heartbeat | Bye
+
+
+def pack_floats(values: Sequence[float] | array[float]) -> bytes:
+    """Little-endian float32 bytes of ``values``."""
+    arr = values if isinstance(values, array) and values.typecode == "f" else array("f", values)
+    if sys.byteorder == "big":
+        arr = array("f", arr)
+        arr.byteswap()
+    return arr.tobytes()
+
+
+def unpack_floats(data: bytes) -> array[float]:
+    """Inverse of :func:`pack_floats`."""
+    arr = array("f")
+    arr.frombytes(data)
+    if sys.byteorder == "big":
+        arr.byteswap()
+    return arr
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+def encode(frame: Frame) -> bytes:
+    """Serialize a frame to msgpack bytes."""
+    base: dict[str, Any] = {
+        "v": VERSION,
+        "run": frame.run,
+        "rank": frame.rank,
+        "session": frame.session,
+        "seq": frame.seq,
+        "time": frame.time,
+    }
+    if isinstance(frame, Hello):
+        base.update(
+            kind="hello",
+            world_size=frame.world_size,
+            host=frame.host,
+            pid=frame.pid,
+            torch=frame.torch,
+            device=frame.device,
+            optimizer=frame.optimizer,
+            fields=list(frame.fields),
+            full_fields=list(frame.full_fields),
+            every=frame.every,
+            full_every=frame.full_every,
+            params=[
+                [p.name, list(p.shape), p.dtype, p.numel, p.requires_grad, p.group]
+                for p in frame.params
+            ],
+        )
+    elif isinstance(frame, Stats):
+        base.update(
+            kind="stats",
+            step=frame.step,
+            loss=frame.loss,
+            lr=list(frame.lr),
+            rows=frame.rows,
+            dropped=frame.dropped,
+        )
+        if frame.full:
+            base["full"] = frame.full
+        if frame.nograd:
+            base["nograd"] = list(frame.nograd)
+        if frame.metrics:
+            base["metrics"] = dict(frame.metrics)
+        if frame.scalars:
+            base["scalars"] = dict(frame.scalars)
+    elif isinstance(frame, Heartbeat):
+        base.update(kind="heartbeat", step=frame.step, dropped=frame.dropped)
+    else:
+        base.update(kind="bye", step=frame.step, reason=frame.reason, dropped=frame.dropped)
+    return msgpack.packb(base, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def decode(data: bytes) -> Frame:
+    """Parse untrusted bytes into a frame, or raise :class:`WireError` saying why not."""
+    if len(data) > MAX_FRAME_BYTES:
+        raise WireError("oversized", f"{len(data)} bytes > {MAX_FRAME_BYTES}")
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, **_LIMITS)
+    except Exception as exc:  # msgpack raises a zoo of types on bad input
+        raise WireError("malformed", f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(obj, dict):
+        raise WireError("malformed", f"top level is {type(obj).__name__}, not a map")
+    version = obj.get("v")
+    if version != VERSION:
+        raise WireError("version", f"protocol version {version!r}, expected {VERSION}")
+    kind = obj.get("kind")
+    if kind not in KINDS:
+        raise WireError("unknown_kind", f"kind {kind!r}")
+    r = _Reader(obj)
+    common = {
+        "run": r.text("run", 256),
+        "rank": r.integer("rank", 0, 1 << 20),
+        "session": r.text("session", 64),
+        "seq": r.integer("seq", 0, 1 << 62),
+        "time": r.real("time"),
+    }
+    if kind == "hello":
+        return _decode_hello(r, common)
+    if kind == "stats":
+        return _decode_stats(r, common)
+    step = r.integer("step", -1, 1 << 62)
+    dropped = r.integer("dropped", 0, 1 << 62, default=0)
+    if kind == "heartbeat":
+        return Heartbeat(step=step, dropped=dropped, **common)
+    return Bye(step=step, reason=r.text("reason", 64, default="close"), dropped=dropped, **common)
+
+
+def _decode_hello(r: _Reader, common: dict[str, Any]) -> Hello:
+    raw_params = r.array("params", MAX_PARAMS)
+    params = []
+    for i, row in enumerate(raw_params):
+        if not (isinstance(row, list) and len(row) == 6):
+            raise WireError("schema", f"params[{i}] is not a 6-item row")
+        name, shape, dtype, numel, requires_grad, group = row
+        if not (isinstance(name, str) and 0 < len(name) <= MAX_NAME_LEN):
+            raise WireError("schema", f"params[{i}] name is not a short string")
+        if not (isinstance(shape, list) and all(_is_int(d) and d >= 0 for d in shape)):
+            raise WireError("schema", f"params[{i}] shape is not a list of sizes")
+        if not (isinstance(dtype, str) and len(dtype) <= 64):
+            raise WireError("schema", f"params[{i}] dtype is not a short string")
+        if not (_is_int(numel) and numel >= 0 and isinstance(requires_grad, bool)):
+            raise WireError("schema", f"params[{i}] numel/requires_grad have wrong types")
+        if not (_is_int(group) and group >= -1):
+            raise WireError("schema", f"params[{i}] group is not an index")
+        params.append(ParamInfo(name, tuple(shape), dtype, numel, requires_grad, group))
+    return Hello(
+        world_size=r.integer("world_size", 1, 1 << 20),
+        host=r.text("host", 256),
+        pid=r.integer("pid", 0, 1 << 32),
+        torch=r.text("torch", 64),
+        device=r.text("device", 64),
+        optimizer=r.text("optimizer", 128),
+        params=tuple(params),
+        fields=r.names("fields"),
+        full_fields=r.names("full_fields"),
+        every=r.integer("every", 1, 1 << 30),
+        full_every=r.integer("full_every", 1, 1 << 30),
+        **common,
+    )
+
+
+def _decode_stats(r: _Reader, common: dict[str, Any]) -> Stats:
+    loss = r.obj.get("loss")
+    if loss is not None and not _is_real(loss):
+        raise WireError("schema", "loss is not a number or nil")
+    lr = r.array("lr", 4096)
+    if not all(_is_real(x) for x in lr):
+        raise WireError("schema", "lr is not a list of numbers")
+    nograd = r.array("nograd", MAX_PARAMS, default=[])
+    if not all(_is_int(x) and x >= 0 for x in nograd):
+        raise WireError("schema", "nograd is not a list of indices")
+    return Stats(
+        step=r.integer("step", -1, 1 << 62),
+        loss=None if loss is None else float(loss),
+        lr=tuple(float(x) for x in lr),
+        rows=r.blob("rows"),
+        full=r.blob("full", default=b""),
+        nograd=tuple(nograd),
+        metrics=r.floats("metrics"),
+        scalars=r.floats("scalars"),
+        dropped=r.integer("dropped", 0, 1 << 62, default=0),
+        **common,
+    )
+
+
+_MISSING = object()
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+class _Reader:
+    """Typed field access on a decoded map; every failure is a ``schema`` WireError."""
+
+    def __init__(self, obj: dict[str, Any]) -> None:
+        self.obj = obj
+
+    def _get(self, key: str, default: Any) -> Any:
+        value = self.obj.get(key, _MISSING)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise WireError("schema", f"missing field {key!r}")
+            return default
+        return value
+
+    def text(self, key: str, max_len: int, default: Any = _MISSING) -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str) or len(value) > max_len:
+            raise WireError("schema", f"{key} is not a string of at most {max_len} chars")
+        return value
+
+    def integer(self, key: str, lo: int, hi: int, default: Any = _MISSING) -> int:
+        value = self._get(key, default)
+        if not _is_int(value) or not lo <= value <= hi:
+            raise WireError("schema", f"{key} is not an integer in [{lo}, {hi}]")
+        return int(value)
+
+    def real(self, key: str) -> float:
+        value = self._get(key, _MISSING)
+        if not _is_real(value) or not math.isfinite(value):
+            raise WireError("schema", f"{key} is not a finite number")
+        return float(value)
+
+    def array(self, key: str, max_len: int, default: Any = _MISSING) -> list[Any]:
+        value = self._get(key, default)
+        if not isinstance(value, list) or len(value) > max_len:
+            raise WireError("schema", f"{key} is not a list of at most {max_len} items")
+        return value
+
+    def blob(self, key: str, default: Any = _MISSING) -> bytes:
+        value = self._get(key, default)
+        if not isinstance(value, bytes) or len(value) % 4:
+            raise WireError("schema", f"{key} is not float32 bytes")
+        return value
+
+    def names(self, key: str) -> tuple[str, ...]:
+        value = self.array(key, 64)
+        if not all(isinstance(v, str) and 0 < len(v) <= 64 for v in value):
+            raise WireError("schema", f"{key} is not a list of short names")
+        return tuple(value)
+
+    def floats(self, key: str) -> dict[str, float]:
+        value = self._get(key, {})
+        if not isinstance(value, dict) or len(value) > MAX_MAP_LEN:
+            raise WireError("schema", f"{key} is not a map of at most {MAX_MAP_LEN} entries")
+        out: dict[str, float] = {}
+        for k, v in value.items():
+            if not (isinstance(k, str) and len(k) <= 128 and _is_real(v)):
+                raise WireError("schema", f"{key} must map short names to numbers")
+            out[k] = float(v)
+        return out
+
+
+def check_shape(hello: Hello, stats: Stats) -> None:
+    """Raise ``schema`` WireError when a stats frame does not fit its hello's table."""
+    n = len(hello.tracked)
+    if len(stats.rows) != 4 * n * len(hello.fields):
+        raise WireError("schema", f"rows hold {len(stats.rows) // 4} floats, expected "
+                        f"{n} params x {len(hello.fields)} fields")
+    if stats.full and len(stats.full) != 4 * n * len(hello.full_fields):
+        raise WireError("schema", f"full holds {len(stats.full) // 4} floats, expected "
+                        f"{n} params x {len(hello.full_fields)} fields")
+    if any(i >= n for i in stats.nograd):
+        raise WireError("schema", "nograd index beyond the tracked parameters")
