@@ -6,7 +6,16 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from gradwatch.wire import Bye, Frame, Heartbeat, Hello, Stats, WireError, check_shape, unpack_floats
+from gradwatch.wire import (
+    Bye,
+    Frame,
+    Heartbeat,
+    Hello,
+    Stats,
+    WireError,
+    check_shape,
+    unpack_floats,
+)
 
 
 @dataclass
@@ -86,8 +95,10 @@ class Fleet:
             return self._hello(frame, now)
         state = self._sessions.get(frame.session)
         if state is None or state.run != frame.run or state.rank != frame.rank:
-            raise WireError("no_hello", f"{frame.run}/{frame.rank} session {frame.session} "
-                            "sent before its hello")
+            raise WireError(
+                "no_hello",
+                f"{frame.run}/{frame.rank} session {frame.session} sent before its hello",
+            )
         if isinstance(frame, Stats):
             check_shape(state.hello, frame)
             self._stats(state, frame)

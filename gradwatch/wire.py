@@ -434,10 +434,16 @@ def check_shape(hello: Hello, stats: Stats) -> None:
     """Raise ``schema`` WireError when a stats frame does not fit its hello's table."""
     n = len(hello.tracked)
     if len(stats.rows) != 4 * n * len(hello.fields):
-        raise WireError("schema", f"rows hold {len(stats.rows) // 4} floats, expected "
-                        f"{n} params x {len(hello.fields)} fields")
+        raise WireError(
+            "schema",
+            f"rows hold {len(stats.rows) // 4} floats, expected "
+            f"{n} params x {len(hello.fields)} fields",
+        )
     if stats.full and len(stats.full) != 4 * n * len(hello.full_fields):
-        raise WireError("schema", f"full holds {len(stats.full) // 4} floats, expected "
-                        f"{n} params x {len(hello.full_fields)} fields")
+        raise WireError(
+            "schema",
+            f"full holds {len(stats.full) // 4} floats, expected "
+            f"{n} params x {len(hello.full_fields)} fields",
+        )
     if any(i >= n for i in stats.nograd):
         raise WireError("schema", "nograd index beyond the tracked parameters")
