@@ -281,7 +281,7 @@ def decode(data: bytes) -> Frame:
     if kind not in KINDS:
         raise WireError("unknown_kind", f"kind {kind!r}")
     r = _Reader(obj)
-    common = {
+    common: dict[str, Any] = {
         "run": r.text("run", 256),
         "rank": r.integer("rank", 0, 1 << 20),
         "session": r.text("session", 64),
