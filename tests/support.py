@@ -1,0 +1,153 @@
+"""Real processes for tests: a collector subprocess on free ports and the demo trainer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+PYTHON = sys.executable
+READY_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something truthy; raise TimeoutError otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout:.0f} s")
+        time.sleep(interval)
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+    return int(proc.returncode)
+
+
+class CollectorProcess:
+    """``python -m gradwatch.collector`` on free ports, with its SQLite file in ``workdir``.
+
+    Binds ZeroMQ and HTTP on port 0 the first time; ``restart()`` reuses the same ports and
+    database, as an operator restarting the service would.
+    """
+
+    def __init__(self, workdir: Path, *extra: str) -> None:
+        self.workdir = workdir
+        self.extra = list(extra)
+        self.db = workdir / "gradwatch.db"
+        self.log_path = workdir / "collector.log"
+        self.listen = "tcp://127.0.0.1:0"
+        self.http_addr = "127.0.0.1:0"
+        self.http = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> CollectorProcess:
+        ready = self.workdir / "collector.ready"
+        ready.unlink(missing_ok=True)
+        cmd = [PYTHON, "-m", "gradwatch.collector", "--listen", self.listen,
+               "--http", self.http_addr, "--db", str(self.db), "--ready-file", str(ready),
+               *self.extra]  # fmt: skip
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        log.close()
+
+        def is_ready() -> dict[str, Any] | None:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"collector exited {self.proc.returncode}:\n{self.log()}")
+            return json.loads(ready.read_text()) if ready.exists() else None
+
+        info = wait_until(is_ready, READY_TIMEOUT)
+        self.listen = info["listen"]
+        self.http = info["http"]
+        self.http_addr = self.http.removeprefix("http://")
+        return self
+
+    def stop(self) -> int:
+        return 0 if self.proc is None else _stop(self.proc)
+
+    def restart(self) -> CollectorProcess:
+        self.stop()
+        return self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def get(self, path: str, **params: Any) -> Any:
+        r = httpx.get(self.http + path, params=params, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def alerts(self, **filters: Any) -> list[dict[str, Any]]:
+        body = self.get("/alerts", **filters)
+        return list(body["alerts"] if isinstance(body, dict) else body)
+
+    def wait_for_alert(self, rule: str, timeout: float = 30.0, **filters: Any) -> dict[str, Any]:
+        def find() -> dict[str, Any] | None:
+            return next((a for a in self.alerts(**filters) if a["rule"] == rule), None)
+
+        return dict(wait_until(find, timeout, interval=0.2))
+
+    def __enter__(self) -> CollectorProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def trainer_cmd(endpoint: str, run: str, steps: int, inject: Sequence[str] = (),
+                *extra: str) -> list[str]:  # fmt: skip
+    cmd = [PYTHON, "-m", "gradwatch.trainer", "--steps", str(steps), "--endpoint", endpoint,
+           "--run", run]  # fmt: skip
+    for item in inject:
+        cmd += ["--inject", item]
+    return cmd + list(extra)
+
+
+def run_trainer(endpoint: str, run: str, steps: int, inject: Sequence[str] = (), *extra: str,
+                timeout: float = 300.0, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """Run the demo trainer to completion and return its output; raise if it failed."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(trainer_cmd(endpoint, run, steps, inject, *extra), capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=cwd)  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"trainer exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def start_trainer(endpoint: str, run: str, steps: int, inject: Sequence[str] = (), *extra: str,
+                  log: Path) -> subprocess.Popen[bytes]:  # fmt: skip
+    """Start the demo trainer in the background, its output going to ``log``."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("ab") as out:
+        return subprocess.Popen(trainer_cmd(endpoint, run, steps, inject, *extra), stdout=out,
+                                stderr=subprocess.STDOUT, env=env)  # fmt: skip
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
+    """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
+    return _stop(proc, timeout)
