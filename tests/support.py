@@ -69,9 +69,20 @@ class CollectorProcess:
     def start(self) -> CollectorProcess:
         ready = self.workdir / "collector.ready"
         ready.unlink(missing_ok=True)
-        cmd = [PYTHON, "-m", "gradwatch.collector", "--listen", self.listen,
-               "--http", self.http_addr, "--db", str(self.db), "--ready-file", str(ready),
-               *self.extra]  # fmt: skip
+        cmd = [
+            PYTHON,
+            "-m",
+            "gradwatch.collector",
+            "--listen",
+            self.listen,
+            "--http",
+            self.http_addr,
+            "--db",
+            str(self.db),
+            "--ready-file",
+            str(ready),
+            *self.extra,
+        ]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
         log.close()
@@ -119,33 +130,61 @@ class CollectorProcess:
         self.stop()
 
 
-def trainer_cmd(endpoint: str, run: str, steps: int, inject: Sequence[str] = (),
-                *extra: str) -> list[str]:  # fmt: skip
-    cmd = [PYTHON, "-m", "gradwatch.trainer", "--steps", str(steps), "--endpoint", endpoint,
-           "--run", run]  # fmt: skip
+def trainer_cmd(
+    endpoint: str, run: str, steps: int, inject: Sequence[str] = (), *extra: str
+) -> list[str]:
+    cmd = [
+        PYTHON,
+        "-m",
+        "gradwatch.trainer",
+        "--steps",
+        str(steps),
+        "--endpoint",
+        endpoint,
+        "--run",
+        run,
+    ]
     for item in inject:
         cmd += ["--inject", item]
     return cmd + list(extra)
 
 
-def run_trainer(endpoint: str, run: str, steps: int, inject: Sequence[str] = (), *extra: str,
-                timeout: float = 300.0, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def run_trainer(
+    endpoint: str,
+    run: str,
+    steps: int,
+    inject: Sequence[str] = (),
+    *extra: str,
+    timeout: float = 300.0,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run the demo trainer to completion and return its output; raise if it failed."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(trainer_cmd(endpoint, run, steps, inject, *extra), capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=cwd)  # fmt: skip
+    proc = subprocess.run(
+        trainer_cmd(endpoint, run, steps, inject, *extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"trainer exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
-def start_trainer(endpoint: str, run: str, steps: int, inject: Sequence[str] = (), *extra: str,
-                  log: Path) -> subprocess.Popen[bytes]:  # fmt: skip
+def start_trainer(
+    endpoint: str, run: str, steps: int, inject: Sequence[str] = (), *extra: str, log: Path
+) -> subprocess.Popen[bytes]:
     """Start the demo trainer in the background, its output going to ``log``."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log.open("ab") as out:
-        return subprocess.Popen(trainer_cmd(endpoint, run, steps, inject, *extra), stdout=out,
-                                stderr=subprocess.STDOUT, env=env)  # fmt: skip
+        return subprocess.Popen(
+            trainer_cmd(endpoint, run, steps, inject, *extra),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
