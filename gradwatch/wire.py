@@ -70,7 +70,6 @@ REJECT_REASONS: tuple[str, ...] = (
 """Reasons a frame is dropped; the collector counts each (``no_hello`` is decided there)."""
 
 _LIMITS: dict[str, int] = {
-    "max_buffer_size": MAX_FRAME_BYTES,
     "max_str_len": 1024 * 1024,
     "max_bin_len": MAX_FRAME_BYTES,
     "max_array_len": MAX_PARAMS,
