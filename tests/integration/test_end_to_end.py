@@ -1,0 +1,35 @@
+"""The whole path, real at every hop: trainer subprocess → agent → ZeroMQ → collector → HTTP."""
+
+from __future__ import annotations
+
+import pytest
+from support import CollectorProcess, run_trainer
+
+# fault, step it is injected at, the rule that must name it
+FAULTS = [("nan", 30, "non_finite"), ("spike", 40, "loss_spike"), ("explode", 40, "grad_explosion")]
+
+
+@pytest.mark.parametrize(("fault", "at", "rule"), FAULTS, ids=[f[0] for f in FAULTS])
+def test_end_to_end_injected_fault_raises_its_alert_within_two_steps(
+    collector: CollectorProcess, fault: str, at: int, rule: str
+) -> None:
+    run = f"e2e-{fault}"
+    out = run_trainer(collector.listen, run, at + 10, [f"{fault}@{at}"], "--size", "tiny")
+    assert f"inject {fault}@{at}" in out.stdout
+
+    alert = collector.wait_for_alert(rule, timeout=30, run=run)
+    assert alert["run"] == run and alert["rank"] == 0
+    assert at <= alert["step"] <= at + 2, alert
+    assert alert["state"] in ("pending", "firing", "resolved")
+    assert alert["message"]
+    # The console shows one line per new alert.
+    assert rule in collector.log()
+
+
+def test_end_to_end_healthy_run_raises_no_alert(collector: CollectorProcess) -> None:
+    run_trainer(collector.listen, "e2e-healthy", 200, (), "--size", "tiny")
+
+    runs = {r["run"]: r for r in collector.get("/runs")["runs"]}
+    rank = runs["e2e-healthy"]["ranks"][0]
+    assert rank["last_step"] >= 199 and rank["ended"]
+    assert collector.alerts(run="e2e-healthy") == []
