@@ -1,1 +1,10 @@
-"""gradwatch."""
+"""gradwatch agent: attach to an optimizer, reduce statistics on the device, send frames.
+
+Only the standard library, torch, zmq and msgpack are imported here; integrations live in
+``gradwatch.agent.integrations`` and import their frameworks themselves.
+"""
+
+from gradwatch.agent.config import AgentConfig
+from gradwatch.agent.monitor import Monitor, watch
+
+__all__ = ["AgentConfig", "Monitor", "watch"]

@@ -1,0 +1,78 @@
+"""Agent configuration: one frozen dataclass, filled by :func:`gradwatch.agent.watch`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything the agent needs to know; validated on construction."""
+
+    run: str
+    """Run name shown by the collector (env ``GRADWATCH_RUN``)."""
+    endpoint: str = DEFAULT_ENDPOINT
+    """ZMQ endpoint the collector binds; the agent connects (env ``GRADWATCH_ENDPOINT``)."""
+    rank: int = 0
+    """This process's rank; one monitor per rank."""
+    world_size: int = 1
+    """Number of ranks in the run."""
+    every: int = 1
+    """Compute cheap per-parameter statistics every this many optimizer steps."""
+    full_every: int = 50
+    """Compute update ratios and gradient percentiles every this many optimizer steps."""
+    sample_size: int = 1024
+    """Elements per parameter in the fixed update sample (a strided window)."""
+    send_hwm: int = 64
+    """ZMQ send high-water mark: frames queued in the socket before new ones are dropped."""
+    queue_size: int = 16
+    """Frames the training thread may hand to the sender thread before it drops new ones."""
+    heartbeat_seconds: float = 1.0
+    """Least seconds between heartbeats on steps that are not sampled."""
+    close_timeout_seconds: float = 1.0
+    """Most seconds ``close()`` waits for the sender thread to flush the final frames."""
+    flops_per_token: float | None = None
+    """Model FLOPs per trained token (forward + backward), for ``mfu_ratio``."""
+    peak_flops: float | None = None
+    """Peak FLOP/s of this rank's device, for ``mfu_ratio``."""
+
+    def __post_init__(self) -> None:
+        if not self.run or len(self.run) > 256:
+            raise ValueError("run: must be a non-empty name of at most 256 characters")
+        if "://" not in self.endpoint:
+            raise ValueError(f"endpoint: {self.endpoint!r} is not a ZMQ endpoint like tcp://h:p")
+        if self.world_size < 1:
+            raise ValueError(f"world_size: must be >= 1, got {self.world_size}")
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank: must be in [0, world_size), got {self.rank}")
+        for name in ("every", "full_every", "sample_size", "send_hwm", "queue_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+        if self.heartbeat_seconds <= 0:
+            raise ValueError(f"heartbeat_seconds: must be > 0, got {self.heartbeat_seconds}")
+        if self.close_timeout_seconds < 0:
+            raise ValueError("close_timeout_seconds: must be >= 0")
+        for name in ("flops_per_token", "peak_flops"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name}: must be > 0 when given, got {value}")
+
+
+def default_rank_world() -> tuple[int, int]:
+    """Rank and world size from torch.distributed when initialised, else env, else 0/1."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def env_default(name: str, given: str | None, fallback: str | None) -> str | None:
+    """``given`` when set, else env ``GRADWATCH_<NAME>``, else ``fallback``."""
+    if given:
+        return given
+    return os.environ.get(f"GRADWATCH_{name}") or fallback

@@ -1,0 +1,101 @@
+"""System metrics: memory (host-side counters, read on the sender thread), throughput, MFU,
+and GradScaler state tracked on the device."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import torch
+from torch import Tensor
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def physical_memory_bytes() -> float:
+    """Physical RAM of this machine, or NaN when unknown."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return math.nan
+
+
+def memory_metrics(device: torch.device) -> dict[str, float]:
+    """Allocator counters (CUDA) or resident set size (CPU); never synchronises the device."""
+    out: dict[str, float] = {}
+    if device.type == "cuda":
+        stats = torch.cuda.memory_stats(device)
+        out["memory_allocated_bytes"] = float(stats.get("allocated_bytes.all.current", 0))
+        out["memory_reserved_bytes"] = float(stats.get("reserved_bytes.all.current", 0))
+        out["memory_peak_bytes"] = float(stats.get("allocated_bytes.all.peak", 0))
+        out["oom_total"] = float(stats.get("num_ooms", 0))
+        out["alloc_retries_total"] = float(stats.get("num_alloc_retries", 0))
+        out["memory_total_bytes"] = float(torch.cuda.get_device_properties(device).total_memory)
+    else:
+        try:
+            with open("/proc/self/statm") as fh:
+                out["rss_bytes"] = float(int(fh.read().split()[1]) * _PAGE)
+        except (OSError, ValueError, IndexError):
+            import resource
+
+            out["rss_bytes"] = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        out["memory_total_bytes"] = physical_memory_bytes()
+    return out
+
+
+def throughput_metrics(
+    step_time: float | None,
+    tokens: float | None,
+    samples: float | None,
+    flops_per_token: float | None,
+    peak_flops: float | None,
+) -> dict[str, float]:
+    """Rates from one step's wall time and what the user logged for it."""
+    out: dict[str, float] = {}
+    if step_time is None or step_time <= 0:
+        return out
+    out["step_time_seconds"] = step_time
+    if tokens is not None:
+        out["tokens_per_second"] = tokens / step_time
+        if flops_per_token and peak_flops:
+            out["mfu_ratio"] = tokens / step_time * flops_per_token / peak_flops
+    if samples is not None:
+        out["samples_per_second"] = samples / step_time
+    return out
+
+
+class ScalerTracker:
+    """Counts GradScaler-skipped steps on the device, without reading anything back.
+
+    A skipped step never calls ``optimizer.step()`` (so no hook sees it) but halves the scale
+    (``backoff_factor``). Between two of our post-hooks the scale therefore moved by
+    ``growth^g * backoff^k`` with ``g`` in {0, 1} known from the growth tracker, so ``k``, the
+    skipped steps, follows from the two scales in log space.
+    """
+
+    def __init__(self, scaler: Any) -> None:
+        self.scaler = scaler
+        self.prev_scale: Tensor | None = None
+        self.prev_tracker: Tensor | None = None
+        self.skipped: Tensor | None = None
+
+    def compute(self) -> list[Tensor]:
+        """Return ``[grad_scale, scaler_skipped_total]`` as device tensors (post-hook)."""
+        s = self.scaler
+        scale = getattr(s, "_scale", None)
+        if scale is None or not s.is_enabled():
+            return []
+        scale = scale.detach().to(torch.float32).reshape(1)
+        tracker = s._growth_tracker.detach().to(torch.float32).reshape(1)
+        if self.skipped is None or self.prev_scale is None or self.prev_tracker is None:
+            init = torch.full_like(scale, float(s._init_scale))
+            steps = torch.log(init / scale) / -math.log(s._backoff_factor)
+            self.skipped = steps.round().clamp_min(0)
+        else:
+            grew = (self.prev_tracker + 1 >= s._growth_interval).to(torch.float32)
+            expected = self.prev_scale * torch.pow(float(s._growth_factor), grew)
+            steps = torch.log(expected / scale) / -math.log(s._backoff_factor)
+            self.skipped = self.skipped + steps.round().clamp_min(0)
+        self.prev_scale, self.prev_tracker = scale.clone(), tracker.clone()
+        return [scale, self.skipped]

@@ -1,0 +1,158 @@
+"""The sender thread: owns the ZMQ PUSH socket, turns host buffers into wire frames, drops
+and counts whatever cannot be sent. The training thread only calls :meth:`Sender.submit`."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from gradwatch import wire
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outgoing:
+    """A frame handed from the training thread; ``build`` runs on the sender thread.
+
+    ``wait`` (e.g. a CUDA event's ``synchronize``) runs first so host buffers are complete.
+    ``build(seq, dropped)`` returns the wire frame.
+    """
+
+    build: Callable[[int, int], wire.Frame]
+    wait: list[Callable[[], Any]] = field(default_factory=list)
+
+
+_STOP = object()
+
+
+class Sender:
+    """Background thread with a bounded queue; never blocks the caller."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        hello: Callable[[int, int], wire.Hello],
+        *,
+        hwm: int = 64,
+        queue_size: int = 16,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self._hello = hello
+        self._hwm = hwm
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._on_error = on_error
+        self.dropped_queue = 0
+        """Frames the training thread could not enqueue (queue full)."""
+        self.dropped_send = 0
+        """Frames the socket would not take (no peer, high-water mark, errors)."""
+        self.sent = 0
+        self.hellos = 0
+        self._seq = 0
+        self._thread = threading.Thread(target=self._run, name="gradwatch-sender", daemon=True)
+        self._thread.start()
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_queue + self.dropped_send
+
+    def submit(self, item: Outgoing) -> bool:
+        """Enqueue without blocking; a full queue drops the frame and counts it."""
+        try:
+            self._queue.put_nowait(item)
+            return True
+        except queue.Full:
+            self.dropped_queue += 1
+            return False
+
+    def close(self, timeout: float) -> None:
+        """Flush what is queued (bounded by ``timeout``) and stop the thread."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._queue.put(_STOP, timeout=max(deadline - time.monotonic(), 0.001))
+                break
+            except queue.Full:
+                if time.monotonic() >= deadline:
+                    return  # the daemon thread dies with the process
+        self._thread.join(max(deadline - time.monotonic(), 0.0) + 0.5)
+
+    # ----------------------------------------------------------------- sender thread only
+
+    def _next_seq(self) -> int:
+        seq = self._seq
+        self._seq += 1
+        return seq
+
+    def _send(self, sock: zmq.Socket[bytes], frame: wire.Frame, count: bool = True) -> bool:
+        try:
+            sock.send(wire.encode(frame), zmq.NOBLOCK)
+            self.sent += 1
+            return True
+        except zmq.Again:
+            self.dropped_send += count
+        except Exception as exc:  # never let the socket kill the thread
+            self.dropped_send += count
+            self._report(exc)
+        return False
+
+    def _send_hello(self, sock: zmq.Socket[bytes]) -> None:
+        # A hello that finds no peer is not a loss: it is sent again on every connect.
+        if self._send(sock, self._hello(self._next_seq(), self.dropped), count=False):
+            self.hellos += 1
+
+    def _report(self, exc: BaseException) -> None:
+        if self._on_error is not None:
+            self._on_error(exc)
+
+    def _run(self) -> None:
+        ctx = zmq.Context()
+        sock: zmq.Socket[bytes] = ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.SNDHWM, self._hwm)
+        sock.setsockopt(zmq.LINGER, 0)
+        mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        try:
+            sock.connect(self.endpoint)
+            self._send_hello(sock)
+            while True:
+                self._poll_monitor(mon, sock)
+                try:
+                    item = self._queue.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                if item is _STOP:
+                    break
+                try:
+                    for wait in item.wait:
+                        wait()
+                    frame = item.build(self._next_seq(), self.dropped)
+                except Exception as exc:
+                    self.dropped_send += 1
+                    self._report(exc)
+                    continue
+                self._poll_monitor(mon, sock)
+                self._send(sock, frame)
+        except Exception as exc:  # pragma: no cover - defensive
+            self._report(exc)
+        finally:
+            sock.disable_monitor()
+            mon.close(linger=0)
+            sock.close(linger=200)  # a short grace so the final stats and bye leave
+            ctx.term()
+
+    def _poll_monitor(self, mon: zmq.Socket[bytes], sock: zmq.Socket[bytes]) -> None:
+        """Re-send the hello after every (re)connect, so a restarted collector learns the table."""
+        while mon.poll(0):
+            parts = mon.recv_multipart()
+            event = int.from_bytes(parts[0][:2], "little")
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._send_hello(sock)

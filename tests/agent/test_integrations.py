@@ -1,0 +1,83 @@
+"""HF Trainer and Lightning callbacks train a tiny model and deliver frames."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from agent_helpers import Collector
+
+from gradwatch import wire
+
+
+def _check(collector: Collector, n_params: int) -> None:
+    collector.drain(until=wire.Bye, timeout=10.0)
+    hello = collector.of(wire.Hello)[0]
+    assert isinstance(hello, wire.Hello) and len(hello.tracked) == n_params
+    stats = [f for f in collector.of(wire.Stats) if isinstance(f, wire.Stats)]
+    assert len(stats) >= 15
+    assert any(s.loss is not None for s in stats)
+    assert all(s.lr and s.lr[0] > 0 for s in stats)
+    assert all(len(s.rows) == 16 * n_params for s in stats)
+    assert any(v > 0 for v in stats[-1].column(stats[-1].rows, 4, 0))
+
+
+def test_integrations_hf_trainer_sends_stats(collector: Collector, tmp_path: object) -> None:
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate")
+    from gradwatch.agent.integrations.hf import GradwatchCallback
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=32)
+    model = transformers.GPT2LMHeadModel(cfg)
+    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (40, 16))]
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=20,
+        per_device_train_batch_size=2,
+        logging_steps=5,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    cb = GradwatchCallback(run="hf", endpoint=collector.endpoint, full_every=10)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[cb])
+    trainer.train()
+    _check(collector, sum(1 for p in model.parameters() if p.requires_grad))
+    stats = [f for f in collector.of(wire.Stats) if isinstance(f, wire.Stats)]
+    assert [s.step for s in stats if s.loss is not None] == [5, 10, 15, 20]
+
+
+def test_integrations_lightning_sends_stats(collector: Collector) -> None:
+    pl = pytest.importorskip("lightning.pytorch")
+    from gradwatch.agent.integrations.lightning import GradwatchCallback
+
+    class Tiny(pl.LightningModule):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 1))
+
+        def training_step(self, batch: list[torch.Tensor], idx: int) -> torch.Tensor:
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.net(x), y)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    torch.manual_seed(0)
+    ds = torch.utils.data.TensorDataset(torch.randn(80, 8), torch.randn(80, 1))
+    loader = torch.utils.data.DataLoader(ds, batch_size=4)
+    cb = GradwatchCallback(run="pl", endpoint=collector.endpoint)
+    trainer = pl.Trainer(
+        max_steps=20,
+        accelerator="cpu",
+        callbacks=[cb],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(Tiny(), loader)
+    _check(collector, 4)
+    stats = [f for f in collector.of(wire.Stats) if isinstance(f, wire.Stats)]
+    assert all(s.loss is not None for s in stats)

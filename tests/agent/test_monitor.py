@@ -1,0 +1,162 @@
+"""End to end through the hooks: frames decoded from a real PULL socket."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from agent_helpers import Collector
+
+import gradwatch.agent as ga
+from gradwatch import wire
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    m[0].bias.requires_grad_(False)  # frozen on purpose
+    return m
+
+
+def _train(
+    m: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    mon: ga.Monitor,
+    steps: int,
+    log_before: bool = False,
+) -> list[float]:
+    losses = []
+    for _ in range(steps):
+        loss = m(torch.randn(3, 4)).pow(2).mean()
+        loss.backward()
+        if log_before:
+            mon.log(loss=loss, tokens=12)
+        opt.step()
+        if not log_before:
+            mon.log(loss=loss, tokens=12, samples=3)
+        opt.zero_grad()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def test_monitor_sends_hello_stats_and_bye_with_correct_rows(collector: Collector) -> None:
+    m = _model()
+    opt = torch.optim.SGD(
+        [{"params": m[0].parameters(), "lr": 0.1}, {"params": m[2].parameters(), "lr": 0.01}]
+    )
+    grads: list[list[torch.Tensor]] = []
+    opt.register_step_pre_hook(
+        lambda o, a, k: grads.append([p.grad.clone() for p in m.parameters() if p.requires_grad])
+    )
+    with ga.watch(m, opt, run="t", endpoint=collector.endpoint, full_every=2) as mon:
+        collector.drain(until=wire.Hello)
+        losses = _train(m, opt, mon, 4)
+    collector.drain(until=wire.Bye)
+    hello = collector.of(wire.Hello)[0]
+    assert isinstance(hello, wire.Hello)
+    assert hello.optimizer == "SGD"
+    assert [p.requires_grad for p in hello.params] == [True, False, True, True]
+    assert [p.group for p in hello.params] == [0, 0, 1, 1]
+    stats = [f for f in collector.of(wire.Stats) if isinstance(f, wire.Stats)]
+    assert [s.step for s in stats] == [1, 2, 3, 4]
+    for s, g, loss in zip(stats, grads, losses, strict=True):
+        assert s.lr == (0.1, 0.01)
+        assert s.loss is not None and math.isclose(s.loss, loss, rel_tol=1e-6)
+        assert s.scalars["tokens"] == 12.0
+        norms = s.column(s.rows, 4, 0)
+        assert norms == pytest.approx([float(x.norm()) for x in g], rel=1e-5)
+        assert s.metrics["grad_norm"] == pytest.approx(
+            math.sqrt(sum(float(x.pow(2).sum()) for x in g)), rel=1e-5
+        )
+        assert s.metrics["nonfinite_grads"] == 0.0
+        assert bool(s.full) == (s.step % 2 == 0)
+        assert "rss_bytes" in s.metrics and "memory_total_bytes" in s.metrics
+    assert "grad_p50" in stats[1].metrics and "grad_p50" not in stats[0].metrics
+    assert stats[1].metrics["tokens_per_second"] == pytest.approx(
+        12 / stats[1].metrics["step_time_seconds"]
+    )
+    assert all(r > 0 for r in stats[1].column(stats[1].full, 4, 1))  # update ratios
+    bye = collector.of(wire.Bye)[0]
+    assert isinstance(bye, wire.Bye) and bye.reason == "close" and bye.step == 4
+
+
+def test_monitor_log_before_step_attaches_to_the_same_step(collector: Collector) -> None:
+    m = _model()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    mon = ga.watch(m, opt, run="t", endpoint=collector.endpoint)
+    collector.drain(until=wire.Hello)
+    losses = _train(m, opt, mon, 3, log_before=True)
+    mon.close()
+    collector.drain(until=wire.Bye)
+    got = [f.loss for f in collector.of(wire.Stats) if isinstance(f, wire.Stats)]
+    assert got == pytest.approx(losses, rel=1e-6)
+
+
+def test_monitor_every_n_sends_heartbeats_and_nograd(collector: Collector) -> None:
+    m = _model()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    cfg = ga.AgentConfig(
+        run="t", endpoint=collector.endpoint, every=3, full_every=6, heartbeat_seconds=1e-6
+    )
+    mon = ga.Monitor(m, opt, cfg)
+    collector.drain(until=wire.Hello)
+    for _ in range(6):
+        m(torch.randn(2, 4)).sum().backward()
+        m[2].bias.grad = None  # tracked but without a gradient this step
+        opt.step()
+        opt.zero_grad()
+    mon.close()
+    collector.drain(until=wire.Bye)
+    stats = [f for f in collector.of(wire.Stats) if isinstance(f, wire.Stats)]
+    assert [s.step for s in stats] == [3, 6]
+    assert all(s.nograd == (2,) for s in stats)
+    assert stats[0].column(stats[0].rows, 4, 0)[2] == 0.0
+    assert [f.step for f in collector.of(wire.Heartbeat)] == [1, 2, 4, 5]
+
+
+def test_monitor_hook_errors_are_counted_not_raised(collector: Collector) -> None:
+    m = _model()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    mon = ga.watch(m, opt, run="t", endpoint=collector.endpoint)
+
+    def boom(*a: object) -> None:
+        raise RuntimeError("boom")
+
+    mon._stats.compute = boom  # type: ignore[method-assign]
+    m(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    mon.log(loss="not a number")  # type: ignore[arg-type]
+    mon.close()
+    mon.close()  # idempotent
+    assert mon.errors == 2 and mon.closed
+
+
+def test_monitor_grad_scaler_reports_scale_and_skipped_steps(collector: Collector) -> None:
+    m = _model()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1000)
+    mon = ga.watch(m, opt, run="t", endpoint=collector.endpoint, scaler=scaler)
+    collector.drain(until=wire.Hello)
+    for i in range(4):
+        loss = m(torch.randn(2, 4)).sum()
+        if i == 1:
+            loss = loss * float("inf")  # this step is skipped by the scaler
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+    mon.close()
+    collector.drain(until=wire.Bye)
+    stats = [f for f in collector.of(wire.Stats) if isinstance(f, wire.Stats)]
+    assert [s.metrics["grad_scale"] for s in stats] == [1024.0, 512.0, 512.0]
+    assert [s.metrics["scaler_skipped_total"] for s in stats] == [0.0, 1.0, 1.0]
+
+
+def test_monitor_config_rejects_bad_fields() -> None:
+    with pytest.raises(ValueError, match="every"):
+        ga.AgentConfig(run="t", every=0)
+    with pytest.raises(ValueError, match="rank"):
+        ga.AgentConfig(run="t", rank=2, world_size=2)
+    with pytest.raises(ValueError, match="endpoint"):
+        ga.AgentConfig(run="t", endpoint="localhost")

@@ -1,0 +1,113 @@
+"""Transport behaviour: absent, late and slow collectors never block or break training."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import zmq
+from agent_helpers import Collector, free_endpoint
+
+import gradwatch.agent as ga
+from gradwatch import wire
+
+
+def _setup(
+    endpoint: str, **kw: object
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, ga.Monitor]:
+    m = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    cfg = ga.AgentConfig(run="t", endpoint=endpoint, **kw)  # type: ignore[arg-type]
+    return m, opt, ga.Monitor(m, opt, cfg)
+
+
+def _steps(m: torch.nn.Module, opt: torch.optim.Optimizer, n: int) -> None:
+    for _ in range(n):
+        m(torch.randn(2, 4)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def _wait(pred: object, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():  # type: ignore[operator]
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_transport_no_collector_drops_and_counts_without_error() -> None:
+    m, opt, mon = _setup(free_endpoint())
+    _steps(m, opt, 50)
+    assert mon.step == 50
+    # every sealed frame (all but the still-open last one) is dropped and counted
+    assert _wait(lambda: mon.dropped >= 49)
+    mon.close()
+    assert mon.errors == 0
+
+
+def test_transport_late_collector_gets_hello_again_and_dropped_count() -> None:
+    endpoint = free_endpoint()
+    m, opt, mon = _setup(endpoint)
+    _steps(m, opt, 10)
+    assert _wait(lambda: mon.dropped >= 9)
+    port = int(endpoint.rsplit(":", 1)[1])
+    late = Collector.__new__(Collector)
+    late.ctx = zmq.Context()
+    late.sock = late.ctx.socket(zmq.PULL)
+    late.sock.bind(f"tcp://127.0.0.1:{port}")
+    late.frames = []
+    try:
+        late.drain(until=wire.Hello, timeout=10.0)
+        _steps(m, opt, 2)
+        mon.close()
+        late.drain(until=wire.Bye)
+        assert late.of(wire.Hello)
+        stats = [f for f in late.of(wire.Stats) if isinstance(f, wire.Stats)]
+        assert stats and all(s.dropped >= 9 for s in stats)
+        assert stats[-1].step == 12
+    finally:
+        late.close()
+
+
+def test_transport_restarted_collector_relearns_parameter_table() -> None:
+    first = Collector()
+    m, opt, mon = _setup(first.endpoint)
+    first.drain(until=wire.Hello)
+    port = first.port
+    first.close()
+    second = Collector.__new__(Collector)
+    second.ctx = zmq.Context()
+    second.sock = second.ctx.socket(zmq.PULL)
+    second.sock.bind(f"tcp://127.0.0.1:{port}")
+    second.frames = []
+    try:
+        second.drain(until=wire.Hello, timeout=10.0)
+        assert second.of(wire.Hello)
+    finally:
+        mon.close()
+        second.close()
+
+
+def test_transport_slow_collector_never_blocks_training() -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.RCVHWM, 1)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        m = torch.nn.Sequential(*[torch.nn.Linear(64, 64) for _ in range(8)])
+        opt = torch.optim.SGD(m.parameters(), lr=1e-4)
+        cfg = ga.AgentConfig(run="t", endpoint=f"tcp://127.0.0.1:{port}", send_hwm=2)
+        mon = ga.Monitor(m, opt, cfg)
+        for _ in range(300):
+            m(torch.randn(2, 64)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+        assert mon.step == 300
+        assert _wait(lambda: mon.dropped > 0)
+        mon.close()
+        assert mon.errors == 0
+    finally:
+        sock.close(linger=0)
+        ctx.term()

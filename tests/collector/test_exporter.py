@@ -1,0 +1,162 @@
+"""Exporter: names, bounded label sets, grace period, and promtool on the exposition."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+
+from gradwatch.collector.alert import Alert
+from gradwatch.collector.exporter import METRIC_NAMES, SPECS, build_registry
+from gradwatch.collector.health import IngestHealth
+from gradwatch.collector.state import Fleet
+from gradwatch.wire import REJECT_REASONS, Bye, Hello, ParamInfo, Stats, pack_floats
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
+SERIES_GLOBAL = 33
+"""Documented bound (docs/metrics.md): collector series + R x (52 + 2 topk) + firing pairs."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Stand-in for the core's CollectorConfig (the fields the exporter reads)."""
+
+    topk: int = 10
+    grace_seconds: float = 60.0
+
+
+@dataclass
+class Book:
+    items: list[Alert] = field(default_factory=list)
+
+    def alerts(self, state: str | None = None) -> list[Alert]:
+        return [a for a in self.items if state is None or a.state == state]
+
+
+@dataclass
+class Counts:
+    counts: dict[str, int] = field(default_factory=lambda: {"success": 3, "failure": 1})
+
+
+def make_fleet(ranks: int, params: int, run: str = "r1", now: float = 1000.0) -> Fleet:
+    """A fleet of one run with synthetic hello and stats (one full step) on every rank."""
+    fleet = Fleet()
+    table = tuple(
+        ParamInfo(f"layers.{i}.weight", (8, 8), "float32", 64, i % 50 != 49) for i in range(params)
+    )
+    for rank in range(ranks):
+        session = f"s{rank}"
+        hello = Hello(run, rank, session, ranks, "host", 1, "2.4", "cpu", "AdamW", table)
+        fleet.apply(hello, now)
+        n = len(hello.tracked)
+        rows = [v for i in range(n) for v in (1.0 + i, 0.1, 0.01, 2.0)]
+        rows[0] = math.nan
+        # (update_norm, update_ratio, unchanged_frac, underflow_frac); layers.3 did not move
+        full = [
+            v for i in range(n) for v in ((0, 0, 1, 0) if i == 3 else (1, 1e-3 * (i + 1), 0, 0))
+        ]
+        metrics = {"grad_norm": 5.0, "tokens_per_second": 1e4, "memory_allocated_bytes": 2e9}
+        metrics |= {"rss_bytes": 1e9, "mfu_ratio": 0.4, "grad_p50": 0.01, "nonfinite_grads": 1}
+        stats = Stats(run, rank, session, 1, 50, now, 2.5, (3e-4, 3e-5), pack_floats(rows))
+        stats = Stats(**{**stats.__dict__, "full": pack_floats(full), "metrics": metrics})
+        fleet.apply(stats, now)
+    return fleet
+
+
+def scrape(fleet: Fleet, book: Book | None = None, now: float = 1000.0, **cfg: float) -> str:
+    health = IngestHealth(started_at=now - 10)
+    health.received["stats"] += 5
+    health.latency.observe(0.002)
+    registry = build_registry(
+        fleet, book or Book(), health, Config(**cfg), notifications=Counts(), clock=lambda: now
+    )
+    return generate_latest(registry).decode()
+
+
+def samples(text: str, name: str) -> list[str]:
+    return [line for line in text.splitlines() if re.match(rf"{name}[{{ ]", line)]
+
+
+def test_exporter_emits_aggregates_and_rejected_reasons_from_the_start() -> None:
+    text = scrape(make_fleet(2, 20))
+    for reason in REJECT_REASONS:
+        assert f'gradwatch_frames_rejected_total{{reason="{reason}"}} 0.0' in text
+    assert 'gradwatch_loss{rank="1",run="r1"} 2.5' in text
+    assert 'gradwatch_learning_rate{group="1",rank="0",run="r1"} 3e-05' in text
+    assert 'gradwatch_memory_bytes{kind="allocated",rank="0",run="r1"} 2e+09' in text
+    assert 'gradwatch_parameters{rank="0",run="r1",state="not_updated"} 1.0' in text
+    assert 'gradwatch_parameters{rank="0",run="r1",state="frozen"} 0.0' in text
+    assert 'gradwatch_alertmanager_notifications_total{result="failure"} 1.0' in text
+    assert 'gradwatch_build_info{version="' in text
+    assert samples(text, "gradwatch_ingest_latency_seconds_count") == [
+        "gradwatch_ingest_latency_seconds_count 1.0"
+    ]
+
+
+def test_exporter_topk_lists_largest_grad_norms_with_nan_first_and_smallest_update_ratios() -> None:
+    text = scrape(make_fleet(1, 100), topk=3)
+    grads = samples(text, "gradwatch_param_grad_norm")
+    assert [g.split('parameter="')[1].split('"')[0] for g in grads] == [
+        "layers.0.weight",
+        "layers.98.weight",  # layers.49 and layers.99 are frozen (requires_grad=False)
+        "layers.97.weight",
+    ]
+    assert grads[0].endswith(" NaN")
+    ratios = samples(text, "gradwatch_param_update_ratio")
+    assert len(ratios) == 3 and '"layers.3.weight"' in ratios[0] and ratios[0].endswith(" 0.0")
+    quantiles = samples(text, "gradwatch_update_ratio")
+    assert len(quantiles) == 4 and 'stat="p50"' in quantiles[1]
+
+
+def test_exporter_counts_frozen_parameters_and_alerts_firing_per_rule() -> None:
+    fleet = make_fleet(1, 100)
+    alert = Alert(1, "nonfinite_grad", "critical", "firing", "r1", 0, "layers.0.weight", 50, None,
+                  None, "NaN gradient", "skip the batch", 999.0, 999.0)  # fmt: skip
+    text = scrape(fleet, Book([alert, Alert(**{**alert.__dict__, "id": 2, "state": "resolved"})]))
+    assert 'gradwatch_parameters{rank="0",run="r1",state="frozen"} 2.0' in text
+    assert samples(text, "gradwatch_alerts_firing") == [
+        'gradwatch_alerts_firing{rule="nonfinite_grad",run="r1",severity="critical"} 1.0'
+    ]
+
+
+def test_exporter_drops_finished_runs_after_the_grace_period_only() -> None:
+    fleet = make_fleet(2, 10, now=1000.0)
+    for rank in range(2):
+        fleet.apply(Bye("r1", rank, f"s{rank}", 2, 60, 1001.0), now=1001.0)
+    assert 'gradwatch_rank_ended{rank="0",run="r1"} 1.0' in scrape(fleet, now=1050.0)
+    late = scrape(fleet, now=1062.0)
+    assert not samples(late, "gradwatch_loss") and not samples(late, "gradwatch_run_info")
+    assert "gradwatch_runs 0.0" in late
+    live = make_fleet(1, 10, now=1000.0)  # no bye: stays exported however old
+    assert samples(scrape(live, now=10_000.0), "gradwatch_loss")
+
+
+def test_exporter_series_count_is_bounded_for_64_ranks_of_500_parameters() -> None:
+    text = scrape(make_fleet(64, 500), topk=10)
+    series = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert len(series) <= SERIES_GLOBAL + 64 * (52 + 2 * 10), len(series)
+    assert len(samples(text, "gradwatch_param_grad_norm")) == 64 * 10
+
+
+def test_exporter_emits_only_documented_families() -> None:
+    text = scrape(make_fleet(1, 10))
+    assert set(re.findall(r"^# TYPE (\S+) ", text, re.M)) == set(METRIC_NAMES)
+    doc = DOCS.read_text()
+    for spec in SPECS:
+        row = f"| `{spec.name}` | {spec.type} | {', '.join(f'`{x}`' for x in spec.labels)} |"
+        assert row in doc, f"docs/metrics.md lacks or misdescribes {spec.name}: {row}"
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_exporter_output_passes_promtool_check_metrics() -> None:
+    text = scrape(make_fleet(2, 50))
+    proc = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
