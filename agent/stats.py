@@ -15,6 +15,7 @@ from torch import Tensor
 
 NCOLS = 4  # grad_norm, grad_absmax, grad_absmean, weight_norm (wire.CHEAP_FIELDS order)
 INF = float("inf")
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 @dataclass
@@ -74,11 +75,11 @@ class GradStats:
                     grads.append(g.zero)
                 else:
                     grads.append(grad)
-            f32 = torch.float32
-            l2 = torch.stack(torch._foreach_norm(grads, 2, dtype=f32))
-            amax = torch.stack(torch._foreach_norm(grads, INF, dtype=f32))
-            l1 = torch.stack(torch._foreach_norm(grads, 1, dtype=f32))
-            w = torch.stack(torch._foreach_norm(g.params, 2, dtype=f32))
+            # Accumulate low-precision norms in fp32; for fp32 the dtype argument only costs.
+            acc = torch.float32 if g.params[0].dtype in _LOW_PRECISION else None
+            l2 = _stack_f32(torch._foreach_norm(grads, 2, dtype=acc))
+            amax, l1 = _absmax_l1(grads, g.device)
+            w = _stack_f32(torch._foreach_norm(g.params, 2, dtype=acc))
             block = torch.stack((l2, amax, l1.mul_(g.inv_numel), w), dim=1)
             blocks.append(block if g.device == self.device else block.to(self.device))
         if not blocks:
@@ -94,6 +95,29 @@ class GradStats:
         ]
         scalars += [t.detach().reshape(-1).to(self.device, torch.float32) for t in extra]
         return torch.cat([rows.reshape(-1), *scalars]), sorted(nograd)
+
+
+def _stack_f32(values: Sequence[Tensor]) -> Tensor:
+    return torch.stack(list(values)).to(torch.float32)
+
+
+def _absmax_l1(grads: list[Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+    """max |g| and sum |g| per tensor, as float32 vectors.
+
+    CUDA has fused multi-tensor kernels for the inf- and 1-norms. On CPU those norms fall back
+    to a scalar per-tensor loop (measured ~15 ms for the 0.5M-parameter demo model, versus
+    ~0.9 ms here): ``aminmax`` and ``abs().sum()`` are vectorised, and the ``abs`` temporary
+    is one tensor at a time, never a copy of every gradient.
+    """
+    if device.type == "cuda":
+        return (
+            _stack_f32(torch._foreach_norm(grads, INF)),
+            _stack_f32(torch._foreach_norm(grads, 1)),
+        )
+    extremes = torch.stack([torch.stack(torch.aminmax(x)) for x in grads]).to(torch.float32)
+    absmax = extremes.abs().amax(dim=1)
+    l1 = torch.stack([x.abs().sum(dtype=torch.float32) for x in grads])
+    return absmax, l1
 
 
 def foreach_nonfinite_counts(grads: Sequence[Tensor]) -> Tensor:

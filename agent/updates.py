@@ -45,6 +45,7 @@ class UpdateSampler:
         lowp = [1.0 if p.dtype in _LOW_PRECISION else 0.0 for p in self.params]
         self.lowp = torch.tensor(lowp, dtype=torch.float32, device=self.device)
         self.q = torch.tensor(QUANTILES, dtype=torch.float32, device=self.device)
+        self.lengths = torch.tensor(self.sizes, dtype=torch.long, device=self.device)
         self._before: Tensor | None = None
 
     def _gather(self, tensors: Sequence[Tensor | None]) -> Tensor:
@@ -57,6 +58,10 @@ class UpdateSampler:
         if not parts:
             return torch.zeros(0, device=self.device)
         return torch.cat(parts)
+
+    def _segment_sum(self, values: Tensor) -> Tensor:
+        """Per-parameter sums of a gathered sample in one kernel (the CPU 1-norm is slow)."""
+        return torch.segment_reduce(values, "sum", lengths=self.lengths)
 
     @torch.no_grad()
     def before_step(self) -> None:
@@ -80,8 +85,8 @@ class UpdateSampler:
         ratio = update_norm / weight_norm.clamp_min(1e-30)
         moving = grads != 0
         unchanged = (delta == 0).logical_and_(moving).to(f32)
-        n_unchanged = torch.stack(torch._foreach_norm(torch.split(unchanged, self.sizes), 1))
-        n_moving = torch.stack(torch._foreach_norm(torch.split(moving.to(f32), self.sizes), 1))
+        n_unchanged = self._segment_sum(unchanged)
+        n_moving = self._segment_sum(moving.to(f32))
         unchanged_frac = n_unchanged / n_moving.clamp_min(1.0)
         underflow_frac = unchanged_frac * self.lowp
         rows = torch.stack((update_norm, ratio, unchanged_frac, underflow_frac), dim=1)
