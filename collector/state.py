@@ -32,6 +32,8 @@ class RankState:
     names: tuple[str, ...] = ()
     """Names of the tracked parameters, in the order of the stats rows."""
     last_step: int = -1
+    first_step: int = -1
+    """Step of the first stats/heartbeat frame of this session (for warmups); -1 before."""
     stats: Stats | None = None
     """The latest stats frame."""
     columns: dict[str, list[float]] = field(default_factory=dict)
@@ -52,6 +54,11 @@ class RankState:
     def frozen_by_design(self) -> tuple[str, ...]:
         """Parameters the user froze on purpose (requires_grad=False): never a problem."""
         return tuple(p.name for p in self.hello.params if not p.requires_grad)
+
+    @property
+    def steps_seen(self) -> int:
+        """Steps since the first frame of this session (0 before any)."""
+        return 0 if self.first_step < 0 else self.last_step - self.first_step
 
     def typical_interval(self) -> float | None:
         """Median seconds between frames, or None before there are a few."""
@@ -110,6 +117,8 @@ class Fleet:
         state.frames += 1
         if isinstance(frame, (Stats, Heartbeat, Bye)):
             state.last_step = max(state.last_step, frame.step)
+            if state.first_step < 0:
+                state.first_step = frame.step
             state.dropped = max(state.dropped, frame.dropped)
         return state
 

@@ -1,0 +1,7 @@
+"""``python -m gradwatch.collector``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,296 @@
+"""The alert book: lifecycle (pending → firing → resolved), dedup, cooldown, persistence."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from .alert import SEVERITIES, Alert, Severity
+from .rules.base import Finding
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+Fingerprint = tuple[str, str, int, str]
+Listener = Callable[[Alert], None]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How the book treats one rule's findings (from the rule's settings)."""
+
+    rule: str
+    severity: Severity
+    for_checks: int = 1
+    clear_checks: int = 3
+    cooldown_seconds: float = 300.0
+
+
+class AlertBook:
+    """Every alert, in memory and (when a store is given) in SQLite.
+
+    ``observe`` is called by the ingest thread once per rule check of one rank; the API reads
+    concurrently. Listeners run on the calling thread after the book's lock is released and
+    must not block (queue work elsewhere).
+    """
+
+    def __init__(self, store: Store | None = None, history_len: int = 32) -> None:
+        self.store = store
+        self.history_len = history_len
+        self._lock = threading.RLock()
+        self._alerts: dict[int, Alert] = {}
+        self._open: dict[Fingerprint, Alert] = {}
+        self._holds: dict[Fingerprint, int] = {}
+        self._clears: dict[Fingerprint, int] = {}
+        self._resolved_at: dict[Fingerprint, float] = {}
+        self._dirty: set[int] = set()
+        self._listeners: list[Listener] = []
+        self._next_id = 1
+        if store is not None:
+            self._reload(store)
+
+    def _reload(self, store: Store) -> None:
+        for alert in store.load_alerts():
+            self._alerts[alert.id] = alert
+            if alert.state == "resolved":
+                self._resolved_at[alert.fingerprint] = alert.resolved_at or alert.updated_at
+            else:
+                self._open[alert.fingerprint] = alert
+                self._holds[alert.fingerprint] = 1 if alert.state == "pending" else 1 << 30
+        self._next_id = max(store.max_alert_id(), max(self._alerts, default=0)) + 1
+
+    # -------------------------------------------------------------------- listeners
+
+    def subscribe(self, callback: Listener) -> None:
+        """Call ``callback(alert_copy)`` on every state change (and on ack)."""
+        self._listeners.append(callback)
+
+    def _notify(self, changed: Iterable[Alert]) -> None:
+        for alert in changed:
+            for listener in self._listeners:
+                try:
+                    listener(alert)
+                except Exception:  # a broken listener must not stop ingest
+                    log.exception("alert listener %r failed", listener)
+
+    @staticmethod
+    def _copy(alert: Alert) -> Alert:
+        return dataclasses.replace(alert, history=list(alert.history))
+
+    # -------------------------------------------------------------------- lifecycle
+
+    def observe(
+        self,
+        policy: Policy,
+        run: str,
+        rank: int,
+        step: int,
+        findings: list[Finding],
+        now: float | None = None,
+    ) -> None:
+        """Fold one check's findings for (rule, run, rank); open fingerprints not found clear."""
+        now = time.time() if now is None else now
+        changed: list[Alert] = []
+        with self._lock:
+            seen: set[Fingerprint] = set()
+            for f in findings:
+                fp = (policy.rule, run, rank, f.parameter or "")
+                seen.add(fp)
+                alert = self._open.get(fp)
+                if alert is None:
+                    if now < self._resolved_at.get(fp, -1e18) + policy.cooldown_seconds:
+                        continue
+                    alert = self._create(policy, run, rank, step, f, now)
+                    self._holds[fp] = 0
+                    changed.append(alert)
+                self._update(alert, step, f, now)
+                self._clears[fp] = 0
+                self._holds[fp] += 1
+                if alert.state == "pending" and self._holds[fp] >= policy.for_checks:
+                    alert.state = "firing"
+                    changed.append(alert)
+            for fp in [fp for fp in self._open if fp[:3] == (policy.rule, run, rank)]:
+                if fp not in seen:
+                    self._clears[fp] = self._clears.get(fp, 0) + 1
+                    if self._clears[fp] >= policy.clear_checks:
+                        changed.append(self._resolve(fp, now))
+            unique = {id(a): a for a in changed}
+            snapshot = [self._copy(a) for a in unique.values()]
+        self._notify(snapshot)
+
+    def _create(
+        self, policy: Policy, run: str, rank: int, step: int, f: Finding, now: float
+    ) -> Alert:
+        alert = Alert(
+            id=self._next_id,
+            rule=policy.rule,
+            severity=f.severity or policy.severity,
+            state="firing" if policy.for_checks <= 1 else "pending",
+            run=run,
+            rank=rank,
+            parameter=f.parameter,
+            step=step,
+            value=f.value,
+            threshold=f.threshold,
+            message=f.message,
+            action=f.action,
+            started_at=now,
+            updated_at=now,
+        )
+        self._next_id += 1
+        self._alerts[alert.id] = alert
+        self._open[alert.fingerprint] = alert
+        if self.store is not None:  # new alerts are written at once, updates on flush
+            self.store.save_alerts([alert])
+        return alert
+
+    def _update(self, alert: Alert, step: int, f: Finding, now: float) -> None:
+        alert.step, alert.value, alert.threshold = step, f.value, f.threshold
+        alert.message, alert.updated_at = f.message, now
+        if f.severity and SEVERITIES.index(f.severity) > SEVERITIES.index(alert.severity):
+            alert.severity = f.severity
+        if f.value is not None:
+            alert.history.append((step, f.value))
+            del alert.history[: -self.history_len]
+        self._dirty.add(alert.id)
+
+    def _resolve(self, fp: Fingerprint, now: float) -> Alert:
+        alert = self._open.pop(fp)
+        self._holds.pop(fp, None)
+        self._clears.pop(fp, None)
+        was_pending = alert.state == "pending"
+        alert.state, alert.resolved_at, alert.updated_at = "resolved", now, now
+        if was_pending:  # it never fired: forget it rather than keep a false alarm
+            self._alerts.pop(alert.id, None)
+            self._dirty.discard(alert.id)
+            if self.store is not None:
+                self.store.delete_alerts([alert.id])
+        else:
+            self._resolved_at[fp] = now
+            self._save(alert)
+        return alert
+
+    def resolve_rank(self, run: str, rank: int, now: float | None = None) -> None:
+        """Resolve every open alert of one rank (its run ended long enough ago)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            fps = [fp for fp in self._open if fp[1:3] == (run, rank)]
+            snapshot = [self._copy(self._resolve(fp, now)) for fp in fps]
+        self._notify(snapshot)
+
+    # -------------------------------------------------------------------- reads and acks
+
+    def alerts(
+        self,
+        state: str | None = None,
+        *,
+        run: str | None = None,
+        rank: int | None = None,
+        rule: str | None = None,
+        severity: str | None = None,
+        since: float | None = None,
+    ) -> list[Alert]:
+        """Matching alerts, newest first (copies)."""
+        with self._lock:
+            out = [
+                self._copy(a)
+                for a in self._alerts.values()
+                if (state is None or a.state == state)
+                and (run is None or a.run == run)
+                and (rank is None or a.rank == rank)
+                and (rule is None or a.rule == rule)
+                and (severity is None or a.severity == severity)
+                and (since is None or a.updated_at >= since)
+            ]
+        out.sort(key=lambda a: (a.started_at, a.id), reverse=True)
+        return out
+
+    def get(self, alert_id: int) -> Alert | None:
+        with self._lock:
+            alert = self._alerts.get(alert_id)
+            return None if alert is None else self._copy(alert)
+
+    def ack(self, alert_id: int) -> Alert | None:
+        """Mark an alert acknowledged; None when there is no such alert."""
+        with self._lock:
+            alert = self._alerts.get(alert_id)
+            if alert is None:
+                return None
+            alert.acked = True
+            self._save(alert)
+            snapshot = self._copy(alert)
+        self._notify([snapshot])
+        return snapshot
+
+    def firing_count(self, run: str, rank: int | None = None) -> int:
+        with self._lock:
+            return sum(
+                1
+                for a in self._open.values()
+                if a.state == "firing" and a.run == run and (rank is None or a.rank == rank)
+            )
+
+    # -------------------------------------------------------------------- persistence
+
+    def _save(self, alert: Alert) -> None:
+        self._dirty.discard(alert.id)
+        if self.store is not None:
+            self.store.save_alerts([alert])
+
+    def flush(self) -> None:
+        """Write alerts updated since the last flush (value, step, history)."""
+        with self._lock:
+            dirty = [self._alerts[i] for i in self._dirty if i in self._alerts]
+            self._dirty.clear()
+            if self.store is not None:
+                self.store.save_alerts(dirty)
+
+    def prune(self, retention_seconds: float, now: float | None = None) -> int:
+        """Delete resolved alerts older than the retention; return how many."""
+        cutoff = (time.time() if now is None else now) - retention_seconds
+        with self._lock:
+            ids = [
+                a.id
+                for a in self._alerts.values()
+                if a.state == "resolved" and (a.resolved_at or 0.0) < cutoff
+            ]
+            for i in ids:
+                del self._alerts[i]
+            if self.store is not None:
+                ids = sorted(set(ids) | set(self.store.prune(cutoff)))
+        return len(ids)
+
+
+def describe(alert: Alert) -> str:
+    """One console line for a person."""
+    where = f"run={alert.run} rank={alert.rank} step={alert.step}"
+    if alert.parameter:
+        where += f" param={alert.parameter}"
+    if alert.state == "resolved":
+        return f"RESOLVED {alert.rule} [{alert.severity}] #{alert.id} {where}"
+    head = f"ALERT {alert.rule} [{alert.severity}] #{alert.id} {where}"
+    return f"{head}: {alert.message} — {alert.action}"
+
+
+class ConsoleLog:
+    """A listener that logs one line when an alert starts firing and when it resolves."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.logger = logger or logging.getLogger("gradwatch.collector.alerts")
+        self._logged: dict[int, str] = {}
+
+    def __call__(self, alert: Alert) -> None:
+        if alert.state == "pending" or self._logged.get(alert.id) == alert.state:
+            return
+        if alert.state == "resolved" and alert.id not in self._logged:
+            return  # a pending alert that never fired
+        self._logged[alert.id] = alert.state
+        if alert.state == "resolved":
+            del self._logged[alert.id]
+            self.logger.info(describe(alert))
+        else:
+            self.logger.warning(describe(alert))

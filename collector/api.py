@@ -1,0 +1,174 @@
+"""The HTTP API: alerts, runs, health and /metrics. ``create_app`` takes every dependency."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import Response, StreamingResponse
+
+from .alert import SEVERITIES, STATES, Alert
+from .alerts import AlertBook
+from .config import CollectorConfig
+from .health import IngestHealth
+from .runs import run_detail, run_list
+from .schemas import AlertList, AlertOut, Health, Ready, RunDetail, RunList, alert_json
+from .state import Fleet
+from .store import Store
+from .stream import AlertStream
+
+
+def parse_since(value: str) -> float:
+    """Unix seconds or ISO-8601 (naive means UTC) → unix seconds; ValueError otherwise."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"since must be unix seconds or ISO-8601, got {value!r}") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return parsed.timestamp()
+    if not math.isfinite(seconds):
+        raise ValueError(f"since must be a finite number, got {value!r}")
+    return seconds
+
+
+def create_app(
+    fleet: Fleet,
+    book: AlertBook,
+    health: IngestHealth,
+    registry: Any = None,
+    config: CollectorConfig | None = None,
+    *,
+    store: Store | None = None,
+    stream: AlertStream | None = None,
+    ingest_alive: Callable[[], bool] = lambda: True,
+) -> FastAPI:
+    """Build the app. ``registry`` is a prometheus CollectorRegistry, or None to build one
+    from ``gradwatch.collector.exporter`` on first scrape (503 while that is unavailable)."""
+    config = config or CollectorConfig()
+    if stream is None:
+        stream = AlertStream(config.keepalive_seconds)
+        book.subscribe(stream.publish)
+    app = FastAPI(
+        title="gradwatch collector",
+        version="1",
+        description="Training-health alerts for PyTorch runs: list, inspect, acknowledge, "
+        "stream; run state; Prometheus metrics.",
+    )
+    app.state.stream = stream
+    holder: dict[str, Any] = {"registry": registry}
+
+    def found(alert: Alert | None, alert_id: int) -> AlertOut:
+        if alert is None:
+            raise HTTPException(404, f"no alert with id {alert_id}")
+        return AlertOut.model_validate(alert_json(alert))
+
+    @app.get("/alerts", response_model=AlertList, summary="List alerts, newest first")
+    def list_alerts(
+        run: str | None = None,
+        rank: Annotated[int | None, Query(ge=0)] = None,
+        rule: str | None = None,
+        severity: Annotated[str | None, Query(description=f"one of {SEVERITIES}")] = None,
+        state: Annotated[str | None, Query(description=f"one of {STATES}")] = None,
+        since: Annotated[
+            str | None, Query(description="Updated at or after: unix seconds or ISO-8601")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> AlertList:
+        """Filter by run, rank, rule, severity, state and update time; page with limit/offset."""
+        if severity is not None and severity not in SEVERITIES:
+            raise HTTPException(
+                422, f"severity must be one of {list(SEVERITIES)}, got {severity!r}"
+            )
+        if state is not None and state not in STATES:
+            raise HTTPException(422, f"state must be one of {list(STATES)}, got {state!r}")
+        try:
+            since_s = None if since is None else parse_since(since)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        matches = book.alerts(
+            state, run=run, rank=rank, rule=rule, severity=severity, since=since_s
+        )
+        page = [AlertOut.model_validate(alert_json(a)) for a in matches[offset : offset + limit]]
+        return AlertList(alerts=page, total=len(matches), limit=limit, offset=offset)
+
+    @app.get(
+        "/alerts/stream",
+        summary="Server-Sent Events of alert changes",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    def alert_stream() -> StreamingResponse:
+        """``event: alert`` with the alert JSON on every state change or ack; a keep-alive
+        comment every ~15 s; the stream ends when the collector shuts down."""
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(stream.events(), media_type="text/event-stream", headers=headers)
+
+    @app.get("/alerts/{alert_id}", response_model=AlertOut, summary="One alert")
+    def get_alert(alert_id: int) -> AlertOut:
+        """The alert with its flight recorder (``history``); 404 if unknown."""
+        return found(book.get(alert_id), alert_id)
+
+    @app.post("/alerts/{alert_id}/ack", response_model=AlertOut, summary="Acknowledge an alert")
+    def ack_alert(alert_id: int) -> AlertOut:
+        """Mark the alert acknowledged (it keeps its state); 404 if unknown."""
+        return found(book.ack(alert_id), alert_id)
+
+    @app.get("/runs", response_model=RunList, summary="Runs and their ranks")
+    def runs() -> RunList:
+        """Every run seen (live in memory, or remembered in the database), newest first."""
+        return run_list(fleet, book, store)
+
+    @app.get("/runs/{run}", response_model=RunDetail, summary="Latest statistics of one run")
+    def run(run: str) -> RunDetail:
+        """Per rank: step, loss, LR, metrics and the worst parameters by each measure."""
+        detail = run_detail(fleet, run, config.topk)
+        if detail is None:
+            raise HTTPException(404, f"no live run named {run!r}")
+        return detail
+
+    @app.get("/healthz", response_model=Health, summary="Liveness")
+    def healthz() -> Response | Health:
+        """200 while the process and its ingest thread are alive, 503 otherwise."""
+        alive = ingest_alive()
+        body = Health(status="ok" if alive else "ingest thread died", ingest_alive=alive)
+        if not alive:
+            return Response(body.model_dump_json(), 503, media_type="application/json")
+        return body
+
+    @app.get("/readyz", response_model=Ready, summary="Readiness")
+    def readyz() -> Response | Ready:
+        """200 when the ZeroMQ socket is bound (ingest running) and the database is writable."""
+        bound = ingest_alive()
+        writable = store.writable() if store is not None else True
+        body = Ready(ready=bound and writable, zmq_bound=bound, db_writable=writable)
+        if not body.ready:
+            return Response(body.model_dump_json(), 503, media_type="application/json")
+        return body
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}, 503: {"description": "no exporter"}},
+    )
+    def metrics() -> Response:
+        """Prometheus text exposition of runs, parameters, alerts and ingest health."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        if holder["registry"] is None:
+            try:
+                from .exporter import build_registry
+            except ImportError as exc:
+                return Response(f"exporter unavailable: {exc}\n", 503, media_type="text/plain")
+            holder["registry"] = build_registry(fleet, book, health, config)
+        return Response(generate_latest(holder["registry"]), media_type=CONTENT_TYPE_LATEST)
+
+    return app

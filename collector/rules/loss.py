@@ -1,0 +1,207 @@
+"""Loss rules: loss_spike, loss_plateau, val_divergence."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..state import RankState
+from .base import Finding, Rule, RuleSettings, finite, fmt
+
+
+@dataclass(frozen=True)
+class LossSpikeSettings(RuleSettings):
+    clear_checks: int = 5
+    ratio: float = 10.0
+    """Error when the loss exceeds this multiple of its moving average."""
+    zscore: float = 5.0
+    """Warning when the loss is this many standard deviations above its moving average."""
+    window: int = 100
+    """Frames in the moving average."""
+    min_history: int = 10
+    """Frames needed before the ratio test."""
+    zscore_warmup: int = 50
+    """Frames needed before the z-score test."""
+
+
+@dataclass
+class LossSpikeMemory:
+    losses: deque[float] = field(default_factory=deque)
+
+
+class LossSpike(Rule[LossSpikeSettings, LossSpikeMemory]):
+    """The loss jumped far above its recent moving average.
+
+    Error when it exceeds ``ratio`` times the average, warning when its z-score exceeds
+    ``zscore`` after ``zscore_warmup`` frames. Spikes are kept out of the average. What to do:
+    look at the batch of that step (outliers, corrupted data), lower the LR 5-10x or enable
+    gradient clipping; if it recurs, consider skipping such batches (SPAM-style).
+    """
+
+    name = "loss_spike"
+    severity = "error"
+    action = "inspect the batch at this step; lower the LR 5-10x or enable gradient clipping"
+    settings_type = LossSpikeSettings
+
+    def new_memory(self) -> LossSpikeMemory:
+        return LossSpikeMemory(deque(maxlen=self.settings.window))
+
+    def check(self, rank: RankState, memory: LossSpikeMemory) -> list[Finding] | None:
+        loss = None if rank.stats is None else rank.stats.loss
+        if loss is None or not math.isfinite(loss):
+            return None
+        s, history = self.settings, memory.losses
+        found: list[Finding] = []
+        if len(history) >= s.min_history:
+            avg = statistics.fmean(history)
+            if avg > 0 and loss > s.ratio * avg:
+                found.append(
+                    self.finding(
+                        f"loss {fmt(loss)} is {loss / avg:.1f}x its moving average {fmt(avg)}",
+                        value=loss,
+                        threshold=s.ratio * avg,
+                    )
+                )
+            elif len(history) >= s.zscore_warmup:
+                std = max(statistics.pstdev(history), 1e-3 * abs(avg), 1e-12)
+                z = (loss - avg) / std
+                if z > s.zscore:
+                    found.append(
+                        self.finding(
+                            f"loss {fmt(loss)} is {z:.1f} standard deviations above its "
+                            f"moving average {fmt(avg)}",
+                            value=loss,
+                            threshold=avg + s.zscore * std,
+                            severity="warning",
+                        )
+                    )
+        if not found:
+            history.append(loss)
+        return found
+
+
+@dataclass(frozen=True)
+class LossPlateauSettings(RuleSettings):
+    clear_checks: int = 10
+    cooldown_seconds: float = 1800.0
+    window: int = 100
+    """Frames averaged at each end of the comparison."""
+    lookback: int = 1000
+    """Frames between the start of the earlier window and the latest frame."""
+    ratio: float = 0.99
+    """Plateau when mean(recent) >= ratio x mean(earlier)."""
+
+
+@dataclass
+class LossPlateauMemory:
+    losses: deque[float] = field(default_factory=deque)
+
+
+class LossPlateau(Rule[LossPlateauSettings, LossPlateauMemory]):
+    """The loss stopped improving: the recent mean is not 1% below the mean ``lookback`` ago.
+
+    Needs ``lookback`` frames of history, so short runs never trigger it. What to do: check
+    that the LR is not too low (update ratios < 1e-5), that parameters are moving (frozen or
+    bf16 weights), that the data is not repeating; raise the LR or stop the run if converged.
+    """
+
+    name = "loss_plateau"
+    severity = "warning"
+    action = (
+        "check the LR (update ratios), frozen or bf16 parameters and the data pipeline; "
+        "raise the LR or stop if the run has converged"
+    )
+    settings_type = LossPlateauSettings
+
+    def new_memory(self) -> LossPlateauMemory:
+        return LossPlateauMemory(deque(maxlen=self.settings.lookback))
+
+    def check(self, rank: RankState, memory: LossPlateauMemory) -> list[Finding] | None:
+        loss = None if rank.stats is None else rank.stats.loss
+        if loss is None or not math.isfinite(loss):
+            return None
+        s, history = self.settings, memory.losses
+        history.append(loss)
+        if len(history) < s.lookback:
+            return []
+        values = list(history)
+        earlier = statistics.fmean(values[: s.window])
+        recent = statistics.fmean(values[-s.window :])
+        if earlier > 0 and recent >= s.ratio * earlier:
+            return [
+                self.finding(
+                    f"loss has not improved over {s.lookback} frames: recent mean "
+                    f"{fmt(recent)} vs {fmt(earlier)} earlier",
+                    value=recent,
+                    threshold=s.ratio * earlier,
+                )
+            ]
+        return []
+
+
+@dataclass(frozen=True)
+class ValDivergenceSettings(RuleSettings):
+    rise: float = 0.1
+    """Validation loss this fraction above its best counts as rising."""
+    min_points: int = 3
+    """Validation values needed before judging."""
+    ema_alpha: float = 0.05
+    """Smoothing of the training loss."""
+
+
+@dataclass
+class ValDivergenceMemory:
+    last_val: float | None = None
+    best_val: float = math.inf
+    points: int = 0
+    train_ema: float | None = None
+    train_at_best: float | None = None
+
+
+class ValDivergence(Rule[ValDivergenceSettings, ValDivergenceMemory]):
+    """Validation loss rises above its best while the training loss keeps falling: overfitting.
+
+    Judged only on frames that carry a new ``scalars["val_loss"]``. What to do: stop early or
+    restore the best checkpoint; add weight decay or dropout; get more data.
+    """
+
+    name = "val_divergence"
+    severity = "warning"
+    action = "early-stop or restore the best checkpoint; add weight decay/dropout or more data"
+    settings_type = ValDivergenceSettings
+
+    def new_memory(self) -> ValDivergenceMemory:
+        return ValDivergenceMemory()
+
+    def check(self, rank: RankState, memory: ValDivergenceMemory) -> list[Finding] | None:
+        stats = rank.stats
+        if stats is None:
+            return None
+        s = self.settings
+        if finite(stats.loss):
+            assert stats.loss is not None
+            ema = memory.train_ema
+            memory.train_ema = stats.loss if ema is None else ema + s.ema_alpha * (stats.loss - ema)
+        val = stats.scalars.get("val_loss")
+        if val is None or not math.isfinite(val) or val == memory.last_val:
+            return None
+        memory.last_val = val
+        memory.points += 1
+        if val < memory.best_val:
+            memory.best_val, memory.train_at_best = val, memory.train_ema
+            return []
+        train, at_best = memory.train_ema, memory.train_at_best
+        limit = memory.best_val * (1 + s.rise)
+        if memory.points >= s.min_points and train is not None and at_best is not None:
+            if val > limit and train < at_best:
+                return [
+                    self.finding(
+                        f"validation loss {fmt(val)} is above its best {fmt(memory.best_val)} "
+                        f"while training loss fell to {fmt(train)}",
+                        value=val,
+                        threshold=limit,
+                    )
+                ]
+        return []

@@ -1,0 +1,84 @@
+"""non_finite: NaN or Inf in the loss, a gradient or a weight."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..state import RankState
+from .base import Finding, Rule, RuleSettings, finite, name_list
+
+
+@dataclass(frozen=True)
+class NonFiniteSettings(RuleSettings):
+    for_checks: int = 0
+    clear_checks: int = 5
+    cooldown_seconds: float = 60.0
+    topk: int = 5
+    """How many offending parameters the message names."""
+
+
+@dataclass
+class NonFiniteMemory:
+    parameter: str | None = None
+    """The first offender seen; kept while the condition lasts so the alert keeps its name."""
+
+
+class NonFinite(Rule[NonFiniteSettings, NonFiniteMemory]):
+    """The loss, a gradient or a weight became NaN or Inf.
+
+    Fires on the same step (no pending). Names the first parameter whose gradient norm or
+    weight norm is not finite: usually where the blow-up started. What to do: stop the run,
+    restore the last good checkpoint, lower the learning rate or enable gradient clipping,
+    and look for a bad batch, a division by zero or an fp16 overflow around that step.
+    """
+
+    name = "non_finite"
+    severity = "critical"
+    action = (
+        "stop the run and restore the last good checkpoint; lower the LR or enable gradient "
+        "clipping (max_norm=1.0); check the batch and fp16 overflow at this step"
+    )
+    settings_type = NonFiniteSettings
+
+    def new_memory(self) -> NonFiniteMemory:
+        return NonFiniteMemory()
+
+    def check(self, rank: RankState, memory: NonFiniteMemory) -> list[Finding] | None:
+        stats = rank.stats
+        if stats is None:
+            return None
+        skip = set(stats.nograd)
+        offenders: list[str] = []
+        for column in ("grad_norm", "weight_norm"):
+            for i, x in enumerate(rank.columns.get(column, ())):
+                if i not in skip and not math.isfinite(x) and rank.names[i] not in offenders:
+                    offenders.append(rank.names[i])
+        ordered = [n for n in rank.names if n in offenders]
+        loss_bad = stats.loss is not None and not math.isfinite(stats.loss)
+        global_norm = stats.metrics.get("grad_norm")
+        grad_bad = global_norm is not None and not finite(global_norm)
+        grad_bad = grad_bad or stats.metrics.get("nonfinite_grads", 0.0) > 0
+        if not (ordered or loss_bad or grad_bad):
+            memory.parameter = None
+            return []
+        if memory.parameter is None or memory.parameter not in ordered:
+            memory.parameter = ordered[0] if ordered else None
+        parts = []
+        if loss_bad:
+            parts.append(f"loss is {stats.loss}")
+        if grad_bad and not ordered:
+            parts.append(f"global grad norm is {global_norm}")
+        if ordered:
+            parts.append(
+                f"{len(ordered)} parameter(s) with non-finite gradient or weight: "
+                f"{name_list(ordered, self.settings.topk)}"
+            )
+        return [
+            self.finding(
+                "; ".join(parts),
+                parameter=memory.parameter,
+                value=float(max(len(ordered), 1)),
+                threshold=0.0,
+            )
+        ]

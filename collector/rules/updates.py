@@ -1,0 +1,290 @@
+"""Update rules: update_ratio_high, update_ratio_low, frozen_parameters, weight_norm_spike."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..state import RankState
+from .base import (
+    Finding,
+    Rule,
+    RuleSettings,
+    fmt,
+    name_list,
+    sticky,
+)
+
+LOW_PRECISION = ("bfloat16", "float16", "bf16", "fp16", "half")
+
+
+def is_full_step(rank: RankState) -> bool:
+    return rank.stats is not None and rank.full_step == rank.stats.step and bool(rank.full_columns)
+
+
+def dtypes(rank: RankState) -> list[str]:
+    """Dtype of each tracked parameter, in row order."""
+    return [rank.hello.params[i].dtype for i in rank.hello.tracked]
+
+
+@dataclass
+class ParamMemory:
+    parameter: str | None = None
+
+
+@dataclass(frozen=True)
+class RatioHighSettings(RuleSettings):
+    for_checks: int = 3
+    warmup_steps: int = 20
+    max_ratio: float = 0.1
+    """Update norm / weight norm above this on a full step."""
+    min_weight_norm: float = 1e-3
+    """Parameters whose weight norm is below this (zero-initialised) are skipped."""
+    topk: int = 5
+    """How many parameters the message names."""
+
+
+class UpdateRatioHigh(Rule[RatioHighSettings, ParamMemory]):
+    """A parameter's update ratio (update norm / weight norm) exceeds 0.1 on full steps.
+
+    Sustained for ``for_checks`` full steps. The learning rate is too high for that parameter:
+    training is unstable. What to do: reduce the LR 5-10x (or that group's LR), add warmup.
+    """
+
+    name = "update_ratio_high"
+    severity = "warning"
+    action = "reduce the learning rate 5-10x (or that parameter group's) and use warmup"
+    settings_type = RatioHighSettings
+
+    def new_memory(self) -> ParamMemory:
+        return ParamMemory()
+
+    def check(self, rank: RankState, memory: ParamMemory) -> list[Finding] | None:
+        if not is_full_step(rank):
+            return None
+        s = self.settings
+        ratios = rank.full_columns.get("update_ratio", [])
+        weights = rank.columns.get("weight_norm", [math.inf] * len(ratios))
+        bad = [
+            i
+            for i, r in enumerate(ratios)
+            if math.isfinite(r) and r > s.max_ratio and weights[i] >= s.min_weight_norm
+        ]
+        bad.sort(key=lambda i: -ratios[i])
+        names = [rank.names[i] for i in bad]
+        memory.parameter = sticky(memory.parameter, names)
+        if not bad:
+            return []
+        value = ratios[rank.names.index(memory.parameter)] if memory.parameter else None
+        return [
+            self.finding(
+                f"update ratio above {fmt(s.max_ratio)} on {len(bad)} parameter(s): "
+                + name_list(
+                    [f"{n} ({fmt(ratios[i])})" for n, i in zip(names, bad, strict=True)], s.topk
+                ),
+                parameter=memory.parameter,
+                value=value,
+                threshold=s.max_ratio,
+            )
+        ]
+
+
+@dataclass(frozen=True)
+class RatioLowSettings(RuleSettings):
+    for_checks: int = 3
+    min_ratio: float = 1e-7
+    """Update ratio below this (but above the frozen threshold) on a full step."""
+    frozen_ratio: float = 1e-12
+    """At or below this, frozen_parameters reports it instead."""
+    topk: int = 5
+    """How many parameters the message names."""
+
+
+class UpdateRatioLow(Rule[RatioLowSettings, ParamMemory]):
+    """A parameter with a non-zero gradient moves by less than 1e-7 of its norm per step.
+
+    Sustained for ``for_checks`` full steps. The learning rate is too low for it (or its group):
+    it is barely learning. What to do: raise the LR 5-10x; check the LR matches the optimizer.
+    """
+
+    name = "update_ratio_low"
+    severity = "warning"
+    action = "raise the learning rate 5-10x; check it matches the optimizer"
+    settings_type = RatioLowSettings
+
+    def new_memory(self) -> ParamMemory:
+        return ParamMemory()
+
+    def check(self, rank: RankState, memory: ParamMemory) -> list[Finding] | None:
+        if not is_full_step(rank) or rank.stats is None or not any(rank.stats.lr):
+            return None
+        s = self.settings
+        ratios = rank.full_columns.get("update_ratio", [])
+        grads = rank.columns.get("grad_norm", [0.0] * len(ratios))
+        missing = set(rank.stats.nograd)
+        bad = [
+            i
+            for i, r in enumerate(ratios)
+            if s.frozen_ratio < r < s.min_ratio and grads[i] > 0 and i not in missing
+        ]
+        bad.sort(key=lambda i: ratios[i])
+        names = [rank.names[i] for i in bad]
+        memory.parameter = sticky(memory.parameter, names)
+        if not bad:
+            return []
+        value = ratios[rank.names.index(memory.parameter)] if memory.parameter else None
+        return [
+            self.finding(
+                f"update ratio below {fmt(s.min_ratio)} on {len(bad)} parameter(s): "
+                + name_list(
+                    [f"{n} ({fmt(ratios[i])})" for n, i in zip(names, bad, strict=True)], s.topk
+                ),
+                parameter=memory.parameter,
+                value=value,
+                threshold=s.min_ratio,
+            )
+        ]
+
+
+@dataclass(frozen=True)
+class FrozenSettings(RuleSettings):
+    max_ratio: float = 1e-12
+    """Update ratio at or below this counts as not moving."""
+    checks: int = 3
+    """Consecutive full checks a parameter must not move while its gradient is non-zero."""
+    unchanged_frac: float = 0.99
+    """For bf16/fp16 parameters, this fraction of unchanged sampled elements also counts."""
+    underflow_frac: float = 0.5
+    """Above this underflow fraction the message blames low-precision rounding."""
+    topk: int = 5
+    """How many parameters the message names."""
+
+
+@dataclass
+class FrozenMemory:
+    streak: list[int] = field(default_factory=list)
+    parameter: str | None = None
+
+
+class FrozenParameters(Rule[FrozenSettings, FrozenMemory]):
+    """A trainable parameter does not move although its gradient is non-zero.
+
+    Sampled update ratio <= 1e-12 for ``checks`` consecutive full steps (for bf16/fp16
+    parameters also >= 99% of sampled elements unchanged). Parameters with
+    ``requires_grad=False`` are frozen by design and never reported. What to do: check the
+    parameter is in an optimizer param group with a non-zero LR; if it is bf16/fp16 and
+    updates underflow, keep fp32 master weights (autocast) instead of casting the model.
+    """
+
+    name = "frozen_parameters"
+    severity = "error"
+    action = (
+        "check the parameter is in an optimizer group with a non-zero LR; for bf16/fp16 "
+        "weights keep fp32 master weights (autocast) instead of casting the model"
+    )
+    settings_type = FrozenSettings
+
+    def new_memory(self) -> FrozenMemory:
+        return FrozenMemory()
+
+    def check(self, rank: RankState, memory: FrozenMemory) -> list[Finding] | None:
+        if not is_full_step(rank) or rank.stats is None or not any(rank.stats.lr):
+            return None
+        s = self.settings
+        ratios = rank.full_columns.get("update_ratio", [])
+        unchanged = rank.full_columns.get("unchanged_frac", [0.0] * len(ratios))
+        underflow = rank.full_columns.get("underflow_frac", [0.0] * len(ratios))
+        grads = rank.columns.get("grad_norm", [0.0] * len(ratios))
+        kinds = dtypes(rank)
+        missing = set(rank.stats.nograd)
+        if len(memory.streak) != len(ratios):
+            memory.streak = [0] * len(ratios)
+        frozen: list[int] = []
+        for i, r in enumerate(ratios):
+            low = kinds[i] in LOW_PRECISION if i < len(kinds) else False
+            still = r <= s.max_ratio or (low and unchanged[i] >= s.unchanged_frac)
+            moving_grad = i not in missing and math.isfinite(grads[i]) and grads[i] > 0
+            memory.streak[i] = memory.streak[i] + 1 if still and moving_grad else 0
+            if memory.streak[i] >= s.checks:
+                frozen.append(i)
+        names = [rank.names[i] for i in frozen]
+        memory.parameter = sticky(memory.parameter, names)
+        if not frozen:
+            return []
+        head = rank.names.index(memory.parameter) if memory.parameter else frozen[0]
+        msg = (
+            f"update ratio {fmt(ratios[head])} for {s.checks} checks while gradient non-zero "
+            f"— {len(frozen)} frozen parameter(s): "
+            + name_list([f"{rank.names[i]} ({fmt(ratios[i])})" for i in frozen], s.topk)
+        )
+        rounding = [i for i in frozen if underflow[i] >= s.underflow_frac]
+        if rounding:
+            which = sorted({kinds[i] for i in rounding if i < len(kinds)})
+            msg += (
+                f"; {len(rounding)} of them have updates that round to zero "
+                f"(underflow {fmt(underflow[rounding[0]])}, dtype {'/'.join(which)}): keep "
+                "fp32 master weights and use autocast instead of casting the model to bf16/fp16"
+            )
+        return [
+            self.finding(msg, parameter=memory.parameter, value=ratios[head], threshold=s.max_ratio)
+        ]
+
+
+@dataclass(frozen=True)
+class WeightSpikeSettings(RuleSettings):
+    ratio: float = 10.0
+    """A weight norm above this multiple of its previous value is a spike."""
+    min_norm: float = 1e-3
+    """Previous norms below this (zero-initialised tensors) are not compared."""
+    topk: int = 5
+    """How many parameters the message names."""
+
+
+@dataclass
+class WeightSpikeMemory:
+    previous: list[float] = field(default_factory=list)
+    parameter: str | None = None
+
+
+class WeightNormSpike(Rule[WeightSpikeSettings, WeightSpikeMemory]):
+    """A parameter's weight norm jumped more than 10x between two sampled steps.
+
+    Usually a huge update from an exploding gradient or an LR mistake. What to do: restore
+    the last good checkpoint, lower the LR, enable gradient clipping.
+    """
+
+    name = "weight_norm_spike"
+    severity = "error"
+    action = "restore the last good checkpoint; lower the LR and enable gradient clipping"
+    settings_type = WeightSpikeSettings
+
+    def new_memory(self) -> WeightSpikeMemory:
+        return WeightSpikeMemory()
+
+    def check(self, rank: RankState, memory: WeightSpikeMemory) -> list[Finding] | None:
+        norms = rank.columns.get("weight_norm")
+        if norms is None:
+            return None
+        s, before = self.settings, memory.previous
+        bad: list[int] = []
+        if len(before) == len(norms):
+            bad = [
+                i
+                for i, (w, p) in enumerate(zip(norms, before, strict=True))
+                if math.isfinite(w) and math.isfinite(p) and p >= s.min_norm and w > s.ratio * p
+            ]
+        memory.previous = list(norms)
+        names = [rank.names[i] for i in bad]
+        memory.parameter = sticky(memory.parameter, names)
+        if not bad:
+            return []
+        i = rank.names.index(memory.parameter) if memory.parameter else bad[0]
+        return [
+            self.finding(
+                f"weight norm of {rank.names[i]} jumped {norms[i] / before[i]:.1f}x to "
+                f"{fmt(norms[i])}; spiking: {name_list(names, s.topk)}",
+                parameter=memory.parameter,
+                value=norms[i],
+                threshold=s.ratio * before[i],
+            )
+        ]

@@ -1,0 +1,111 @@
+"""Views of runs for the API: the live fleet merged with what the database remembers."""
+
+from __future__ import annotations
+
+import math
+
+from .alerts import AlertBook
+from .schemas import (
+    ParamValue,
+    RankDetail,
+    RankSummary,
+    RunDetail,
+    RunList,
+    RunSummary,
+    WorstParams,
+    clean,
+)
+from .state import Fleet, RankState
+from .store import Store
+
+
+def run_list(fleet: Fleet, book: AlertBook, store: Store | None) -> RunList:
+    ranks: dict[str, dict[int, RankSummary]] = {}
+    for record in store.load_runs() if store is not None else []:
+        ranks.setdefault(record.run, {})[record.rank] = RankSummary(
+            rank=record.rank,
+            host=record.host,
+            session=record.session,
+            first_seen=record.first_seen,
+            last_seen=record.last_seen,
+            last_step=record.last_step,
+            ended=record.ended,
+            frames=record.frames,
+            dropped=record.dropped,
+            firing=book.firing_count(record.run, record.rank),
+            live=False,
+        )
+    for run in list(fleet.runs.values()):
+        for s in list(run.ranks.values()):
+            ranks.setdefault(run.name, {})[s.rank] = RankSummary(
+                rank=s.rank,
+                host=s.hello.host,
+                session=s.hello.session,
+                first_seen=s.first_seen,
+                last_seen=s.last_seen,
+                last_step=s.last_step,
+                ended=s.ended,
+                frames=s.frames,
+                dropped=s.dropped,
+                firing=book.firing_count(run.name, s.rank),
+                live=True,
+            )
+    runs = [
+        RunSummary(
+            run=name,
+            ended=all(r.ended for r in by_rank.values()),
+            last_seen=max(r.last_seen for r in by_rank.values()),
+            firing=sum(r.firing for r in by_rank.values()),
+            ranks=sorted(by_rank.values(), key=lambda r: r.rank),
+        )
+        for name, by_rank in ranks.items()
+    ]
+    runs.sort(key=lambda r: r.last_seen, reverse=True)
+    return RunList(runs=runs)
+
+
+def _top(names: tuple[str, ...], values: list[float], k: int, reverse: bool) -> list[ParamValue]:
+    pairs = [(n, v) for n, v in zip(names, values, strict=False) if math.isfinite(v)]
+    pairs.sort(key=lambda p: p[1], reverse=reverse)
+    return [ParamValue(name=n, value=v) for n, v in pairs[:k]]
+
+
+def rank_detail(s: RankState, topk: int) -> RankDetail:
+    stats = s.stats
+    grads = s.columns.get("grad_norm", [])
+    weights = s.columns.get("weight_norm", [])
+    bad = {
+        s.names[i]
+        for column in (grads, weights)
+        for i, x in enumerate(column)
+        if not math.isfinite(x) and i < len(s.names)
+    }
+    worst = WorstParams(
+        by_grad_norm=_top(s.names, grads, topk, reverse=True),
+        lowest_update_ratio=_top(s.names, s.full_columns.get("update_ratio", []), topk, False),
+        non_finite=[n for n in s.names if n in bad],
+        frozen_by_design=list(s.frozen_by_design),
+    )
+    return RankDetail(
+        rank=s.rank,
+        host=s.hello.host,
+        device=s.hello.device,
+        optimizer=s.hello.optimizer,
+        world_size=s.hello.world_size,
+        step=s.last_step,
+        loss=None if stats is None else clean(stats.loss),
+        lr=[] if stats is None else [clean(x) for x in stats.lr],
+        metrics={} if stats is None else {k: clean(v) for k, v in stats.metrics.items()},
+        scalars={} if stats is None else {k: clean(v) for k, v in stats.scalars.items()},
+        full_step=s.full_step,
+        parameters=len(s.names),
+        worst=worst,
+    )
+
+
+def run_detail(fleet: Fleet, name: str, topk: int) -> RunDetail | None:
+    run = fleet.runs.get(name)
+    if run is None:
+        return None
+    ranks = [rank_detail(s, topk) for s in sorted(list(run.ranks.values()), key=lambda r: r.rank)]
+    return RunDetail(run=name, ended=run.ended, ranks=ranks)

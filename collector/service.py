@@ -1,0 +1,161 @@
+"""Wires the collector together: store, book, rules, ingest thread, HTTP server, ready file."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from .alerts import AlertBook, ConsoleLog
+from .api import create_app
+from .config import CollectorConfig
+from .engine import Engine
+from .health import IngestHealth
+from .ingest import Ingest
+from .rules import build_rules, load
+from .state import Fleet
+from .store import Store
+from .stream import AlertStream
+
+log = logging.getLogger(__name__)
+
+
+def bind_http(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (port 0 picks a free one), handed to uvicorn."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn that reports when it is serving and exits 0 on SIGTERM/SIGINT."""
+
+    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+        super().__init__(config)
+        self.service = service
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.service.on_serving()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True  # not recorded: uvicorn would re-raise it after shutdown
+        self.service.stream.close()
+
+
+class Service:
+    """The collector process. ``serve()`` blocks until a signal, then shuts down cleanly."""
+
+    def __init__(self, config: CollectorConfig, ready_file: str | None = None) -> None:
+        overrides = load(config.rules_path) if config.rules_path else None
+        rules = build_rules(overrides)
+        self.ready_file = ready_file
+        self.store = Store(config.db_path)
+        self.book = AlertBook(self.store)
+        self.book.subscribe(ConsoleLog())
+        self.fleet = Fleet()
+        self.health = IngestHealth()
+        self.http_sock = bind_http(config.http_host, config.http_port)
+        port = int(self.http_sock.getsockname()[1])
+        if config.public_url.endswith(":0"):  # derived from port 0: use the real one
+            config = dataclasses.replace(config, public_url=config.public_url[:-1] + str(port))
+        self.config = config = dataclasses.replace(config, http_port=port)
+        self.engine = Engine(self.fleet, self.book, rules, config, self.store)
+        self.ingest = Ingest(
+            config.listen,
+            self.fleet,
+            self.engine,
+            self.health,
+            max_frame_bytes=config.max_frame_bytes,
+            rcvhwm=config.rcvhwm,
+            tick_seconds=config.tick_seconds,
+        )
+        self.stream = AlertStream(config.keepalive_seconds)
+        self.book.subscribe(self.stream.publish)
+        self.app = create_app(
+            self.fleet,
+            self.book,
+            self.health,
+            None,
+            config,
+            store=self.store,
+            stream=self.stream,
+            ingest_alive=self.ingest.alive,
+        )
+        self.pusher: Any = None
+        host = "127.0.0.1" if config.http_host in ("0.0.0.0", "::") else config.http_host
+        self.http_url = f"http://{host}:{port}"
+        log.info(
+            "gradwatch collector: %d rules, ingest %s, http %s, db %s",
+            len(rules), self.ingest.endpoint, self.http_url, config.db_path,
+        )  # fmt: skip
+
+    def on_serving(self) -> None:
+        """Both sockets are bound and uvicorn serves: announce it."""
+        if self.ready_file:
+            info = {"listen": self.ingest.endpoint, "http": self.http_url, "pid": os.getpid()}
+            tmp = Path(self.ready_file + ".tmp")
+            tmp.write_text(json.dumps(info))
+            tmp.replace(self.ready_file)
+
+    def _start_pusher(self) -> None:
+        if not self.config.alertmanager_url:
+            return
+        try:
+            from .alertmanager import AlertmanagerPusher
+        except ImportError as exc:
+            log.error("Alertmanager push disabled: %s", exc)
+            return
+        self.pusher = AlertmanagerPusher(self.config, self.book)
+        self.pusher.start()
+
+    def serve(self) -> None:
+        self.ingest.start()
+        self._start_pusher()
+        server = _Server(
+            uvicorn.Config(
+                self.app,
+                log_level="warning",
+                timeout_graceful_shutdown=2,
+                lifespan="off",
+            ),
+            self,
+        )
+        try:
+            server.run(sockets=[self.http_sock])
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.stream.close()
+        if self.pusher is not None:
+            self.pusher.stop()
+        self.ingest.stop()
+        self.engine.flush()
+        self.store.close()
+        self.http_sock.close()
+        if self.ready_file:
+            Path(self.ready_file).unlink(missing_ok=True)
+        log.info("gradwatch collector stopped")

@@ -1,0 +1,137 @@
+"""Synthetic wire frames for collector tests (no torch): a fake rank that speaks protocol v1."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from gradwatch import wire
+from gradwatch.collector.alerts import AlertBook
+from gradwatch.collector.engine import Engine
+from gradwatch.collector.rules import CATALOGUE, build_rules
+from gradwatch.collector.state import Fleet
+
+PARAMS: tuple[tuple[str, tuple[int, ...], str], ...] = (
+    ("tok_emb.weight", (256, 48), "float32"),
+    ("blocks.0.ln1.weight", (48,), "float32"),
+    ("blocks.0.attn.qkv.weight", (144, 48), "float32"),
+    ("blocks.0.mlp.fc.weight", (192, 48), "float32"),
+    ("blocks.1.ln1.weight", (48,), "float32"),
+    ("blocks.1.attn.qkv.weight", (144, 48), "float32"),
+    ("blocks.1.mlp.fc.weight", (192, 48), "float32"),
+    ("head.weight", (256, 48), "float32"),
+)
+NAMES = [p[0] for p in PARAMS]
+
+
+class FakeRank:
+    """Builds hello and stats frames; per-parameter values default to healthy numbers."""
+
+    def __init__(
+        self,
+        run: str = "demo",
+        rank: int = 0,
+        optimizer: str = "AdamW",
+        params: Sequence[tuple[str, tuple[int, ...], str]] = PARAMS,
+        frozen_by_design: Sequence[str] = (),
+    ) -> None:
+        self.run, self.rank, self.optimizer = run, rank, optimizer
+        self.params = [
+            wire.ParamInfo(n, s, d, _numel(s), n not in frozen_by_design) for n, s, d in params
+        ]
+        self.names = [p.name for p in self.params if p.requires_grad]
+        self.session = uuid.uuid4().hex[:16]
+        self.seq = 0
+
+    def _next(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def hello(self) -> wire.Hello:
+        return wire.Hello(
+            run=self.run, rank=self.rank, session=self.session, world_size=1, host="testhost",
+            pid=1, torch="2.4", device="cpu", optimizer=self.optimizer, params=tuple(self.params),
+            seq=self._next(), time=1.0,
+        )  # fmt: skip
+
+    def stats(
+        self,
+        step: int,
+        loss: float | None = 2.0,
+        lr: Sequence[float] = (1e-3,),
+        grad: Mapping[str, float] | None = None,
+        weight: Mapping[str, float] | None = None,
+        ratio: Mapping[str, float] | None = None,
+        full: bool = False,
+        unchanged: Mapping[str, float] | None = None,
+        underflow: Mapping[str, float] | None = None,
+        nograd: Sequence[str] = (),
+        metrics: Mapping[str, float] | None = None,
+        scalars: Mapping[str, float] | None = None,
+    ) -> wire.Stats:
+        """Defaults: grad norm 0.5, weight norm 5, update ratio 1e-3 (on full steps)."""
+        grad, weight, ratio = grad or {}, weight or {}, ratio or {}
+        rows: list[float] = []
+        for n in self.names:
+            g = grad.get(n, 0.5)
+            rows += [g, g, g / 10, weight.get(n, 5.0)]
+        packed_full = b""
+        if full or ratio:
+            frows: list[float] = []
+            for n in self.names:
+                r = ratio.get(n, 1e-3)
+                frows += [r * 5, r, (unchanged or {}).get(n, 0.0), (underflow or {}).get(n, 0.0)]
+            packed_full = wire.pack_floats(frows)
+        m = {"grad_norm": 1.0, "step_time_seconds": 0.1, "tokens_per_second": 1000.0}
+        m.update(metrics or {})
+        return wire.Stats(
+            run=self.run, rank=self.rank, session=self.session, seq=self._next(), step=step,
+            time=float(step), loss=loss, lr=tuple(lr), rows=wire.pack_floats(rows),
+            full=packed_full, nograd=tuple(self.names.index(n) for n in nograd),
+            metrics=m, scalars=dict(scalars or {}),
+        )  # fmt: skip
+
+    def bye(self, step: int) -> wire.Bye:
+        return wire.Bye(self.run, self.rank, self.session, self._next(), step, float(step))
+
+    def heartbeat(self, step: int) -> wire.Heartbeat:
+        return wire.Heartbeat(self.run, self.rank, self.session, self._next(), step, float(step))
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+class Harness:
+    """Fleet + one rule (or all) + an in-memory alert book, fed frame by frame."""
+
+    def __init__(self, rule: str | None = None, **overrides: Any) -> None:
+        if rule is not None:
+            assert rule in CATALOGUE
+            settings = {n: {"enabled": False} for n in CATALOGUE if n != rule}
+            settings[rule] = overrides
+        else:
+            settings = {}
+        self.fleet = Fleet()
+        self.book = AlertBook()
+        self.engine = Engine(self.fleet, self.book, build_rules(settings))
+        self.now = 1000.0
+
+    def send(self, frame: wire.Frame, dt: float = 1.0) -> None:
+        self.now += dt
+        state = self.fleet.apply(wire.decode(wire.encode(frame)), self.now)
+        self.engine.on_frame(state, frame, self.now)
+
+    def tick(self, dt: float = 0.0) -> None:
+        self.now += dt
+        self.engine.tick(self.now)
+
+    def firing(self, rule: str | None = None) -> list[Any]:
+        return [a for a in self.book.alerts("firing") if rule is None or a.rule == rule]
+
+    def open(self) -> list[Any]:
+        return [a for a in self.book.alerts() if a.state != "resolved"]

@@ -1,0 +1,111 @@
+"""Malformed frames over a real ZeroMQ socket to a real ingest thread: counted, never fatal."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterator
+
+import msgpack
+import pytest
+import zmq
+from collector_frames import FakeRank
+
+from gradwatch import wire
+from gradwatch.collector.alerts import AlertBook
+from gradwatch.collector.engine import Engine
+from gradwatch.collector.health import IngestHealth
+from gradwatch.collector.ingest import Ingest, bind_endpoint, connectable
+from gradwatch.collector.rules import build_rules
+from gradwatch.collector.state import Fleet
+
+
+@pytest.fixture
+def ingest() -> Iterator[tuple[Ingest, zmq.Socket[bytes]]]:
+    fleet, book = Fleet(), AlertBook()
+    engine = Engine(fleet, book, build_rules())
+    ing = Ingest("tcp://127.0.0.1:0", fleet, engine, IngestHealth(), tick_seconds=0.2)
+    ing.start()
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(ing.endpoint)
+    try:
+        yield ing, push
+    finally:
+        push.close()
+        ctx.term()
+        ing.stop()
+
+
+def _wait(predicate: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.02)
+
+
+def _pack(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def test_ingest_counts_each_kind_of_bad_frame_and_keeps_serving(
+    ingest: tuple[Ingest, zmq.Socket[bytes]],
+) -> None:
+    ing, push = ingest
+    r = FakeRank()
+    good = wire.encode(r.stats(1))
+    hello = msgpack.unpackb(wire.encode(r.hello()))
+    bad = {
+        "malformed": [
+            os.urandom(64),
+            good[: len(good) // 2],
+            b"\xc6\xff\xff\xff\xf0abc",
+            _pack([1, 2]),
+        ],
+        "version": [_pack({**hello, "v": 2})],
+        "unknown_kind": [_pack({**hello, "kind": "gossip"})],
+        "schema": [_pack({**hello, "rank": "zero"}), _pack({**hello, "params": "lots"})],
+        "no_hello": [good],
+    }
+    for frames in bad.values():
+        for frame in frames:
+            push.send(frame)
+    _wait(lambda: sum(ing.health.rejected.values()) >= sum(map(len, bad.values())))
+    for reason, frames in bad.items():
+        assert reason in wire.REJECT_REASONS
+        assert ing.health.rejected[reason] == len(frames), reason
+    push.send(wire.encode(r.hello()))
+    push.send(wire.encode(r.stats(1)))
+    push.send(wire.encode(r.stats(2, loss=math.nan)))
+    _wait(lambda: ing.health.received["stats"] == 2)
+    assert ing.health.received["hello"] == 1 and ing.alive()
+    assert [a.rule for a in ing.engine.book.alerts("firing")] == ["non_finite"]
+    assert ing.health.latency.n >= 10
+
+
+def test_ingest_rejects_oversized_and_counts_internal_errors() -> None:
+    fleet = Fleet()
+    engine = Engine(fleet, AlertBook(), build_rules())
+    ing = Ingest("tcp://127.0.0.1:0", fleet, engine, IngestHealth())
+    try:
+        ing.handle(b"\x00" * (wire.MAX_FRAME_BYTES + 1))
+        assert ing.health.rejected["oversized"] == 1
+
+        def broken(*args: object) -> None:
+            raise RuntimeError("rule bug")
+
+        engine.on_frame = broken  # type: ignore[method-assign]
+        r = FakeRank()
+        ing.handle(wire.encode(r.hello()))
+        ing.handle(wire.encode(r.hello()))
+        assert ing.health.rejected["internal"] == 2 and ing.health.received["hello"] == 2
+    finally:
+        ing.stop()
+
+
+def test_endpoint_helpers() -> None:
+    assert bind_endpoint("tcp://127.0.0.1:0") == "tcp://127.0.0.1:*"
+    assert bind_endpoint("tcp://0.0.0.0:5555") == "tcp://0.0.0.0:5555"
+    assert connectable("tcp://0.0.0.0:5555") == "tcp://127.0.0.1:5555"
