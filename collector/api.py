@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .alert import SEVERITIES, STATES, Alert
 from .alerts import AlertBook
 from .config import CollectorConfig
+from .exporter import build_registry
 from .health import IngestHealth
 from .runs import run_detail, run_list
 from .schemas import AlertList, AlertOut, Health, Ready, RunDetail, RunList, alert_json
@@ -42,15 +44,14 @@ def create_app(
     fleet: Fleet,
     book: AlertBook,
     health: IngestHealth,
-    registry: Any = None,
+    registry: CollectorRegistry | None = None,
     config: CollectorConfig | None = None,
     *,
     store: Store | None = None,
     stream: AlertStream | None = None,
     ingest_alive: Callable[[], bool] = lambda: True,
 ) -> FastAPI:
-    """Build the app. ``registry`` is a prometheus CollectorRegistry, or None to build one
-    from ``gradwatch.collector.exporter`` on first scrape (503 while that is unavailable)."""
+    """Build the app around its dependencies; ``registry`` defaults to a fresh exporter one."""
     config = config or CollectorConfig()
     if stream is None:
         stream = AlertStream(config.keepalive_seconds)
@@ -62,7 +63,8 @@ def create_app(
         "stream; run state; Prometheus metrics.",
     )
     app.state.stream = stream
-    holder: dict[str, Any] = {"registry": registry}
+    if registry is None:
+        registry = build_registry(fleet, book, health, config)
 
     def found(alert: Alert | None, alert_id: int) -> AlertOut:
         if alert is None:
@@ -157,18 +159,10 @@ def create_app(
         "/metrics",
         summary="Prometheus metrics",
         response_class=Response,
-        responses={200: {"content": {"text/plain": {}}}, 503: {"description": "no exporter"}},
+        responses={200: {"content": {"text/plain": {}}}},
     )
     def metrics() -> Response:
         """Prometheus text exposition of runs, parameters, alerts and ingest health."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        if holder["registry"] is None:
-            try:
-                from .exporter import build_registry
-            except ImportError as exc:
-                return Response(f"exporter unavailable: {exc}\n", 503, media_type="text/plain")
-            holder["registry"] = build_registry(fleet, book, health, config)
-        return Response(generate_latest(holder["registry"]), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

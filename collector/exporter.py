@@ -266,9 +266,9 @@ def _export_rank(fams: _Families, r: RankState, topk: int) -> None:
         put(name, metrics.get(key))
     for kind, key in MEMORY_KINDS.items():
         put("gradwatch_memory_bytes", metrics.get(key), kind)
-    # Percentiles travel only on full steps; ``full_metrics`` (when the state keeps it) holds
-    # the latest full step's metrics so they do not vanish between full steps.
-    full_metrics: Mapping[str, float] = getattr(r, "full_metrics", None) or metrics
+    # Percentiles travel only on full steps; ``full_metrics`` holds the latest full step's
+    # metrics so they do not vanish between full steps.
+    full_metrics: Mapping[str, float] = r.full_metrics or metrics
     for p in GRAD_PERCENTILES:
         put("gradwatch_grad_abs", full_metrics.get(f"grad_p{p}"), f"p{p}")
 

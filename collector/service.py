@@ -11,14 +11,15 @@ import signal
 import socket
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import uvicorn
 
+from .alertmanager import AlertmanagerPusher
 from .alerts import AlertBook, ConsoleLog
 from .api import create_app
 from .config import CollectorConfig
 from .engine import Engine
+from .exporter import build_registry
 from .health import IngestHealth
 from .ingest import Ingest
 from .rules import build_rules, load
@@ -92,17 +93,20 @@ class Service:
         )
         self.stream = AlertStream(config.keepalive_seconds)
         self.book.subscribe(self.stream.publish)
+        self.pusher = AlertmanagerPusher(config, self.book) if config.alertmanager_url else None
+        registry = build_registry(
+            self.fleet, self.book, self.health, config, notifications=self.pusher
+        )
         self.app = create_app(
             self.fleet,
             self.book,
             self.health,
-            None,
+            registry,
             config,
             store=self.store,
             stream=self.stream,
             ingest_alive=self.ingest.alive,
         )
-        self.pusher: Any = None
         host = "127.0.0.1" if config.http_host in ("0.0.0.0", "::") else config.http_host
         self.http_url = f"http://{host}:{port}"
         log.info(
@@ -118,20 +122,10 @@ class Service:
             tmp.write_text(json.dumps(info))
             tmp.replace(self.ready_file)
 
-    def _start_pusher(self) -> None:
-        if not self.config.alertmanager_url:
-            return
-        try:
-            from .alertmanager import AlertmanagerPusher
-        except ImportError as exc:
-            log.error("Alertmanager push disabled: %s", exc)
-            return
-        self.pusher = AlertmanagerPusher(self.config, self.book)
-        self.pusher.start()
-
     def serve(self) -> None:
         self.ingest.start()
-        self._start_pusher()
+        if self.pusher is not None:
+            self.pusher.start()
         server = _Server(
             uvicorn.Config(
                 self.app,

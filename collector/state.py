@@ -40,6 +40,8 @@ class RankState:
     """Latest cheap per-parameter columns (``wire.CHEAP_FIELDS`` names), tracked order."""
     full_columns: dict[str, list[float]] = field(default_factory=dict)
     """Latest full per-parameter columns (``wire.FULL_FIELDS`` names), tracked order."""
+    full_metrics: dict[str, float] = field(default_factory=dict)
+    """Frame-level metrics of the latest full step (the gradient percentiles travel only there)."""
     full_step: int = -1
     """Step of ``full_columns``; -1 before the first full step."""
     frames: int = 0
@@ -152,6 +154,7 @@ class Fleet:
                 f: values[j :: len(full_fields)].tolist() for j, f in enumerate(full_fields)
             }
             state.full_step = stats.step
+            state.full_metrics = dict(stats.metrics)
 
     def forget(self, run: str) -> None:
         """Drop a run (after its grace period) and its sessions."""

@@ -21,8 +21,6 @@ import httpx
 import pytest
 from stack_support import need_binaries, render_alertmanager, render_prometheus
 
-from gradwatch.collector.state import RankState
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from support import CollectorProcess, free_port, run_trainer, stop_process, wait_until  # noqa: E402
 
@@ -34,11 +32,8 @@ EXPECTED = {
     "gradwatch_step_time_seconds", "gradwatch_tokens_per_second", "gradwatch_memory_bytes",
     "gradwatch_parameters", "gradwatch_update_ratio", "gradwatch_param_grad_norm",
     "gradwatch_param_update_ratio", "gradwatch_alerts_firing", "gradwatch_run_info",
-    "gradwatch_last_frame_timestamp_seconds", "gradwatch_rank_ended",
+    "gradwatch_last_frame_timestamp_seconds", "gradwatch_rank_ended", "gradwatch_grad_abs",
 }  # fmt: skip
-if "full_metrics" in RankState.__dataclass_fields__:
-    # Percentiles come on full steps only; without the state keeping them they flicker.
-    EXPECTED.add("gradwatch_grad_abs")
 
 
 class Receiver(ThreadingHTTPServer):
