@@ -58,10 +58,8 @@ class Monitor:
         self.closed = False
         self._logged_errors: set[str] = set()
         self._optimizer = optimizer
-        self._params = _param_table(model, optimizer)
-        tracked = [p for _, p, info in self._params if info.requires_grad]
-        self._stats = GradStats(tracked)
-        self._sampler = UpdateSampler(tracked, config.sample_size)
+        self._model = model
+        tracked = self._build_tables()
         self._scaler = ScalerTracker(scaler) if scaler is not None else None
         self._pending: PendingStats | None = None
         self._logged: list[tuple[int, dict[str, Value]]] = []
@@ -164,6 +162,7 @@ class Monitor:
                 t = self.step + 1
                 self._full_now = t % self.config.full_every == 0
                 if self._full_now:
+                    self._refresh_dtypes()
                     self._sampler.before_step()
         except Exception as exc:
             self._error("pre-hook", exc)
@@ -185,6 +184,22 @@ class Monitor:
             self._error("post-hook", exc)
 
     # ------------------------------------------------------------------------ internals
+
+    def _build_tables(self) -> list[Tensor]:
+        """(Re)build the parameter table and the per-dtype reducers; return tracked params."""
+        self._params = _param_table(self._model, self._optimizer)
+        tracked = [p for _, p, info in self._params if info.requires_grad]
+        self._dtypes = tuple(p.dtype for p in tracked)
+        self._stats = GradStats(tracked)
+        self._sampler = UpdateSampler(tracked, self.config.sample_size)
+        return tracked
+
+    def _refresh_dtypes(self) -> None:
+        """A parameter cast mid-run (say to bf16) changes grouping, underflow accounting and
+        the hello's table: rebuild them and re-announce. Reading dtypes never syncs."""
+        if tuple(p.dtype for _, p, info in self._params if info.requires_grad) != self._dtypes:
+            self._build_tables()
+            self._sender.request_hello()
 
     def _open_frame(self, step_time: float | None) -> None:
         tail: list[Tensor] = []

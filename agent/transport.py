@@ -56,6 +56,7 @@ class Sender:
         """Frames the socket would not take (no peer, high-water mark, errors)."""
         self.sent = 0
         self.hellos = 0
+        self._hello_due = False
         self._seq = 0
         self._thread = threading.Thread(target=self._run, name="gradwatch-sender", daemon=True)
         self._thread.start()
@@ -72,6 +73,10 @@ class Sender:
         except queue.Full:
             self.dropped_queue += 1
             return False
+
+    def request_hello(self) -> None:
+        """Have the sender thread send a fresh hello before the next frame (table changed)."""
+        self._hello_due = True
 
     def close(self, timeout: float) -> None:
         """Flush what is queued (bounded by ``timeout``) and stop the thread."""
@@ -131,6 +136,9 @@ class Sender:
                     continue
                 if item is _STOP:
                     break
+                if self._hello_due:
+                    self._hello_due = False
+                    self._send_hello(sock)
                 try:
                     for wait in item.wait:
                         wait()

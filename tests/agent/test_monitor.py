@@ -160,3 +160,34 @@ def test_monitor_config_rejects_bad_fields() -> None:
         ga.AgentConfig(run="t", rank=2, world_size=2)
     with pytest.raises(ValueError, match="endpoint"):
         ga.AgentConfig(run="t", endpoint="localhost")
+
+
+def test_monitor_cast_to_bf16_mid_run_reannounces_table_and_reports_underflow(
+    collector: Collector,
+) -> None:
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(8)
+    lin = torch.nn.Linear(8, 8)
+    opt = torch.optim.SGD([*lin.parameters(), norm.weight, norm.bias], lr=1e-5)
+    model = torch.nn.ModuleDict({"lin": lin, "norm": norm})
+    with ga.watch(model, opt, run="t", endpoint=collector.endpoint, full_every=2) as mon:
+        collector.drain(until=wire.Hello)
+        for step in range(6):
+            if step == 2:  # seed 003: norm weights at 1.0 cast to bf16
+                norm.weight.data = norm.weight.data.to(torch.bfloat16)
+            x = torch.randn(4, 8)
+            y = torch.nn.functional.layer_norm(lin(x), (8,), norm.weight.float(), norm.bias).pow(2)
+            y.mean().backward()
+            opt.step()
+            mon.log(loss=y.mean())
+            opt.zero_grad()
+    collector.drain(until=wire.Bye)
+    hellos = [h for h in collector.of(wire.Hello) if isinstance(h, wire.Hello)]
+    dtypes = {p.name: p.dtype for p in hellos[-1].params}
+    assert len(hellos) >= 2 and dtypes["norm.weight"] == "bfloat16"
+    last = [s for s in collector.of(wire.Stats) if isinstance(s, wire.Stats) and s.full][-1]
+    names = [p.name for p in hellos[-1].params if p.requires_grad]
+    underflow = dict(zip(names, last.column(last.full, 4, 3), strict=True))
+    # lr 1e-5 * |g| is far below half an ULP of bf16 at 1.0 (2**-8): every update rounds away.
+    assert underflow["norm.weight"] == 1.0
+    assert underflow["lin.weight"] == 0.0

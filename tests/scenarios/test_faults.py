@@ -72,6 +72,8 @@ def test_fault_is_detected_within_ten_steps(collector: CollectorProcess, kind: s
     assert 0 <= delay <= (0 if kind == "nan" else 10), alert
     if kind in NAMED:
         assert alert["parameter"] in _targets(kind), alert
+    if kind == "bf16":  # seed 003: say why the layer is frozen, and what to do
+        assert "round to zero" in alert["message"] and "fp32 master weights" in alert["message"]
 
 
 def test_hang_is_detected_as_trainer_silent(collector: CollectorProcess, tmp_path: Path) -> None:
