@@ -331,4 +331,19 @@ def watch(
             flops_per_token=flops_per_token,
             peak_flops=peak_flops,
         )
-    return Monitor(model, optimizer, config, scaler=scaler)
+    return Monitor(model, _unwrap(optimizer), config, scaler=scaler)
+
+
+def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside wrappers that delegate ``step()`` without running its hooks
+    (accelerate's ``AcceleratedOptimizer`` under ``transformers.Trainer``, Lightning's
+    ``LightningOptimizer``); hooks must go on the object whose ``step()`` really runs."""
+    seen = 0
+    while not hasattr(optimizer, "_optimizer_step_pre_hooks") and seen < 8:
+        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+        if inner is None:
+            break
+        optimizer, seen = inner, seen + 1
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"gradwatch.watch needs a torch.optim.Optimizer, got {type(optimizer)}")
+    return optimizer
