@@ -23,7 +23,7 @@ class Alert:
     rank: int
     parameter: str | None
     step: int
-    """Training step at which the condition was (last) seen."""
+    """Training step at which the condition was last seen."""
     value: float | None
     threshold: float | None
     message: str
@@ -36,6 +36,8 @@ class Alert:
     acked: bool = False
     history: list[tuple[int, float]] = field(default_factory=list)
     """Flight recorder: recent (step, value) pairs that led to the alert."""
+    first_step: int = -1
+    """Training step at which the condition was first seen: the onset."""
 
     @property
     def fingerprint(self) -> tuple[str, str, int, str]:

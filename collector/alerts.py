@@ -134,6 +134,7 @@ class AlertBook:
             rank=rank,
             parameter=f.parameter,
             step=step,
+            first_step=step,
             value=f.value,
             threshold=f.threshold,
             message=f.message,

@@ -32,6 +32,7 @@ class AlertOut(BaseModel):
     run: str
     rank: int
     step: int = Field(description="Training step at which the condition was last seen")
+    first_step: int = Field(description="Training step at which the condition was first seen")
     parameter: str | None = Field(description="Offending parameter, when the rule names one")
     value: float | None = Field(description="Observed value (null when not finite)")
     threshold: float | None

@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS alerts (
     step INTEGER NOT NULL, value REAL, threshold REAL,
     message TEXT NOT NULL, action TEXT NOT NULL,
     started_at REAL NOT NULL, updated_at REAL NOT NULL, resolved_at REAL,
-    acked INTEGER NOT NULL DEFAULT 0, history TEXT NOT NULL DEFAULT '[]'
+    acked INTEGER NOT NULL DEFAULT 0, history TEXT NOT NULL DEFAULT '[]',
+    first_step INTEGER NOT NULL DEFAULT -1
 );
 CREATE INDEX IF NOT EXISTS alerts_state ON alerts (state);
 CREATE INDEX IF NOT EXISTS alerts_resolved ON alerts (resolved_at);
@@ -34,7 +35,7 @@ CREATE TABLE IF NOT EXISTS runs (
 
 _COLUMNS = (
     "id rule severity state run rank parameter step value threshold message action "
-    "started_at updated_at resolved_at acked history"
+    "started_at updated_at resolved_at acked history first_step"
 ).split()
 
 
@@ -82,7 +83,7 @@ class Store:
                 a.id, a.rule, a.severity, a.state, a.run, a.rank, a.parameter, a.step,
                 _num(a.value), _num(a.threshold), a.message, a.action, a.started_at,
                 a.updated_at, a.resolved_at, int(a.acked),
-                json.dumps([[s, _num(v)] for s, v in a.history]),
+                json.dumps([[s, _num(v)] for s, v in a.history]), a.first_step,
             )
             for a in alerts
         ]  # fmt: skip

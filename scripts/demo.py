@@ -40,7 +40,7 @@ def _port_free(host: str, port: int) -> bool:
 def _print_alert(alert: dict[str, Any]) -> None:
     colour = COLOURS.get(alert["severity"], "") if sys.stdout.isatty() else ""
     reset = "\033[0m" if colour else ""
-    where = f"run={alert['run']} rank={alert['rank']} step={alert['step']}"
+    where = f"run={alert['run']} rank={alert['rank']} step={alert['first_step']}"
     if alert.get("parameter"):
         where += f" param={alert['parameter']}"
     print(f"{colour}ALERT {alert['rule']} [{alert['severity']}]{reset} {where}", flush=True)

@@ -146,7 +146,10 @@ def trainer_cmd(
     ]
     for item in inject:
         cmd += ["--inject", item]
-    return cmd + list(extra)
+    # One intra-op thread: tests run a collector (and pytest) beside the trainer on 2 cores, and
+    # oversubscribed OpenMP threads spin-wait each other into 100x slower steps.
+    threads = [] if "--threads" in extra else ["--threads", "1"]
+    return cmd + threads + list(extra)
 
 
 def run_trainer(

@@ -56,7 +56,7 @@ def _targets(kind: str) -> list[str]:
 
 
 def _first_step(alert: dict[str, Any]) -> int:
-    return int(alert["history"][0][0]) if alert["history"] else int(alert["step"])
+    return int(alert["first_step"])
 
 
 @pytest.mark.parametrize("kind", list(EXPECTED))
