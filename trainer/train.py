@@ -1,0 +1,240 @@
+"""The demo training loop, nanoGPT style: read it top to bottom.
+
+``train(args, on_step=...)`` runs the loop in-process and returns one :class:`StepRecord` per
+step, so tests drive it with a handful of steps and ``no_monitor=True``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from gradwatch.trainer.data import Corpus, load_corpus
+from gradwatch.trainer.faults import FaultInjector
+from gradwatch.trainer.model import GPT, GPTConfig
+from gradwatch.trainer.optim import build_optimizer, lr_factor, set_lrs
+
+__all__ = ["Monitor", "Run", "StepRecord", "train"]
+
+
+class Monitor(Protocol):
+    """What the loop needs from ``gradwatch.agent.watch(...)``."""
+
+    def log(self, **kwargs: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+class NullMonitor:
+    """Stands in for the agent under ``--no-monitor`` so the loop has no ``if monitor:``."""
+
+    def log(self, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class StepRecord:
+    """What happened at one optimizer step (tensors stay tensors: no sync per step)."""
+
+    step: int
+    loss: torch.Tensor
+    """The loss that was backpropagated (after fault injection), detached."""
+    grad_norm: torch.Tensor
+    """Global grad norm before clipping."""
+    lr: float
+    """Learning rate of the first param group (``tok_emb``; under muon ``blocks.0.attn``)."""
+    lrs: dict[str, float]
+    """Learning rate per named group."""
+    seconds: float
+    """Wall time of the step, injected sleeps included."""
+    tokens: int
+    val_loss: float | None = None
+
+
+@dataclass
+class Run:
+    """The live objects of a run, handed to ``on_step`` callbacks."""
+
+    model: GPT
+    optimizer: torch.optim.Optimizer
+    faults: FaultInjector
+    corpus: Corpus
+    records: list[StepRecord] = field(default_factory=list)
+
+
+def _attach_monitor(args: argparse.Namespace, model: GPT, optimizer: Any) -> Monitor:
+    if getattr(args, "no_monitor", False):
+        return NullMonitor()
+    import gradwatch.agent  # lazy: nothing else in the trainer needs it
+
+    cfg = model.config
+    # nanoGPT's estimate: 6N for the matmuls plus the attention scores.
+    flops_per_token = 6 * model.num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+    monitor: Monitor = gradwatch.agent.watch(
+        model,
+        optimizer,
+        run=args.run,
+        endpoint=args.endpoint,
+        every=args.every,
+        full_every=args.full_every,
+        flops_per_token=flops_per_token,
+        peak_flops=getattr(args, "peak_flops", None),
+    )
+    return monitor
+
+
+@torch.no_grad()
+def estimate_val_loss(
+    model: GPT, corpus: Corpus, batch_size: int, iters: int, seed: int
+) -> torch.Tensor:
+    """Mean loss over ``iters`` validation batches (same batches every call)."""
+    gen = torch.Generator().manual_seed(seed)
+    model.eval()
+    losses = []
+    for _ in range(iters):
+        x, y = corpus.batch("val", batch_size, model.config.block_size, gen)
+        losses.append(model(x, y)[1])
+    model.train()
+    return torch.stack(losses).mean()
+
+
+def train(
+    args: argparse.Namespace,
+    on_step: Callable[[StepRecord, Run], None] | None = None,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    log: Callable[[str], None] | None = None,
+) -> list[StepRecord]:
+    """Train for ``args.steps`` steps; returns the per-step records.
+
+    ``sleep`` and ``log`` let tests observe the ``hang``/``slow`` faults and silence output.
+    """
+    say = log or (lambda line: print(line, flush=True))
+
+    # -----------------------------------------------------------------------------
+    # setup: threads, seed, data, model, optimizer
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    corpus = load_corpus()
+    config = GPTConfig.preset(args.size)
+    model = GPT(config)
+    optimizer = build_optimizer(
+        args.optimizer,
+        model,
+        lr=args.lr,
+        aux_lr=args.aux_lr,
+        weight_decay=args.weight_decay,
+    )
+    faults = FaultInjector(list(args.inject), model, optimizer, sleep=sleep, log=say)
+    run = Run(model, optimizer, faults, corpus)
+    batch_gen = torch.Generator().manual_seed(args.seed)  # batches depend on the seed only
+    tokens_per_step = args.batch_size * config.block_size
+    peak = max(g["base_lr"] for g in optimizer.param_groups)
+    say(
+        f"gradwatch trainer: {args.size} {model.num_params() / 1e6:.2f}M params | "
+        f"{args.optimizer} lr {peak:.2e} | {len(corpus.train) / 1e3:.0f}k train / "
+        f"{len(corpus.val) / 1e3:.0f}k val bytes | {tokens_per_step} tok/step | "
+        f"{torch.get_num_threads()} threads"
+    )
+
+    # -----------------------------------------------------------------------------
+    # attach gradwatch (a do-nothing monitor under --no-monitor)
+    monitor = _attach_monitor(args, model, optimizer)
+
+    # -----------------------------------------------------------------------------
+    # the loop: steps count from 1, so "--inject nan@100" hits the 100th optimizer step
+    t_start = time.perf_counter()
+    val_loss: torch.Tensor | None = None
+    step = 0
+    try:
+        for step in range(1, args.steps + 1):
+            t0 = time.perf_counter()
+            faults.begin(step)  # may change group lr scales or dtypes, or hang right here
+            set_lrs(optimizer, lr_factor(step, args.warmup, args.steps))
+
+            # forward / backward on one batch
+            x, y = corpus.batch("train", args.batch_size, config.block_size, batch_gen)
+            logits, loss = model(x, y)
+            assert loss is not None
+            loss = faults.loss(step, logits, y, loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+
+            # The high default clip never touches a healthy run and keeps an exploding norm
+            # visible to the agent, which reads the gradients after this line.
+            params = [p for p in model.parameters() if p.grad is not None]
+            if args.grad_clip > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
+            else:
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            optimizer.step()
+
+            # evaluation (before the monitor's log, so val_loss travels with this step)
+            scalars: dict[str, torch.Tensor] = {}
+            if args.eval_every and (step % args.eval_every == 0 or step == args.steps):
+                val_loss = estimate_val_loss(
+                    model, corpus, args.batch_size, args.eval_iters, args.seed
+                )
+                scalars["val_loss"] = val_loss
+
+            # a tensor loss: the agent syncs it off the hot path, never .item() here
+            monitor.log(
+                loss=loss.detach(), tokens=tokens_per_step, samples=args.batch_size, **scalars
+            )
+            faults.end(step, time.perf_counter() - t0)  # leak / slow
+            dt = time.perf_counter() - t0
+
+            record = StepRecord(
+                step=step,
+                loss=loss.detach(),
+                grad_norm=grad_norm.detach(),
+                lr=optimizer.param_groups[0]["lr"],
+                lrs={g["name"]: g["lr"] for g in optimizer.param_groups},
+                seconds=dt,
+                tokens=tokens_per_step,
+                val_loss=float(scalars["val_loss"]) if "val_loss" in scalars else None,
+            )
+            run.records.append(record)
+            if on_step is not None:
+                on_step(record, run)
+
+            # the one-line step log (the only place .item() syncs)
+            if step % args.log_every == 0 or step == 1 or "val_loss" in scalars:
+                line = (
+                    f"step {step} | loss {loss.item():.4f} | lr {record.lr:.2e} | "
+                    f"gnorm {grad_norm.item():.2f} | {dt * 1e3:.1f} ms | "
+                    f"{tokens_per_step / dt / 1e3:.1f}k tok/s"
+                )
+                if record.val_loss is not None:
+                    line += f" | val_loss {record.val_loss:.4f}"
+                say(line)
+
+    # -----------------------------------------------------------------------------
+    # shutdown: always close the monitor and print one summary line
+    finally:
+        monitor.close()
+        elapsed = time.perf_counter() - t_start
+        done = len(run.records)
+        last = run.records[-1] if run.records else None
+        summary = f"done: {done}/{args.steps} steps in {elapsed:.1f} s"
+        if done:
+            summary += f" ({done / elapsed:.1f} steps/s)"
+        if last is not None:
+            summary += f" | final loss {float(last.loss):.4f}"
+            if not math.isfinite(float(last.loss)):
+                summary += " (non-finite)"
+        if val_loss is not None:
+            summary += f" | val_loss {float(val_loss):.4f}"
+        if faults.active:
+            summary += f" | faults {', '.join(sorted(faults.active))}"
+        say(summary)
+    return run.records
