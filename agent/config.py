@@ -28,8 +28,11 @@ class AgentConfig:
     """Elements per parameter in the fixed update sample (a strided window)."""
     send_hwm: int = 64
     """ZMQ send high-water mark: frames queued in the socket before new ones are dropped."""
-    queue_size: int = 16
+    queue_size: int = 128
     """Frames the training thread may hand to the sender thread before it drops new ones."""
+    flush_seconds: float = 0.1
+    """The sender thread wakes at most once per this many seconds and sends all that is queued.
+    One wakeup per frame would preempt the training step's compute threads every step."""
     heartbeat_seconds: float = 1.0
     """Least seconds between heartbeats on steps that are not sampled."""
     close_timeout_seconds: float = 1.0
@@ -56,6 +59,8 @@ class AgentConfig:
             raise ValueError(f"heartbeat_seconds: must be > 0, got {self.heartbeat_seconds}")
         if self.close_timeout_seconds < 0:
             raise ValueError("close_timeout_seconds: must be >= 0")
+        if not 0 <= self.flush_seconds <= 10:
+            raise ValueError(f"flush_seconds: must be in [0, 10], got {self.flush_seconds}")
         for name in ("flops_per_token", "peak_flops"):
             value = getattr(self, name)
             if value is not None and value <= 0:

@@ -72,6 +72,7 @@ class Monitor:
             self._hello,
             hwm=config.send_hwm,
             queue_size=config.queue_size,
+            flush_seconds=config.flush_seconds,
             on_error=lambda exc: self._error("sender", exc),
         )
         picks = {id(p): p for p in (tracked[:2] + tracked[-2:])}.values()

@@ -42,12 +42,14 @@ class Sender:
         hello: Callable[[int, int], wire.Hello],
         *,
         hwm: int = 64,
-        queue_size: int = 16,
+        queue_size: int = 128,
+        flush_seconds: float = 0.0,
         on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self._hello = hello
         self._hwm = hwm
+        self._flush = flush_seconds
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._on_error = on_error
         self.dropped_queue = 0
@@ -130,25 +132,8 @@ class Sender:
             self._send_hello(sock)
             while True:
                 self._poll_monitor(mon, sock)
-                try:
-                    item = self._queue.get(timeout=0.05)
-                except queue.Empty:
-                    continue
-                if item is _STOP:
+                if not self._send_batch(mon, sock):
                     break
-                if self._hello_due:
-                    self._hello_due = False
-                    self._send_hello(sock)
-                try:
-                    for wait in item.wait:
-                        wait()
-                    frame = item.build(self._next_seq(), self.dropped)
-                except Exception as exc:
-                    self.dropped_send += 1
-                    self._report(exc)
-                    continue
-                self._poll_monitor(mon, sock)
-                self._send(sock, frame)
         except Exception as exc:  # pragma: no cover - defensive
             self._report(exc)
         finally:
@@ -156,6 +141,39 @@ class Sender:
             mon.close(linger=0)
             sock.close(linger=200)  # a short grace so the final stats and bye leave
             ctx.term()
+
+    def _send_batch(self, mon: zmq.Socket[bytes], sock: zmq.Socket[bytes]) -> bool:
+        """Wait for work, then send everything queued within one flush window.
+
+        Returns False once the stop marker is reached (after what came before it)."""
+        try:
+            items = [self._queue.get(timeout=0.25)]
+        except queue.Empty:
+            return True
+        if items[0] is not _STOP and self._flush > 0:
+            time.sleep(self._flush)  # one wakeup per window, not one per training step
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        self._poll_monitor(mon, sock)
+        for item in items:
+            if item is _STOP:
+                return False
+            if self._hello_due:
+                self._hello_due = False
+                self._send_hello(sock)
+            try:
+                for wait in item.wait:
+                    wait()
+                frame = item.build(self._next_seq(), self.dropped)
+            except Exception as exc:
+                self.dropped_send += 1
+                self._report(exc)
+                continue
+            self._send(sock, frame)
+        return True
 
     def _poll_monitor(self, mon: zmq.Socket[bytes], sock: zmq.Socket[bytes]) -> None:
         """Re-send the hello after every (re)connect, so a restarted collector learns the table."""

@@ -57,11 +57,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--block", type=int, default=1, help="steps per variant per round")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=16, help="sequences per step (trainer default)")
+    ap.add_argument("--size", default="demo", help="trainer model preset: tiny, demo, small")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    cfg = GPTConfig.preset("demo")
+    cfg = GPTConfig.preset(a.size)
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
     endpoint = f"tcp://127.0.0.1:{pull.bind_to_random_port('tcp://127.0.0.1')}"
@@ -138,7 +139,7 @@ def main() -> None:
     cost = {k: seg_ms[k] - base_seg for k in variants}
     model0 = variants["baseline"][0]
     print(
-        f"demo GPT ({sum(p.numel() for p in model0.parameters()):,} params, "
+        f"{a.size} GPT ({sum(p.numel() for p in model0.parameters()):,} params, "
         f"{len(list(model0.parameters()))} tensors), batch {a.batch}x{cfg.block_size}, "
         f"threads {a.threads}, {a.rounds} rounds x {a.block} steps per variant, interleaved"
     )
