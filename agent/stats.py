@@ -182,5 +182,5 @@ def _one_grad_stats(t: Tensor, acc: torch.dtype | None) -> tuple[Tensor, Tensor,
         return l2, a.amax(), a.sum(dtype=_F32)
     lo, hi = torch.aminmax(t)
     amax = torch.maximum(lo.abs(), hi.abs())
-    parts = [c.abs().sum(dtype=_F32) for c in t.reshape(-1).split(CHUNK)]
+    parts = [c.abs().sum(dtype=_F32) for c in torch.split(t.reshape(-1), CHUNK)]
     return l2, amax, torch.stack(parts).sum()

@@ -48,8 +48,15 @@ def test_budget_agent_memory_per_param_and_flat_over_10000_steps() -> None:
     gc.collect()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
+    # flush_seconds=0: measure what the agent retains, not frames waiting in the sender's
+    # coalescing window (those are bounded by queue_size: at most 16 bytes a row each).
     cfg = ga.AgentConfig(
-        run="t", endpoint=free_endpoint(), every=50, full_every=500, heartbeat_seconds=1e9
+        run="t",
+        endpoint=free_endpoint(),
+        every=50,
+        full_every=500,
+        heartbeat_seconds=1e9,
+        flush_seconds=0.0,
     )
     mon = ga.Monitor(m, opt, cfg)
     pre, post = mon._pre_hook, mon._post_hook

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from gradwatch.agent.stats import GradStats
@@ -67,3 +68,35 @@ def test_stats_mixed_dtypes_keep_tracked_row_order_and_append_extras() -> None:
     torch.testing.assert_close(rows[:, 1], torch.tensor([0.5, 4.0, 1.0]))
     torch.testing.assert_close(rows[:, 2], torch.tensor([0.5, 3.5, 1.0]))
     assert buf[14:].tolist() == [7.0, 8.0, 9.0]
+
+
+def test_stats_cpu_stacked_chunked_and_missing_paths_match_direct_computation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gradwatch.agent.stats as stats_mod
+
+    monkeypatch.setattr(stats_mod, "CHUNK", 7)  # the 30-element tensor is read in 5 chunks
+    torch.manual_seed(3)
+    same = [torch.nn.Parameter(torch.randn(3, 4)) for _ in range(3)]  # stacked together
+    big = torch.nn.Parameter(torch.randn(30))  # reduced alone, in chunks
+    params = [same[0], big, same[1], same[2]]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    gs = GradStats(params, scratch_bytes=1 << 20)
+    assert any(b.scratch is not None and len(b.idx) == 3 for b in gs.groups[0].batches)
+
+    def expected(ps: list[torch.nn.Parameter]) -> torch.Tensor:
+        rows = []
+        for p in ps:
+            g = p.grad if p.grad is not None else torch.zeros(1)
+            rows.append([g.norm(), g.abs().max(), g.abs().mean() * (g.numel() / p.numel()),
+                         p.detach().norm()])  # fmt: skip
+        return torch.tensor(rows)
+
+    buf, nograd = gs.compute()
+    torch.testing.assert_close(buf[:16].reshape(4, 4), expected(params))
+    assert nograd == []
+    same[1].grad = None  # a missing gradient breaks the stack for that step only
+    buf, nograd = gs.compute()
+    torch.testing.assert_close(buf[:16].reshape(4, 4), expected(params))
+    assert nograd == [2]
