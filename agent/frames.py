@@ -15,7 +15,7 @@ from torch import Tensor
 from gradwatch import wire
 from gradwatch.agent.config import AgentConfig
 from gradwatch.agent.stats import NCOLS
-from gradwatch.agent.system import memory_metrics, throughput_metrics
+from gradwatch.agent.system import throughput_metrics
 from gradwatch.agent.transport import Outgoing
 from gradwatch.agent.updates import QUANTILES
 
@@ -63,7 +63,9 @@ class PendingStats:
     """Host learning rates; None marks a tensor lr that travels in the buffer."""
     full: bool
     step_time: float | None
-    device: torch.device
+    memory: dict[str, float]
+    """Memory counters read at the step (host-side, never a device sync): frames are built
+    in batches later, and must still say what memory was at their own step."""
 
     def seal(self, logged: dict[str, Any]) -> Outgoing:
         """Copy the logged tensors to the host too and return the item for the sender."""
@@ -124,7 +126,7 @@ class PendingStats:
                 cfg.peak_flops,
             )
         )
-        metrics.update(memory_metrics(self.device))
+        metrics.update(self.memory)
         metrics = {k: v for k, v in metrics.items() if not math.isnan(v) or k == "grad_norm"}
         return wire.Stats(
             run=cfg.run,

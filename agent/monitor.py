@@ -29,7 +29,7 @@ from gradwatch import wire
 from gradwatch.agent.config import AgentConfig, default_rank_world, env_default
 from gradwatch.agent.frames import PendingStats, heartbeat_item, to_host
 from gradwatch.agent.stats import GradStats
-from gradwatch.agent.system import ScalerTracker
+from gradwatch.agent.system import ScalerTracker, memory_metrics
 from gradwatch.agent.transport import Outgoing, Sender
 from gradwatch.agent.updates import UpdateSampler
 
@@ -232,7 +232,7 @@ class Monitor:
             lrs=lrs,
             full=full is not None,
             step_time=step_time,
-            device=self._stats.device,
+            memory=memory_metrics(self._stats.device),
         )
         self._last_frame = time.monotonic()
 

@@ -1,4 +1,4 @@
-"""System metrics: memory (host-side counters, read on the sender thread), throughput, MFU,
+"""System metrics: memory (host-side counters, read at the step; no device sync), throughput, MFU,
 and GradScaler state tracked on the device."""
 
 from __future__ import annotations

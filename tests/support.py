@@ -117,6 +117,18 @@ class CollectorProcess:
         body = self.get("/alerts", **filters)
         return list(body["alerts"] if isinstance(body, dict) else body)
 
+    def wait_ended(self, run: str, timeout: float = 30.0) -> dict[str, Any]:
+        """The run's summary from ``/runs`` once every rank's bye is ingested.
+
+        A trainer's last frames leave just before it exits; ingest trails them a little.
+        """
+
+        def ended() -> dict[str, Any] | None:
+            runs = self.get("/runs")["runs"]
+            return next((r for r in runs if r["run"] == run and r["ended"]), None)
+
+        return dict(wait_until(ended, timeout, interval=0.1))
+
     def wait_for_alert(self, rule: str, timeout: float = 30.0, **filters: Any) -> dict[str, Any]:
         def find() -> dict[str, Any] | None:
             return next((a for a in self.alerts(**filters) if a["rule"] == rule), None)

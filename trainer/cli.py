@@ -156,8 +156,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-class Stop(Exception):
-    """Raised in the main thread by SIGTERM so the loop unwinds and closes the monitor."""
+class Stop(BaseException):
+    """Raised in the main thread by SIGTERM so the loop unwinds and closes the monitor.
+
+    A BaseException, like KeyboardInterrupt: the signal may land inside any library's code
+    (a gradwatch hook, say), and a library's ``except Exception`` guard must not swallow it.
+    """
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

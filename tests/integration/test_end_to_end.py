@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from support import CollectorProcess, run_trainer, wait_until
+from support import CollectorProcess, run_trainer
 
 # fault, step it is injected at, the rule that must name it
 FAULTS = [("nan", 30, "non_finite"), ("spike", 40, "loss_spike"), ("explode", 40, "grad_explosion")]
@@ -29,11 +29,6 @@ def test_end_to_end_injected_fault_raises_its_alert_within_two_steps(
 def test_end_to_end_healthy_run_raises_no_alert(collector: CollectorProcess) -> None:
     run_trainer(collector.listen, "e2e-healthy", 200, (), "--size", "tiny")
 
-    def ended() -> dict | None:
-        runs = {r["run"]: r for r in collector.get("/runs")["runs"]}
-        run = runs.get("e2e-healthy")
-        return run["ranks"][0] if run and run["ended"] else None
-
-    rank = wait_until(ended, 30)  # the ingest thread may trail the trainer's exit a little
+    rank = collector.wait_ended("e2e-healthy")["ranks"][0]
     assert rank["last_step"] == 200 and rank["dropped"] == 0
     assert collector.alerts(run="e2e-healthy") == []

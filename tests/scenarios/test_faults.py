@@ -63,6 +63,7 @@ def _first_step(alert: dict[str, Any]) -> int:
 def test_fault_is_detected_within_ten_steps(collector: CollectorProcess, kind: str) -> None:
     run = f"fault-{kind}"
     run_trainer(collector.listen, run, STEPS, [f"{kind}@{ONSET}"], *BASE)
+    collector.wait_ended(run)
     found = [a for a in collector.alerts(run=run) if a["rule"] in EXPECTED[kind]]
     found = [a for a in found if a["state"] in ("firing", "resolved")]
     assert found, f"{kind}: no {EXPECTED[kind]} alert; got {collector.alerts(run=run)}"
@@ -91,7 +92,7 @@ def test_hang_is_detected_as_trainer_silent(collector: CollectorProcess, tmp_pat
 HEALTHY = {
     "healthy-adamw-tiny": ("--size", "tiny", "--optimizer", "adamw", "--warmup", "20"),
     "healthy-muon-tiny": ("--size", "tiny", "--optimizer", "muon", "--warmup", "30"),
-    "healthy-sgd-tiny": ("--size", "tiny", "--optimizer", "sgd", "--lr", "0.1", "--warmup", "10"),
+    "healthy-sgd-tiny": ("--size", "tiny", "--optimizer", "sgd", "--lr", "0.1", "--warmup", "150"),
     "healthy-adamw-demo": (
         "--size",
         "demo",
@@ -109,6 +110,6 @@ HEALTHY = {
 def test_healthy_run_raises_no_alert(collector: CollectorProcess, run: str) -> None:
     extra = ("--full-every", "5", "--threads", "1", "--log-every", "1000")
     run_trainer(collector.listen, run, 300, [], *HEALTHY[run], *extra)
+    summary = collector.wait_ended(run)
+    assert summary["ranks"][0]["last_step"] == 300
     assert collector.alerts(run=run) == []
-    [summary] = [r for r in collector.get("/runs")["runs"] if r["run"] == run]
-    assert summary["ranks"][0]["last_step"] == 300 and summary["ended"]

@@ -111,7 +111,7 @@ def test_stack_delivers_critical_alert_to_slack_and_pagerduty_then_resolves(
     )
     procs: list[subprocess.Popen[bytes]] = []
     collector = CollectorProcess(tmp_path, "--alertmanager", am_url,
-                                 "--alertmanager-resend", "2", "--grace-seconds", "2")  # fmt: skip
+                                 "--alertmanager-resend", "2", "--grace-seconds", "6")  # fmt: skip
     try:
         (tmp_path / "am").mkdir()
         procs.append(start([
@@ -127,8 +127,16 @@ def test_stack_delivers_critical_alert_to_slack_and_pagerduty_then_resolves(
             f"--web.listen-address=127.0.0.1:{prom_port}",
         ], tmp_path / "prometheus.log", f"{prom_url}/-/ready"))  # fmt: skip
 
-        # Full (update) statistics every 5 steps, NaN at 45: ratios are finite for a while first.
-        run_trainer(collector.listen, RUN, 60, ["nan@45"], "--size", "tiny", "--full-every", "5",
+        # Prometheus applies new targets through a throttled discovery loop (~5 s): start training
+        # only once it scrapes the collector, so it sees the run before and after the fault.
+        def scraping() -> bool:
+            up = httpx.get(f"{prom_url}/api/v1/query", params={"query": "up"}).json()
+            return bool(up["data"]["result"])
+
+        waited(scraping, 30, receiver, tmp_path)
+        # Full (update) statistics every 5 steps, NaN at 360: ratios stay finite for well over a
+        # scrape interval first (quantiles of NaN ratios are not exported).
+        run_trainer(collector.listen, RUN, 400, ["nan@360"], "--size", "tiny", "--full-every", "5",
                     timeout=90)  # fmt: skip
         alert = collector.wait_for_alert("non_finite", run=RUN)
 
