@@ -81,6 +81,7 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)  # even where a parent started us with SIGINT ignored
     log = (WORK / "collector.log").open("wb")
     collector_cmd = [
         sys.executable,

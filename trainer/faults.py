@@ -137,7 +137,7 @@ class FaultInjector:
 
     def _announce(self, inj: Injection, what: str) -> None:
         self.active.add(inj.kind)
-        self.log(f"inject {inj}: {what}")
+        self.log(f"inject {inj}: {what.replace('STEP', f'step {inj.step}')}")
 
     def begin(self, step: int) -> None:
         """Start the faults scheduled for ``step``; call before the forward and lr schedule."""

@@ -59,7 +59,7 @@ class LossSpike(Rule[LossSpikeSettings, LossSpikeMemory]):
             if avg > 0 and loss > s.ratio * avg:
                 found.append(
                     self.finding(
-                        f"loss {fmt(loss)} is {loss / avg:.1f}x its moving average {fmt(avg)}",
+                        f"loss {fmt(loss)} is {fmt(loss / avg)}x its moving average {fmt(avg)}",
                         value=loss,
                         threshold=s.ratio * avg,
                     )
