@@ -119,3 +119,15 @@ def test_console_line_is_readable() -> None:
     alert.state = "resolved"
     log(alert)
     assert len(lines) == 2 and lines[1].startswith("RESOLVED")
+
+
+def test_book_first_step_keeps_the_onset_across_updates_and_restarts(tmp_path: Path) -> None:
+    policy = Policy("non_finite", "critical", for_checks=0, clear_checks=3)
+    store = Store(tmp_path / "a.db")
+    book = AlertBook(store)
+    for step in (40, 41, 45):
+        book.observe(policy, "r", 0, step, [finding()], now=step)
+    book.flush()
+    store.close()
+    [alert] = AlertBook(Store(tmp_path / "a.db")).alerts()
+    assert (alert.first_step, alert.step) == (40, 45)
