@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..state import RankState
 from .base import (
@@ -71,22 +72,34 @@ class UpdateRatioHigh(Rule[RatioHighSettings, ParamMemory]):
             if math.isfinite(r) and r > s.max_ratio and weights[i] >= s.min_weight_norm
         ]
         bad.sort(key=lambda i: -ratios[i])
-        names = [rank.names[i] for i in bad]
-        memory.parameter = sticky(memory.parameter, names)
-        if not bad:
-            return []
-        value = ratios[rank.names.index(memory.parameter)] if memory.parameter else None
-        return [
-            self.finding(
-                f"update ratio above {fmt(s.max_ratio)} on {len(bad)} parameter(s): "
-                + name_list(
-                    [f"{n} ({fmt(ratios[i])})" for n, i in zip(names, bad, strict=True)], s.topk
-                ),
-                parameter=memory.parameter,
-                value=value,
-                threshold=s.max_ratio,
-            )
-        ]
+        return _ratio_findings(self, rank, memory, bad, ratios, "above", s.max_ratio, s.topk)
+
+
+def _ratio_findings(
+    rule: Rule[Any, ParamMemory],
+    rank: RankState,
+    memory: ParamMemory,
+    bad: list[int],
+    ratios: list[float],
+    side: str,
+    threshold: float,
+    topk: int,
+) -> list[Finding]:
+    """One finding naming the worst of ``bad`` (kept while it stays bad) and listing the rest."""
+    names = [rank.names[i] for i in bad]
+    memory.parameter = sticky(memory.parameter, names)
+    if not bad:
+        return []
+    value = ratios[rank.names.index(memory.parameter)] if memory.parameter else None
+    listed = name_list([f"{n} ({fmt(ratios[i])})" for n, i in zip(names, bad, strict=True)], topk)
+    return [
+        rule.finding(
+            f"update ratio {side} {fmt(threshold)} on {len(bad)} parameter(s): {listed}",
+            parameter=memory.parameter,
+            value=value,
+            threshold=threshold,
+        )
+    ]
 
 
 @dataclass(frozen=True)
@@ -128,22 +141,7 @@ class UpdateRatioLow(Rule[RatioLowSettings, ParamMemory]):
             if s.frozen_ratio < r < s.min_ratio and grads[i] > 0 and i not in missing
         ]
         bad.sort(key=lambda i: ratios[i])
-        names = [rank.names[i] for i in bad]
-        memory.parameter = sticky(memory.parameter, names)
-        if not bad:
-            return []
-        value = ratios[rank.names.index(memory.parameter)] if memory.parameter else None
-        return [
-            self.finding(
-                f"update ratio below {fmt(s.min_ratio)} on {len(bad)} parameter(s): "
-                + name_list(
-                    [f"{n} ({fmt(ratios[i])})" for n, i in zip(names, bad, strict=True)], s.topk
-                ),
-                parameter=memory.parameter,
-                value=value,
-                threshold=s.min_ratio,
-            )
-        ]
+        return _ratio_findings(self, rank, memory, bad, ratios, "below", s.min_ratio, s.topk)
 
 
 @dataclass(frozen=True)
