@@ -112,9 +112,15 @@ class Sender:
         return False
 
     def _send_hello(self, sock: zmq.Socket[bytes]) -> None:
-        # A hello that finds no peer is not a loss: it is sent again on every connect.
+        """Send a hello; while one is due (after a handshake or a table change), a failed
+        send leaves it due, so it is retried before the next frame and on every wakeup.
+
+        A hello that finds no peer is not a loss: it is sent again on every connect. But ZeroMQ
+        may report a handshake before the new pipe takes messages; giving up then would leave
+        the collector rejecting this run's frames until the next reconnect."""
         if self._send(sock, self._hello(self._next_seq(), self.dropped), count=False):
             self.hellos += 1
+            self._hello_due = False
 
     def _report(self, exc: BaseException) -> None:
         if self._on_error is not None:
@@ -126,7 +132,7 @@ class Sender:
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.SNDHWM, self._hwm)
         sock.setsockopt(zmq.LINGER, 0)
-        mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         try:
             sock.connect(self.endpoint)
             self._send_hello(sock)
@@ -162,7 +168,6 @@ class Sender:
             if item is _STOP:
                 return False
             if self._hello_due:
-                self._hello_due = False
                 self._send_hello(sock)
             try:
                 for wait in item.wait:
@@ -181,4 +186,8 @@ class Sender:
             parts = mon.recv_multipart()
             event = int.from_bytes(parts[0][:2], "little")
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._send_hello(sock)
+                self._hello_due = True
+            elif event == zmq.EVENT_DISCONNECTED:
+                self._hello_due = False  # no peer to tell; the next handshake makes it due
+        if self._hello_due:
+            self._send_hello(sock)

@@ -111,3 +111,32 @@ def test_transport_slow_collector_never_blocks_training() -> None:
     finally:
         sock.close(linger=0)
         ctx.term()
+
+
+def test_transport_retries_a_hello_the_socket_refused_after_a_handshake(
+    collector: Collector, monkeypatch: object
+) -> None:
+    # ZeroMQ may report a handshake before the new pipe takes messages: the hello sent then
+    # fails. Refuse the first two hellos (start-up and post-handshake); one must still arrive.
+    from gradwatch.agent.transport import Sender
+
+    real_send = Sender._send
+    refused: list[int] = []
+
+    def flaky_send(self: Sender, sock: zmq.Socket[bytes], frame: wire.Frame, count: bool = True):
+        if isinstance(frame, wire.Hello) and len(refused) < 2:
+            refused.append(frame.seq)
+            return False
+        return real_send(self, sock, frame, count)
+
+    monkeypatch.setattr(Sender, "_send", flaky_send)  # type: ignore[attr-defined]
+    m, opt, mon = _setup(collector.endpoint)
+    try:
+        collector.drain(until=wire.Hello)
+        _steps(m, opt, 3)
+    finally:
+        mon.close()
+    collector.drain(until=wire.Bye)
+    assert len(refused) == 2
+    assert collector.of(wire.Hello), "no hello reached the collector after refused sends"
+    assert [f.step for f in collector.of(wire.Stats)] == [1, 2, 3]
