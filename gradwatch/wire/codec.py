@@ -1,73 +1,27 @@
-"""Wire protocol v1: the msgpack frames the agent sends and the collector receives.
-
-One msgpack map per ZeroMQ message. Every frame carries ``v`` (protocol version), ``kind``,
-``run``, ``rank``, ``session`` (random per agent process) and ``seq`` (per-session counter).
-Parameter names travel only in ``hello``; ``stats`` carries per-parameter numbers as packed
-little-endian float32 rows in the order of the hello's tracked parameters. This module is
-torch-free and is imported by both sides; docs/wire-protocol.md describes it for humans.
-"""
+"""Wire protocol v1, the bytes: msgpack encoding, and decoding of untrusted input."""
 
 from __future__ import annotations
 
 import math
-import sys
-from array import array
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import msgpack
 
-VERSION = 1
-MAX_FRAME_BYTES = 16 * 1024 * 1024
-"""Largest frame the collector accepts (also set as ZMQ_MAXMSGSIZE on its socket)."""
-MAX_PARAMS = 200_000
-MAX_NAME_LEN = 1024
-MAX_MAP_LEN = 4096
-
-# Per-parameter columns. The hello names the columns actually sent, so both lists may grow.
-CHEAP_FIELDS: tuple[str, ...] = ("grad_norm", "grad_absmax", "grad_absmean", "weight_norm")
-"""Sent every sampled step, one row per tracked parameter (16 bytes a row)."""
-FULL_FIELDS: tuple[str, ...] = ("update_norm", "update_ratio", "unchanged_frac", "underflow_frac")
-"""Sent every ``full_every`` steps from the sampled update snapshot (16 bytes a row)."""
-
-METRICS: tuple[str, ...] = (
-    "grad_norm",  # global L2 norm over all tracked gradients
-    "nonfinite_grads",  # number of tracked parameters whose gradient holds NaN/Inf
-    "step_time_seconds",  # wall time since the previous optimizer step
-    "tokens_per_second",
-    "samples_per_second",
-    "mfu_ratio",  # model FLOPs utilisation, when flops per token and peak flops are given
-    "memory_allocated_bytes",
-    "memory_reserved_bytes",
-    "memory_peak_bytes",
-    "memory_total_bytes",  # device capacity (CUDA) or physical RAM (CPU)
-    "rss_bytes",  # process resident set size
-    "oom_total",  # CUDA allocator OOMs so far
-    "alloc_retries_total",  # CUDA allocator cudaMalloc retries so far
-    "grad_scale",  # GradScaler scale, when a scaler is given
-    "scaler_skipped_total",  # optimizer steps the scaler skipped
-    "grad_p1",  # percentiles of sampled |g| across parameters, on full steps
-    "grad_p25",
-    "grad_p50",
-    "grad_p75",
-    "grad_p95",
-    "grad_p99",
+from .frames import (
+    KINDS,
+    MAX_FRAME_BYTES,
+    MAX_MAP_LEN,
+    MAX_NAME_LEN,
+    MAX_PARAMS,
+    VERSION,
+    Bye,
+    Frame,
+    Heartbeat,
+    Hello,
+    ParamInfo,
+    Stats,
+    WireError,
 )
-"""Well-known keys of ``Stats.metrics``; an agent sends those it can measure. User values
-from ``monitor.log(...)`` travel in ``Stats.scalars`` (``tokens``, ``samples``, ``val_loss``...)."""
-
-Kind = Literal["hello", "stats", "heartbeat", "bye"]
-KINDS: tuple[str, ...] = ("hello", "stats", "heartbeat", "bye")
-REJECT_REASONS: tuple[str, ...] = (
-    "malformed",
-    "oversized",
-    "version",
-    "unknown_kind",
-    "schema",
-    "no_hello",
-)
-"""Reasons a frame is dropped; the collector counts each (``no_hello`` is decided there)."""
 
 _LIMITS: dict[str, int] = {
     "max_str_len": 1024 * 1024,
@@ -76,133 +30,6 @@ _LIMITS: dict[str, int] = {
     "max_map_len": MAX_PARAMS,
     "max_ext_len": 0,
 }
-
-
-class WireError(ValueError):
-    """A frame that cannot be accepted; ``reason`` is one of :data:`REJECT_REASONS`."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-@dataclass(frozen=True)
-class ParamInfo:
-    """One row of the parameter table."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    numel: int
-    requires_grad: bool
-    group: int = 0
-    """Index of the optimizer param group holding it (-1 when it is in none)."""
-
-
-@dataclass(frozen=True)
-class Hello:
-    """Sent when the agent starts and again after every (re)connect."""
-
-    run: str
-    rank: int
-    session: str
-    world_size: int
-    host: str
-    pid: int
-    torch: str
-    device: str
-    optimizer: str
-    params: tuple[ParamInfo, ...]
-    fields: tuple[str, ...] = CHEAP_FIELDS
-    full_fields: tuple[str, ...] = FULL_FIELDS
-    every: int = 1
-    full_every: int = 50
-    seq: int = 0
-    time: float = 0.0
-
-    @property
-    def tracked(self) -> tuple[int, ...]:
-        """Indices into ``params`` of the rows that stats frames carry (requires_grad ones)."""
-        return tuple(i for i, p in enumerate(self.params) if p.requires_grad)
-
-
-@dataclass(frozen=True)
-class Stats:
-    """One sampled training step.
-
-    ``rows`` holds ``len(tracked) * len(fields)`` float32 values; ``full`` likewise for
-    ``full_fields`` on full steps and is empty otherwise. ``nograd`` lists tracked-row indices
-    whose gradient was missing this step. ``metrics`` holds agent-computed scalars (see
-    docs/wire-protocol.md for the well-known names), ``scalars`` whatever the user logged.
-    """
-
-    run: str
-    rank: int
-    session: str
-    seq: int
-    step: int
-    time: float
-    loss: float | None
-    lr: tuple[float, ...]
-    rows: bytes
-    full: bytes = b""
-    nograd: tuple[int, ...] = ()
-    metrics: Mapping[str, float] = field(default_factory=dict)
-    scalars: Mapping[str, float] = field(default_factory=dict)
-    dropped: int = 0
-
-    def column(self, data: bytes, ncols: int, col: int) -> list[float]:
-        """Values of column ``col`` of a packed row block with ``ncols`` columns."""
-        return unpack_floats(data)[col::ncols].tolist()
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    """Proof of life on steps that are not sampled (sent from the training thread's path)."""
-
-    run: str
-    rank: int
-    session: str
-    seq: int
-    step: int
-    time: float
-    dropped: int = 0
-
-
-@dataclass(frozen=True)
-class Bye:
-    """The run ended on this rank (``reason``: ``close`` or ``error``)."""
-
-    run: str
-    rank: int
-    session: str
-    seq: int
-    step: int
-    time: float
-    reason: str = "close"
-    dropped: int = 0
-
-
-Frame = Hello | Stats | Heartbeat | Bye
-
-
-def pack_floats(values: Sequence[float] | array[float]) -> bytes:
-    """Little-endian float32 bytes of ``values``."""
-    arr = values if isinstance(values, array) and values.typecode == "f" else array("f", values)
-    if sys.byteorder == "big":
-        arr = array("f", arr)
-        arr.byteswap()
-    return arr.tobytes()
-
-
-def unpack_floats(data: bytes) -> array[float]:
-    """Inverse of :func:`pack_floats`."""
-    arr = array("f")
-    arr.frombytes(data)
-    if sys.byteorder == "big":
-        arr.byteswap()
-    return arr
 
 
 # ----------------------------------------------------------------------------- encoding

@@ -1,0 +1,58 @@
+"""Wire protocol v1: the msgpack frames the agent sends and the collector receives.
+
+One msgpack map per ZeroMQ message. Every frame carries ``v`` (protocol version), ``kind``,
+``run``, ``rank``, ``session`` (random per agent process) and ``seq`` (per-session counter).
+Parameter names travel only in ``hello``; ``stats`` carries per-parameter numbers as packed
+little-endian float32 rows in the order of the hello's tracked parameters. This package is
+torch-free and is imported by both sides; docs/wire-protocol.md describes it for humans.
+"""
+
+from .codec import check_shape, decode, encode
+from .frames import (
+    CHEAP_FIELDS,
+    FULL_FIELDS,
+    KINDS,
+    MAX_FRAME_BYTES,
+    MAX_MAP_LEN,
+    MAX_NAME_LEN,
+    MAX_PARAMS,
+    METRICS,
+    REJECT_REASONS,
+    VERSION,
+    Bye,
+    Frame,
+    Heartbeat,
+    Hello,
+    Kind,
+    ParamInfo,
+    Stats,
+    WireError,
+    pack_floats,
+    unpack_floats,
+)
+
+__all__ = [
+    "CHEAP_FIELDS",
+    "FULL_FIELDS",
+    "KINDS",
+    "MAX_FRAME_BYTES",
+    "MAX_MAP_LEN",
+    "MAX_NAME_LEN",
+    "MAX_PARAMS",
+    "METRICS",
+    "REJECT_REASONS",
+    "VERSION",
+    "Bye",
+    "Frame",
+    "Heartbeat",
+    "Hello",
+    "Kind",
+    "ParamInfo",
+    "Stats",
+    "WireError",
+    "check_shape",
+    "decode",
+    "encode",
+    "pack_floats",
+    "unpack_floats",
+]
