@@ -148,10 +148,9 @@ def test_alertmanager_failure_is_counted_logged_once_and_retried(
 def test_alertmanager_notify_never_blocks_and_counts_drops(monkeypatch: Any) -> None:
     monkeypatch.setattr("gradwatch.collector.alertmanager.QUEUE_SIZE", 2)
     p = AlertmanagerPusher(Config(), Book(), post=Recorder())  # not started: nothing drains
-    started = time.perf_counter()
     for _ in range(5):
-        p.notify(alert())
-    assert time.perf_counter() - started < 0.1 and p.counts["dropped"] == 3
+        p.notify(alert())  # a blocking put would hang here; the full queue must drop instead
+    assert p.counts["dropped"] == 3
 
 
 def test_alertmanager_disabled_without_url_does_nothing() -> None:

@@ -56,9 +56,8 @@ def test_service_streams_alerts_persists_them_and_stops_cleanly(tmp_path: Path) 
         assert alert["step"] == 2 and alert["run"] == "svc"
         wait_until(lambda: any(e.startswith("data:") for e in events), 10)
         assert "event: alert" in events
-        started = time.monotonic()
+        # 0 only if SIGTERM alone ended it: stop() kills after its bounded wait (exit -9).
         assert proc.stop() == 0
-        assert time.monotonic() - started < 5
         reader.join(5)
         assert not reader.is_alive()  # the stream ended with the server
         assert "ALERT non_finite [critical]" in proc.log()
