@@ -1,12 +1,12 @@
 """The sender thread: owns the ZMQ PUSH socket, turns host buffers into wire frames, drops
-and counts whatever cannot be sent. The training thread only calls :meth:`Sender.submit`."""
+and counts whatever cannot be sent. The training thread only calls :meth:`Sender.submit`: an
+append to a bounded deque, no lock and no wakeup (the thread wakes once per flush window)."""
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +50,10 @@ class Sender:
         self._hello = hello
         self._hwm = hwm
         self._flush = flush_seconds
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._queue_size = queue_size
+        self._items: deque[Any] = deque()
+        self._wake = threading.Event()
+        """Set by close(), and by submit() only when ``flush_seconds`` is 0."""
         self._on_error = on_error
         self.dropped_queue = 0
         """Frames the training thread could not enqueue (queue full)."""
@@ -69,12 +72,13 @@ class Sender:
 
     def submit(self, item: Outgoing) -> bool:
         """Enqueue without blocking; a full queue drops the frame and counts it."""
-        try:
-            self._queue.put_nowait(item)
-            return True
-        except queue.Full:
+        if len(self._items) >= self._queue_size:
             self.dropped_queue += 1
             return False
+        self._items.append(item)
+        if self._flush <= 0:
+            self._wake.set()
+        return True
 
     def request_hello(self) -> None:
         """Have the sender thread send a fresh hello before the next frame (table changed)."""
@@ -82,15 +86,9 @@ class Sender:
 
     def close(self, timeout: float) -> None:
         """Flush what is queued (bounded by ``timeout``) and stop the thread."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self._queue.put(_STOP, timeout=max(deadline - time.monotonic(), 0.001))
-                break
-            except queue.Full:
-                if time.monotonic() >= deadline:
-                    return  # the daemon thread dies with the process
-        self._thread.join(max(deadline - time.monotonic(), 0.0) + 0.5)
+        self._items.append(_STOP)
+        self._wake.set()
+        self._thread.join(timeout)  # past it, the daemon thread dies with the process
 
     # ----------------------------------------------------------------- sender thread only
 
@@ -149,22 +147,16 @@ class Sender:
             ctx.term()
 
     def _send_batch(self, mon: zmq.Socket[bytes], sock: zmq.Socket[bytes]) -> bool:
-        """Wait for work, then send everything queued within one flush window.
+        """Wait for the flush window (or a wakeup), then send everything queued.
 
         Returns False once the stop marker is reached (after what came before it)."""
-        try:
-            items = [self._queue.get(timeout=0.25)]
-        except queue.Empty:
+        self._wake.wait(self._flush if self._flush > 0 else 0.25)
+        self._wake.clear()
+        if not self._items:
             return True
-        if items[0] is not _STOP and self._flush > 0:
-            time.sleep(self._flush)  # one wakeup per window, not one per training step
-        while True:
-            try:
-                items.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
         self._poll_monitor(mon, sock)
-        for item in items:
+        while self._items:
+            item = self._items.popleft()
             if item is _STOP:
                 return False
             if self._hello_due:
