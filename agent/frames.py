@@ -14,7 +14,7 @@ from torch import Tensor
 
 from gradwatch import wire
 from gradwatch.agent.config import AgentConfig
-from gradwatch.agent.stats import NCOLS
+from gradwatch.agent.stats import F32_EXACT
 from gradwatch.agent.system import throughput_metrics
 from gradwatch.agent.transport import Outgoing
 from gradwatch.agent.updates import QUANTILES
@@ -24,27 +24,42 @@ _PCT_NAMES = tuple(f"grad_p{round(q * 100)}" for q in QUANTILES)
 
 @dataclass
 class HostCopy:
-    """A host tensor being filled from the device, and how to wait for it."""
+    """Tensors whose values the sender thread reads, and what it waits for first."""
 
-    tensor: Tensor
+    parts: list[Tensor]
     wait: Callable[[], Any] | None = None
 
+    def values(self) -> list[float]:
+        """All elements of ``parts``, flattened in order (sender thread, after ``wait``)."""
+        out: list[float] = []
+        for t in self.parts:
+            out.extend(t.reshape(-1).tolist())
+        return out
 
-def to_host(buf: Tensor) -> HostCopy:
-    """Start copying ``buf`` to the host without blocking (pinned + event on CUDA)."""
-    if buf.device.type == "cuda":
+
+def to_host(parts: list[Tensor]) -> HostCopy:
+    """Start moving ``parts`` to the host without blocking (one pinned copy + event on CUDA).
+
+    CPU tensors are handed over as they are: reading them needs no device, and the training
+    thread saves the op that would pack them into one buffer."""
+    device = parts[0].device if parts else torch.device("cpu")
+    if all(t.device == device for t in parts) and device.type == "cpu":
+        return HostCopy(parts)
+    flat = [t.detach().reshape(-1).to(device, torch.float32) for t in parts]
+    buf = flat[0] if len(flat) == 1 else torch.cat(flat)
+    if device.type == "cuda":
         host = torch.empty(buf.shape, dtype=buf.dtype, pin_memory=True)
         host.copy_(buf, non_blocking=True)
         event = torch.cuda.Event()  # type: ignore[no-untyped-call]
         event.record()
-        return HostCopy(host, event.synchronize)
-    if buf.device.type == "cpu":
-        return HostCopy(buf)
-    return HostCopy(buf.to("cpu", non_blocking=True))  # other backends: best effort
+        return HostCopy([host], event.synchronize)
+    return HostCopy([buf.to("cpu", non_blocking=True)])  # other backends: best effort
 
 
 def _number(values: list[float], v: Any, slots: dict[int, int]) -> float:
-    return values[slots[id(v)]] if isinstance(v, Tensor) else float(v)
+    """A logged value as a float: device tensors from their host copy, the rest directly."""
+    slot = slots.get(id(v)) if isinstance(v, Tensor) else None
+    return float(v) if slot is None else values[slot]
 
 
 @dataclass
@@ -66,16 +81,19 @@ class PendingStats:
     memory: dict[str, float]
     """Memory counters read at the step (host-side, never a device sync): frames are built
     in batches later, and must still say what memory was at their own step."""
+    recount: tuple[int, ...] = ()
+    """Rows whose exact non-finite element counts end the buffer (flagged earlier)."""
+    on_flags: Callable[[tuple[int, ...]], None] | None = None
+    """Told (sender thread) which rows this frame flags with a non-finite norm."""
 
     def seal(self, logged: dict[str, Any]) -> Outgoing:
-        """Copy the logged tensors to the host too and return the item for the sender."""
-        tensors = [v for v in logged.values() if isinstance(v, Tensor)]
+        """Start the host copy of logged device tensors and return the item for the sender.
+
+        CPU tensors need no copy: the sender thread reads them (no device to wait for)."""
+        tensors = [v for v in logged.values() if isinstance(v, Tensor) and not v.is_cpu]
         extra: HostCopy | None = None
         if tensors:
-            stacked = torch.stack(
-                [t.reshape(()).to(tensors[0].device, torch.float32) for t in tensors]
-            )
-            extra = to_host(stacked)
+            extra = to_host(tensors)
         waits = [w for w in (self.host.wait, extra.wait if extra else None) if w is not None]
         slots = {id(t): i for i, t in enumerate(tensors)}
 
@@ -92,30 +110,42 @@ class PendingStats:
         extra: HostCopy | None,
         slots: dict[int, int],
     ) -> wire.Stats:
-        flat = self.host.tensor
-        n4 = self.n * NCOLS
-        rows = flat[:n4].numpy().tobytes()
-        rest: list[float] = flat[n4:].tolist()
-        metrics: dict[str, float] = {"grad_norm": rest[0], "nonfinite_grads": rest[1]}
-        pos = 2
+        # Buffer layout (monitor): grad norms (n) | scaler | tensor lrs | full rows | percentiles
+        # | non-finite counts of the recount rows
+        values = self.host.values()
+        norms = values[: self.n]
+        metrics: dict[str, float] = {
+            "grad_norm": math.sqrt(math.fsum(x * x for x in norms)),
+            "nonfinite_grads": float(sum(not math.isfinite(x) for x in norms)),
+        }
+        pos = self.n
         if self.n_scaler:
-            metrics["grad_scale"], metrics["scaler_skipped_total"] = rest[pos], rest[pos + 1]
+            metrics["grad_scale"], metrics["scaler_skipped_total"] = values[pos : pos + 2]
             pos += self.n_scaler
         lrs: list[float] = []
         for lr in self.lrs:
             if lr is None:
-                lrs.append(rest[pos])
+                lrs.append(values[pos])
                 pos += 1
             else:
                 lrs.append(lr)
         full = b""
         if self.full:
-            full = flat[n4 + pos : n4 + pos + n4].numpy().tobytes()
-            pos += n4
-            metrics.update(zip(_PCT_NAMES, rest[pos : pos + len(_PCT_NAMES)], strict=True))
-        values: list[float] = extra.tensor.tolist() if extra is not None else []
-        scalars = {k: _number(values, v, slots) for k, v in logged.items() if k != "loss"}
-        loss = _number(values, logged["loss"], slots) if "loss" in logged else None
+            width = self.n * len(wire.FULL_FIELDS)
+            full = wire.pack_floats(values[pos : pos + width])
+            pos += width
+            metrics.update(zip(_PCT_NAMES, values[pos : pos + len(_PCT_NAMES)], strict=True))
+            pos += len(_PCT_NAMES)
+        pairs = values[pos : pos + 2 * len(self.recount)]
+        nonfinite = tuple(
+            (row, int(pairs[2 * k]) * F32_EXACT + int(pairs[2 * k + 1]))
+            for k, row in enumerate(self.recount)
+        )
+        if self.on_flags is not None:
+            self.on_flags(tuple(i for i, x in enumerate(norms) if not math.isfinite(x)))
+        logged_values = extra.values() if extra is not None else []
+        scalars = {k: _number(logged_values, v, slots) for k, v in logged.items() if k != "loss"}
+        loss = _number(logged_values, logged["loss"], slots) if "loss" in logged else None
         cfg = self.config
         metrics.update(
             throughput_metrics(
@@ -137,12 +167,13 @@ class PendingStats:
             time=self.wall,
             loss=loss,
             lr=tuple(lrs),
-            rows=rows,
+            rows=wire.pack_floats(norms),
             full=full,
             nograd=self.nograd,
             metrics=metrics,
             scalars=scalars,
             dropped=dropped,
+            nonfinite=nonfinite,
         )
 
 

@@ -3,9 +3,10 @@
 Frame life cycle: the post-hook of sampled step ``t`` reduces everything into one device
 buffer and starts its copy to the host; the frame stays open so that ``log()`` calls of the
 same iteration attach to it, whether they come before or after ``optimizer.step()``. The next
-pre-hook (or ``close()``) seals it and hands it to the sender thread. A ``log()`` belongs to
-the previous step when a backward pass ran after it (counted by a grad-accumulation hook on a
-few parameters), else to the coming step.
+post-hook (or ``close()``) seals it and hands it to the sender thread. A ``log()`` belongs to
+the previous step when a backward pass ran after it and before the next pre-hook (counted by a
+grad-accumulation hook on a few parameters), else to the coming step. The pre-hook only notes
+that count and, on full steps, snapshots the update sample: one hook does the work.
 """
 
 from __future__ import annotations
@@ -64,7 +65,12 @@ class Monitor:
         self._pending: PendingStats | None = None
         self._logged: list[tuple[int, dict[str, Value]]] = []
         self._backwards = 0
+        self._mark = 0
+        """``_backwards`` at the latest pre-hook: log() calls made before it belong to the
+        frame sealed by the next post-hook (a closure may run backward inside ``step()``)."""
         self._full_now = False
+        self._recount: tuple[int, ...] = ()
+        """Rows flagged non-finite by the latest built frame (set by the sender thread)."""
         self._last_post: float | None = None
         self._last_frame = 0.0
         self._sender = Sender(
@@ -113,6 +119,8 @@ class Monitor:
             for v in values.values():
                 if not isinstance(v, (int, float, Tensor)):
                     raise TypeError(f"log() takes numbers or tensors, got {type(v).__name__}")
+                if isinstance(v, Tensor) and v.numel() != 1:
+                    raise ValueError(f"log() takes one-element tensors, got shape {tuple(v.shape)}")
             clean = {k: (v.detach() if isinstance(v, Tensor) else v) for k, v in values.items()}
             self._logged.append((-1 if after_step else self._backwards, clean))
         except Exception as exc:
@@ -127,7 +135,7 @@ class Monitor:
             for h in self._handles:
                 h.remove()
             with torch.no_grad():
-                self._seal(everything=True)
+                self._seal(None)
             step, session, cfg = self.step, self.session, self.config
 
             def bye(seq: int, dropped: int) -> wire.Frame:
@@ -157,31 +165,34 @@ class Monitor:
         self._backwards += 1
 
     def _pre_hook(self, _opt: Any, _args: Any, _kwargs: Any) -> None:
-        try:
-            with torch.no_grad():
-                self._seal(everything=False)
-                t = self.step + 1
-                self._full_now = t % self.config.full_every == 0
-                if self._full_now:
+        # Kept tiny: everything else happens once, in the post-hook.
+        self._mark = self._backwards
+        if (self.step + 1) % self.config.full_every == 0:
+            try:
+                with torch.no_grad():
+                    self._full_now = True
                     self._refresh_dtypes()
                     self._sampler.before_step()
-        except Exception as exc:
-            self._error("pre-hook", exc)
+            except Exception as exc:
+                self._error("pre-hook", exc)
 
     def _post_hook(self, _opt: Any, _args: Any, _kwargs: Any) -> None:
         try:
+            recount = self._recount  # before sealing: the sender may build that frame at once
+            self._seal(self._mark)
             self.step += 1
             now = time.monotonic()
             step_time = None if self._last_post is None else now - self._last_post
             self._last_post = now
             if self._full_now or self.step % self.config.every == 0:
                 with torch.no_grad():
-                    self._open_frame(step_time)
+                    self._open_frame(step_time, recount)
             elif now - self._last_frame >= self.config.heartbeat_seconds:
                 self._last_frame = now
                 cfg = self.config
                 self._sender.submit(heartbeat_item(cfg.run, cfg.rank, self.session, self.step))
         except Exception as exc:
+            self._full_now = False
             self._error("post-hook", exc)
 
     # ------------------------------------------------------------------------ internals
@@ -202,7 +213,7 @@ class Monitor:
             self._build_tables()
             self._sender.request_hello()
 
-    def _open_frame(self, step_time: float | None) -> None:
+    def _open_frame(self, step_time: float | None, recount: tuple[int, ...]) -> None:
         tail: list[Tensor] = []
         if self._scaler is not None:
             tail += self._scaler.compute()
@@ -211,37 +222,47 @@ class Monitor:
         for group in self._optimizer.param_groups:
             lr = group.get("lr", math.nan)
             if isinstance(lr, Tensor):
-                tail.append(lr)
+                tail.append(lr.detach().clone())  # schedulers update it in place
                 lrs.append(None)
             else:
                 lrs.append(float(lr))
         full = self._sampler.after_step() if self._full_now else None
         self._full_now = False
         if full is not None:
-            tail += [full[0], full[1]]
-        buf, nograd = self._stats.compute(tail)
+            updates, percentiles = full
+            tail += [torch.cat((updates, self._stats.details()), dim=1), percentiles]
+        if recount:
+            tail.append(self._stats.nonfinite_counts(recount))
+        norms, nograd = self._stats.norms()
         self._pending = PendingStats(
             config=self.config,
             session=self.session,
             step=self.step,
             wall=time.time(),
             n=self._stats.n,
-            host=to_host(buf),
+            host=to_host(norms + tail),
             nograd=tuple(nograd),
             n_scaler=n_scaler,
             lrs=lrs,
             full=full is not None,
             step_time=step_time,
             memory=memory_metrics(self._stats.device),
+            recount=recount,
+            on_flags=self._set_recount,
         )
         self._last_frame = time.monotonic()
 
-    def _seal(self, everything: bool) -> None:
-        """Hand the open frame to the sender with the log() values that belong to it."""
+    def _set_recount(self, rows: tuple[int, ...]) -> None:
+        """Sender thread: the latest frame flagged ``rows``; count their elements next time."""
+        self._recount = rows
+
+    def _seal(self, before: int | None) -> None:
+        """Hand the open frame to the sender with the log() values that belong to it: those
+        logged before backward pass number ``before`` (None: all of them)."""
         mine: dict[str, Value] = {}
         keep: list[tuple[int, dict[str, Value]]] = []
         for mark, values in self._logged:
-            if everything or mark < self._backwards:
+            if before is None or mark < before:
                 for k, v in values.items():
                     mine[k] = mine[k] + v if k in ("tokens", "samples") and k in mine else v
             else:

@@ -1,15 +1,17 @@
-"""Cheap per-parameter gradient statistics, reduced on the device in a few batched kernels.
+"""Per-parameter gradient and weight statistics, reduced on the device without a host sync.
 
-Everything for one step lands in ONE flat float32 device tensor laid out as
-``[rows (n x 4) | grad_norm | nonfinite_grads | extra...]``; nothing here reads a value back
-to the host, so the training thread never waits for the device.
+Two cadences (seed 001's logging table: gradient norm every step, per-layer weights every
+100-1000 steps):
 
-Cost is dominated by how many ops are launched, not by the bytes read, so parameters are
-grouped once, at attach time: by (device, dtype) for the fused ``torch._foreach_norm`` L2
-norms, and on CPU also by shape, so that same-shape gradients are stacked into a preallocated
-scratch (bounded by :data:`SCRATCH_BYTES`) and reduced together. CUDA has fused multi-tensor
-kernels for the inf- and 1-norms; on CPU those fall back to a slow scalar loop (~15 ms for the
-0.5M-parameter demo model), which the stacked path replaces (~0.2 ms).
+- :meth:`GradStats.norms`, every sampled step: the L2 norm of every tracked gradient, one fused
+  ``torch._foreach_norm`` per (device, dtype) group. A NaN/Inf norm flags a non-finite gradient;
+  the global norm follows on the host. This is one read of the gradients, the least any
+  per-parameter statistic can cost.
+- :meth:`GradStats.details`, on full steps: max |g|, mean |g| and the weight L2 norm. CUDA has
+  fused multi-tensor kernels for the inf- and 1-norms; on CPU those take a slow scalar path, so
+  each gradient is reduced on its own (``abs`` then ``amax``/``sum``, in chunks for big tensors).
+
+Nothing here reads a value back to the host.
 """
 
 from __future__ import annotations
@@ -20,46 +22,36 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-NCOLS = 4  # grad_norm, grad_absmax, grad_absmean, weight_norm (wire.CHEAP_FIELDS order)
-SCRATCH_BYTES = 16 << 20
-"""CPU: the stacking scratch of all groups together stays below this (a fixed cost)."""
+DETAIL_COLS = 3  # grad_absmax, grad_absmean, weight_norm (their wire.FULL_FIELDS order)
 CHUNK = 1 << 20
-"""CPU: tensors reduced on their own are read in chunks of this many elements, so the
-``abs`` temporary never exceeds 4 MiB whatever the parameter's size."""
+"""CPU: a gradient is read in chunks of this many elements on full steps, so the ``abs``
+temporary never exceeds 4 MiB whatever the parameter's size."""
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 _F32 = torch.float32
-
-
-@dataclass
-class _Batch:
-    """Positions (in the group) of same-shape tensors reduced together on CPU."""
-
-    idx: list[int]
-    scratch: Tensor | None
-    """``(len(idx), *shape)`` buffer to stack the gradients into; None: one at a time."""
+F32_EXACT = 1 << 24
+"""float32 holds every integer up to this exactly."""
 
 
 @dataclass
 class _Group:
-    """Tracked parameters sharing a device and dtype, in batch order."""
+    """Tracked parameters sharing a device and dtype."""
 
     device: torch.device
     params: list[Tensor]
     rows: list[int]
     """Row of each parameter in the tracked order."""
-    batches: list[_Batch]
     inv_numel: Tensor
-    """1/numel per parameter (float32, on the device), turns the L1 norm into mean |g|."""
+    """1/numel per parameter (float32, on the device), turns sum |g| into mean |g|."""
     zero: Tensor
     """One-element zero in the group's dtype, standing in for a missing gradient."""
     acc: torch.dtype | None
-    """Accumulation dtype for the norms: float32 for bf16/fp16, else the tensors' own."""
+    """Accumulation dtype: float32 for bf16/fp16, else the tensors' own."""
 
 
 class GradStats:
-    """Computes the cheap rows for a fixed list of tracked parameters."""
+    """Reduces a fixed list of tracked parameters into float32 device tensors."""
 
-    def __init__(self, params: Sequence[Tensor], scratch_bytes: int = SCRATCH_BYTES) -> None:
+    def __init__(self, params: Sequence[Tensor]) -> None:
         self.params = list(params)
         self.n = len(self.params)
         self.device = self.params[0].device if self.params else torch.device("cpu")
@@ -67,120 +59,105 @@ class GradStats:
         for i, p in enumerate(self.params):
             by_key.setdefault((p.device, p.dtype), []).append(i)
         self.groups: list[_Group] = []
-        self._budget = scratch_bytes
         order: list[int] = []
         for (device, dtype), rows in by_key.items():
-            rows, batches = self._plan(device, [self.params[i] for i in rows], rows)
             ps = [self.params[i] for i in rows]
             inv = torch.tensor([1.0 / max(p.numel(), 1) for p in ps], dtype=_F32, device=device)
             zero = torch.zeros(1, dtype=dtype, device=device)
             acc = _F32 if dtype in _LOW_PRECISION else None
-            self.groups.append(_Group(device, ps, rows, batches, inv, zero, acc))
+            self.groups.append(_Group(device, ps, rows, inv, zero, acc))
             order.extend(rows)
         # Groups concatenate in group order; ``perm`` puts rows back in tracked order.
         self.perm: Tensor | None = None
+        self.order_inverse: list[int] = []
         if order != list(range(self.n)):
             inverse = [0] * self.n
             for pos, row in enumerate(order):
                 inverse[row] = pos
             self.perm = torch.tensor(inverse, dtype=torch.long, device=self.device)
+            self.order_inverse = inverse
 
-    def _plan(
-        self, device: torch.device, params: list[Tensor], rows: list[int]
-    ) -> tuple[list[int], list[_Batch]]:
-        """Order a group's rows by shape and give same-shape runs a scratch (CPU only)."""
-        if device.type != "cpu":
-            return rows, [_Batch(list(range(len(rows))), None)]
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for row, p in zip(rows, params, strict=True):
-            by_shape.setdefault(tuple(p.shape), []).append(row)
-        ordered: list[int] = []
-        batches: list[_Batch] = []
-        for shape, members in by_shape.items():
-            first = len(ordered)
-            ordered.extend(members)
-            p = self.params[members[0]]
-            nbytes = len(members) * p.numel() * p.element_size()
-            if len(members) > 1 and p.numel() > 0 and nbytes <= self._budget:
-                self._budget -= nbytes
-                scratch = torch.empty((len(members), *shape), dtype=p.dtype, device=device)
-                batches.append(_Batch(list(range(first, len(ordered))), scratch))
+    def _grads(self, g: _Group, nograd: list[int] | None) -> list[Tensor]:
+        grads: list[Tensor] = []
+        for row, p in zip(g.rows, g.params, strict=True):
+            grad = p.grad
+            if grad is None:
+                if nograd is not None:
+                    nograd.append(row)
+                grads.append(g.zero)
             else:
-                batches.extend(_Batch([i], None) for i in range(first, len(ordered)))
-        return ordered, batches
+                grads.append(grad)
+        return grads
+
+    def _tracked_order(self, blocks: list[Tensor]) -> Tensor:
+        blocks = [b if b.device == self.device else b.to(self.device) for b in blocks]
+        out = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+        return out if self.perm is None else out.index_select(0, self.perm)
+
+    def norms(self) -> tuple[list[Tensor], list[int]]:
+        """Return the gradient L2 norms and the rows whose gradient is None (norm 0).
+
+        The norms come as parts whose flattened concatenation is the ``(n,)`` float32 vector in
+        tracked order: on CPU the fused kernel's n scalars as they are (the sender thread reads
+        them; packing them would be one more op on the training thread), elsewhere one tensor.
+        Call under ``torch.no_grad()`` when gradients may require grad (``create_graph``).
+        """
+        if not self.groups:
+            return [], []
+        nograd: list[int] = []
+        per_group = [
+            torch._foreach_norm(self._grads(g, nograd), 2, dtype=g.acc) for g in self.groups
+        ]
+        nograd.sort()
+        if self.device.type == "cpu" and all(g.device.type == "cpu" for g in self.groups):
+            flat = [t for norms in per_group for t in norms]
+            if self.perm is not None:
+                flat = [flat[i] for i in self.order_inverse]
+            return flat, nograd
+        blocks = [torch.stack(norms).to(_F32) for norms in per_group]
+        return [self._tracked_order(blocks)], nograd
+
+    def nonfinite_counts(self, rows: Sequence[int]) -> Tensor:
+        """Exact NaN/Inf element counts of the gradients of ``rows`` (0 without one), as
+        float32 ``(high, low)`` pairs of base 2**24 so that any count stays exact."""
+        counts = [
+            torch.zeros((), dtype=torch.long, device=self.device)
+            if (g := self.params[i].grad) is None
+            else torch.isfinite(g).logical_not_().sum().to(self.device)
+            for i in rows
+        ]
+        c = torch.stack(counts)
+        return torch.stack((c // F32_EXACT, c % F32_EXACT), dim=1).to(_F32)
 
     @torch.no_grad()
-    def compute(self, extra: Sequence[Tensor] = ()) -> tuple[Tensor, list[int]]:
-        """Return the flat device buffer and the rows whose gradient is missing.
-
-        ``extra`` tensors are flattened and appended after the two global scalars.
-        """
-        nograd: list[int] = []
-        blocks: list[Tensor] = []
+    def details(self) -> Tensor:
+        """Return ``(n, 3)`` float32: max |g|, mean |g| (0 without a gradient), weight L2 norm."""
+        if not self.groups:
+            return torch.zeros((0, DETAIL_COLS), device=self.device)
+        blocks = []
         for g in self.groups:
-            grads: list[Tensor] = []
-            for row, p in zip(g.rows, g.params, strict=True):
-                grad = p.grad
-                if grad is None:
-                    nograd.append(row)
-                    grads.append(g.zero)
-                else:
-                    grads.append(grad)
+            grads = self._grads(g, None)
             w = torch.stack(torch._foreach_norm(g.params, 2, dtype=g.acc))
             if g.device.type == "cuda":
-                l2 = torch.stack(torch._foreach_norm(grads, 2, dtype=g.acc))
                 amax = torch.stack(torch._foreach_norm(grads, float("inf")))
                 l1 = torch.stack(torch._foreach_norm(grads, 1, dtype=g.acc))
             else:
-                l2, amax, l1 = _cpu_grad_stats(g.batches, grads, g.acc)
-            cols = (l2.to(_F32), amax.to(_F32), l1.to(_F32) * g.inv_numel, w.to(_F32))
-            block = torch.stack(cols, dim=1)
-            blocks.append(block if g.device == self.device else block.to(self.device))
-        if not blocks:
-            rows = torch.zeros((0, NCOLS), device=self.device)
-        else:
-            rows = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
-        if self.perm is not None:
-            rows = rows.index_select(0, self.perm)
-        gnorm = rows[:, 0]
-        scalars = [
-            torch.linalg.vector_norm(gnorm).reshape(1),
-            (~torch.isfinite(gnorm)).sum().to(_F32).reshape(1),
-        ]
-        scalars += [t.detach().reshape(-1).to(self.device, _F32) for t in extra]
-        return torch.cat([rows.reshape(-1), *scalars]), sorted(nograd)
+                pairs = [_abs_max_sum(t) for t in grads]
+                amax = torch.stack([a for a, _ in pairs])
+                l1 = torch.stack([s for _, s in pairs])
+            cols = (amax.to(_F32), l1.to(_F32) * g.inv_numel, w.to(_F32))
+            blocks.append(torch.stack(cols, dim=1))
+        return self._tracked_order(blocks)
 
 
-def _cpu_grad_stats(
-    batches: list[_Batch], grads: list[Tensor], acc: torch.dtype | None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """L2 norm, max |g| and sum |g| per gradient, in group order, a few ops per shape."""
-    out: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
-    for b in batches:
-        members = [grads[i] for i in b.idx]
-        if b.scratch is not None and all(t.shape == b.scratch.shape[1:] for t in members):
-            flat = torch.stack(members, out=b.scratch).view(len(members), -1)
-            out[0].append(torch.linalg.vector_norm(flat, dim=1, dtype=acc))
-            flat.abs_()
-            out[1].append(flat.amax(dim=1))
-            out[2].append(flat.sum(dim=1, dtype=_F32))
-            continue
-        for t in members:  # its own batch, or a batch with a missing gradient this step
-            for acc_list, value in zip(out, _one_grad_stats(t, acc), strict=True):
-                acc_list.append(value.reshape(1))
-    l2, amax, l1 = (torch.cat(parts) for parts in out)
-    return l2, amax, l1
-
-
-def _one_grad_stats(t: Tensor, acc: torch.dtype | None) -> tuple[Tensor, Tensor, Tensor]:
-    l2 = torch.linalg.vector_norm(t, dtype=acc)
+def _abs_max_sum(t: Tensor) -> tuple[Tensor, Tensor]:
+    """max |t| and sum |t| (float32) of one tensor, without a temporary over 4 MiB."""
     if t.numel() == 0:
         zero = torch.zeros((), dtype=_F32, device=t.device)
-        return l2, zero, zero
+        return zero, zero
     if t.numel() <= CHUNK:
         a = t.abs()
-        return l2, a.amax(), a.sum(dtype=_F32)
+        return a.amax(), a.sum(dtype=_F32)
     lo, hi = torch.aminmax(t)
-    amax = torch.maximum(lo.abs(), hi.abs())
     parts = [c.abs().sum(dtype=_F32) for c in torch.split(t.reshape(-1), CHUNK)]
-    return l2, amax, torch.stack(parts).sum()
+    return torch.maximum(lo.abs(), hi.abs()), torch.stack(parts).sum()

@@ -1,7 +1,8 @@
 """Step-time overhead of gradwatch vs. common alternatives on the demo GPT (CPU).
 
 Variants are interleaved round-robin (one block of steps each per round) so machine noise
-hits all of them alike. Run: .venv/bin/python bench/agent_overhead.py [--rounds N]
+hits all of them alike. "floor" is not a tool: one fused norm over the gradients, the least
+any per-parameter statistic costs. Run: .venv/bin/python bench/agent_overhead.py [--rounds N]
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def _item_loop(model: torch.nn.Module, out: dict[str, float]) -> None:
             out[f"{name}/mean"] = g.mean().item()
             out[f"{name}/std"] = g.std().item()
             out[f"{name}/max"] = g.abs().max().item()
+
+
+def _grad_read(model: torch.nn.Module) -> None:
+    """The least any per-parameter statistic costs: one fused pass over every gradient."""
+    torch._foreach_norm([p.grad for p in model.parameters() if p.grad is not None], 2)
 
 
 PERIOD = 50  # the slow cadence of gradwatch's full statistics and of the TensorBoard variant
@@ -102,6 +108,7 @@ def main() -> None:
     make("baseline", lambda m, o: lambda mm, s: None)
     make("gradwatch every step", with_gradwatch(10**9))
     make("gradwatch + full/50", with_gradwatch(50))
+    make("floor: one grad read", lambda m, o: lambda mm, s: _grad_read(mm))
     make(".item() loop", lambda m, o: lambda mm, s: _item_loop(mm, sink))
     make("tensorboard hist/50", lambda m, o: tb_hist)
 

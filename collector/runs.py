@@ -72,8 +72,8 @@ def _top(names: tuple[str, ...], values: list[float], k: int, reverse: bool) -> 
 
 def rank_detail(s: RankState, topk: int) -> RankDetail:
     stats = s.stats
-    grads = s.columns.get("grad_norm", [])
-    weights = s.columns.get("weight_norm", [])
+    grads = s.latest("grad_norm") or []
+    weights = s.latest("weight_norm") or []
     bad = {
         s.names[i]
         for column in (grads, weights)

@@ -14,7 +14,7 @@ from gradwatch.wire import (
     Stats,
     WireError,
     check_shape,
-    unpack_floats,
+    unpack_columns,
 )
 
 
@@ -61,6 +61,19 @@ class RankState:
     def steps_seen(self) -> int:
         """Steps since the first frame of this session (0 before any)."""
         return 0 if self.first_step < 0 else self.last_step - self.first_step
+
+    def latest(self, name: str) -> list[float] | None:
+        """Latest values of the per-parameter column ``name``, from a cheap or a full step."""
+        got = self.columns.get(name)
+        return got if got is not None else self.full_columns.get(name)
+
+    def fresh(self, name: str) -> list[float] | None:
+        """The per-parameter column ``name`` if the latest stats frame carried it, else None."""
+        if name in self.columns:
+            return self.columns[name]
+        if self.stats is not None and self.full_step == self.stats.step:
+            return self.full_columns.get(name)
+        return None
 
     def typical_interval(self) -> float | None:
         """Median seconds between frames, or None before there are a few."""
@@ -144,15 +157,9 @@ class Fleet:
     @staticmethod
     def _stats(state: RankState, stats: Stats) -> None:
         state.stats = stats
-        fields = state.hello.fields
-        values = unpack_floats(stats.rows)
-        state.columns = {f: values[j :: len(fields)].tolist() for j, f in enumerate(fields)}
+        state.columns = unpack_columns(state.hello.fields, stats.rows)
         if stats.full:
-            full_fields = state.hello.full_fields
-            values = unpack_floats(stats.full)
-            state.full_columns = {
-                f: values[j :: len(full_fields)].tolist() for j, f in enumerate(full_fields)
-            }
+            state.full_columns = unpack_columns(state.hello.full_fields, stats.full)
             state.full_step = stats.step
             state.full_metrics = dict(stats.metrics)
 

@@ -29,12 +29,13 @@ def make_hello(**kw: object) -> Hello:
 
 def make_stats(**kw: object) -> Stats:
     n = 2  # tracked params
+    cheap, full = n * len(wire.CHEAP_FIELDS), n * len(wire.FULL_FIELDS)
     base: dict[str, object] = dict(
         run="r", rank=0, session="ab12", seq=1, step=7, time=1700000001.0, loss=2.5,
-        lr=(3e-4, 1e-3), rows=wire.pack_floats([float(i) for i in range(n * 4)]),
-        full=wire.pack_floats([0.5] * (n * 4)), nograd=(1,),
+        lr=(3e-4, 1e-3), rows=wire.pack_floats([float(i) for i in range(cheap)]),
+        full=wire.pack_floats([float(i) for i in range(full)]), nograd=(1,),
         metrics={"grad_norm": 1.25, "step_time_seconds": 0.04}, scalars={"tokens": 4096.0},
-        dropped=3,
+        dropped=3, nonfinite=((0, 12),),
     )  # fmt: skip
     base.update(kw)
     return Stats(**base)  # type: ignore[arg-type]
@@ -43,7 +44,7 @@ def make_stats(**kw: object) -> Stats:
 FRAMES = [
     make_hello(),
     make_stats(),
-    make_stats(loss=None, full=b"", nograd=(), metrics={}, scalars={}),
+    make_stats(loss=None, full=b"", nograd=(), metrics={}, scalars={}, nonfinite=()),
     Heartbeat("r", 1, "ab12", 9, 12, 1700000002.0, dropped=1),
     Bye("r", 0, "ab12", 10, 99, 1700000003.0, reason="error", dropped=0),
 ]
@@ -60,8 +61,11 @@ def test_wire_hello_tracked_skips_params_without_grad() -> None:
 
 def test_wire_stats_columns_unpack_in_row_order() -> None:
     stats = make_stats()
-    assert stats.column(stats.rows, 4, 0) == [0.0, 4.0]
-    assert stats.column(stats.rows, 4, 3) == [3.0, 7.0]
+    k = len(wire.FULL_FIELDS)
+    full = wire.unpack_columns(wire.FULL_FIELDS, stats.full)
+    assert full["update_norm"] == [0.0, float(k)]
+    assert full["weight_norm"] == [float(k - 1), float(2 * k - 1)]
+    assert wire.unpack_columns(wire.CHEAP_FIELDS, stats.rows)["grad_norm"] == [0.0, 1.0]
 
 
 def test_wire_check_shape_rejects_rows_that_do_not_fit_the_table() -> None:
@@ -108,6 +112,15 @@ def test_wire_decode_rejects_bad_input_by_reason(name: str) -> None:
         wire.decode(data)
     assert err.value.reason == reason
     assert err.value.reason in wire.REJECT_REASONS
+
+
+def test_wire_stats_rejects_malformed_or_out_of_range_nonfinite_counts() -> None:
+    obj = msgpack.unpackb(wire.encode(make_stats()), raw=False)
+    obj["nonfinite"] = [[0, -1]]
+    with pytest.raises(WireError, match="nonfinite"):
+        wire.decode(msgpack.packb(obj, use_bin_type=True))
+    with pytest.raises(WireError, match="nonfinite row"):
+        wire.check_shape(make_hello(), make_stats(nonfinite=((2, 1),)))
 
 
 def test_wire_hello_rejects_malformed_param_rows() -> None:

@@ -51,7 +51,7 @@ class NonFinite(Rule[NonFiniteSettings, NonFiniteMemory]):
         skip = set(stats.nograd)
         offenders: list[str] = []
         for column in ("grad_norm", "weight_norm"):
-            for i, x in enumerate(rank.columns.get(column, ())):
+            for i, x in enumerate(rank.fresh(column) or ()):
                 if i not in skip and not math.isfinite(x) and rank.names[i] not in offenders:
                     offenders.append(rank.names[i])
         ordered = [n for n in rank.names if n in offenders]
@@ -74,6 +74,8 @@ class NonFinite(Rule[NonFiniteSettings, NonFiniteMemory]):
                 f"{len(ordered)} parameter(s) with non-finite gradient or weight: "
                 f"{name_list(ordered, self.settings.topk)}"
             )
+        if stats.nonfinite:
+            parts.append("NaN/Inf gradient elements: " + _counts(rank, stats.nonfinite))
         return [
             self.finding(
                 "; ".join(parts),
@@ -82,3 +84,9 @@ class NonFinite(Rule[NonFiniteSettings, NonFiniteMemory]):
                 threshold=0.0,
             )
         ]
+
+
+def _counts(rank: RankState, pairs: tuple[tuple[int, int], ...]) -> str:
+    """``name count/numel`` for the exact counts the agent sent for flagged parameters."""
+    numel = [rank.hello.params[i].numel for i in rank.hello.tracked]
+    return ", ".join(f"{rank.names[row]} {count}/{numel[row]}" for row, count in pairs[:5])

@@ -65,7 +65,7 @@ class UpdateRatioHigh(Rule[RatioHighSettings, ParamMemory]):
             return None
         s = self.settings
         ratios = rank.full_columns.get("update_ratio", [])
-        weights = rank.columns.get("weight_norm", [math.inf] * len(ratios))
+        weights = rank.fresh("weight_norm") or [math.inf] * len(ratios)
         bad = [
             i
             for i, r in enumerate(ratios)
@@ -245,7 +245,7 @@ class WeightSpikeMemory:
 
 
 class WeightNormSpike(Rule[WeightSpikeSettings, WeightSpikeMemory]):
-    """A parameter's weight norm jumped more than 10x between two sampled steps.
+    """A parameter's weight norm jumped more than 10x between two measurements (full steps).
 
     Usually a huge update from an exploding gradient or an LR mistake. What to do: restore
     the last good checkpoint, lower the LR, enable gradient clipping.
@@ -260,8 +260,8 @@ class WeightNormSpike(Rule[WeightSpikeSettings, WeightSpikeMemory]):
         return WeightSpikeMemory()
 
     def check(self, rank: RankState, memory: WeightSpikeMemory) -> list[Finding] | None:
-        norms = rank.columns.get("weight_norm")
-        if norms is None:
+        norms = rank.fresh("weight_norm")
+        if norms is None:  # not measured this step (weights travel on full steps)
             return None
         s, before = self.settings, memory.previous
         bad: list[int] = []

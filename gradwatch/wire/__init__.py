@@ -28,6 +28,7 @@ from .frames import (
     Stats,
     WireError,
     pack_floats,
+    unpack_columns,
     unpack_floats,
 )
 
@@ -51,6 +52,7 @@ __all__ = [
     "Stats",
     "WireError",
     "check_shape",
+    "unpack_columns",
     "decode",
     "encode",
     "pack_floats",

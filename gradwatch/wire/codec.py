@@ -76,6 +76,8 @@ def encode(frame: Frame) -> bytes:
             base["full"] = frame.full
         if frame.nograd:
             base["nograd"] = list(frame.nograd)
+        if frame.nonfinite:
+            base["nonfinite"] = [list(pair) for pair in frame.nonfinite]
         if frame.metrics:
             base["metrics"] = dict(frame.metrics)
         if frame.scalars:
@@ -169,6 +171,12 @@ def _decode_stats(r: _Reader, common: dict[str, Any]) -> Stats:
     nograd = r.array("nograd", MAX_PARAMS, default=[])
     if not all(_is_int(x) and x >= 0 for x in nograd):
         raise WireError("schema", "nograd is not a list of indices")
+    nonfinite = r.array("nonfinite", MAX_PARAMS, default=[])
+    if not all(
+        isinstance(x, list) and len(x) == 2 and all(_is_int(v) and v >= 0 for v in x)
+        for x in nonfinite
+    ):
+        raise WireError("schema", "nonfinite is not a list of [row, count] pairs")
     return Stats(
         step=r.integer("step", -1, 1 << 62),
         loss=None if loss is None else float(loss),
@@ -179,6 +187,7 @@ def _decode_stats(r: _Reader, common: dict[str, Any]) -> Stats:
         metrics=r.floats("metrics"),
         scalars=r.floats("scalars"),
         dropped=r.integer("dropped", 0, 1 << 62, default=0),
+        nonfinite=tuple((row, count) for row, count in nonfinite),
         **common,
     )
 
@@ -273,3 +282,5 @@ def check_shape(hello: Hello, stats: Stats) -> None:
         )
     if any(i >= n for i in stats.nograd):
         raise WireError("schema", "nograd index beyond the tracked parameters")
+    if any(row >= n for row, _ in stats.nonfinite):
+        raise WireError("schema", "nonfinite row beyond the tracked parameters")

@@ -16,10 +16,19 @@ MAX_NAME_LEN = 1024
 MAX_MAP_LEN = 4096
 
 # Per-parameter columns. The hello names the columns actually sent, so both lists may grow.
-CHEAP_FIELDS: tuple[str, ...] = ("grad_norm", "grad_absmax", "grad_absmean", "weight_norm")
-"""Sent every sampled step, one row per tracked parameter (16 bytes a row)."""
-FULL_FIELDS: tuple[str, ...] = ("update_norm", "update_ratio", "unchanged_frac", "underflow_frac")
-"""Sent every ``full_every`` steps from the sampled update snapshot (16 bytes a row)."""
+CHEAP_FIELDS: tuple[str, ...] = ("grad_norm",)
+"""Sent every sampled step, one row per tracked parameter (4 bytes a row)."""
+FULL_FIELDS: tuple[str, ...] = (
+    "update_norm",
+    "update_ratio",
+    "unchanged_frac",
+    "underflow_frac",
+    "grad_absmax",
+    "grad_absmean",
+    "weight_norm",
+)
+"""Sent every ``full_every`` steps (28 bytes a row): the sampled update snapshot, then the
+per-parameter details that move slowly or only add colour to the gradient norm."""
 
 METRICS: tuple[str, ...] = (
     "grad_norm",  # global L2 norm over all tracked gradients
@@ -117,6 +126,8 @@ class Stats:
     ``full_fields`` on full steps and is empty otherwise. ``nograd`` lists tracked-row indices
     whose gradient was missing this step. ``metrics`` holds agent-computed scalars (see
     docs/wire-protocol.md for the well-known names), ``scalars`` whatever the user logged.
+    ``nonfinite`` holds ``(row, count)``: exact numbers of NaN/Inf gradient elements at this
+    step, for parameters that an earlier frame flagged with a non-finite norm.
     """
 
     run: str
@@ -133,10 +144,7 @@ class Stats:
     metrics: Mapping[str, float] = field(default_factory=dict)
     scalars: Mapping[str, float] = field(default_factory=dict)
     dropped: int = 0
-
-    def column(self, data: bytes, ncols: int, col: int) -> list[float]:
-        """Values of column ``col`` of a packed row block with ``ncols`` columns."""
-        return unpack_floats(data)[col::ncols].tolist()
+    nonfinite: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -185,3 +193,9 @@ def unpack_floats(data: bytes) -> array[float]:
     if sys.byteorder == "big":
         arr.byteswap()
     return arr
+
+
+def unpack_columns(fields: Sequence[str], data: bytes) -> dict[str, list[float]]:
+    """The per-parameter columns of a packed row block whose rows hold ``fields``."""
+    values = unpack_floats(data)
+    return {f: values[j :: len(fields)].tolist() for j, f in enumerate(fields)}

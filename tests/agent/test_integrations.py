@@ -17,8 +17,10 @@ def _check(collector: Collector, n_params: int) -> None:
     assert len(stats) >= 15
     assert any(s.loss is not None for s in stats)
     assert all(s.lr and s.lr[0] > 0 for s in stats)
-    assert all(len(s.rows) == 16 * n_params for s in stats)
-    assert any(v > 0 for v in stats[-1].column(stats[-1].rows, 4, 0))
+    assert all(len(s.rows) == 4 * len(wire.CHEAP_FIELDS) * n_params for s in stats)
+    assert any(v > 0 for v in wire.unpack_columns(wire.CHEAP_FIELDS, stats[-1].rows)["grad_norm"])
+    full = [s for s in stats if s.full]
+    assert full and len(full[-1].full) == 4 * len(wire.FULL_FIELDS) * n_params
 
 
 def test_integrations_hf_trainer_sends_stats(collector: Collector, tmp_path: object) -> None:
@@ -67,7 +69,7 @@ def test_integrations_lightning_sends_stats(collector: Collector) -> None:
     torch.manual_seed(0)
     ds = torch.utils.data.TensorDataset(torch.randn(80, 8), torch.randn(80, 1))
     loader = torch.utils.data.DataLoader(ds, batch_size=4)
-    cb = GradwatchCallback(run="pl", endpoint=collector.endpoint)
+    cb = GradwatchCallback(run="pl", endpoint=collector.endpoint, full_every=10)
     trainer = pl.Trainer(
         max_steps=20,
         accelerator="cpu",

@@ -49,6 +49,12 @@ def test_monitor_sends_hello_stats_and_bye_with_correct_rows(collector: Collecto
     opt.register_step_pre_hook(
         lambda o, a, k: grads.append([p.grad.clone() for p in m.parameters() if p.requires_grad])
     )
+    weights: list[list[float]] = []
+    opt.register_step_post_hook(
+        lambda o, a, k: weights.append(
+            [float(p.detach().norm()) for p in m.parameters() if p.requires_grad]
+        )
+    )
     with ga.watch(m, opt, run="t", endpoint=collector.endpoint, full_every=2) as mon:
         collector.drain(until=wire.Hello)
         losses = _train(m, opt, mon, 4)
@@ -64,7 +70,7 @@ def test_monitor_sends_hello_stats_and_bye_with_correct_rows(collector: Collecto
         assert s.lr == (0.1, 0.01)
         assert s.loss is not None and math.isclose(s.loss, loss, rel_tol=1e-6)
         assert s.scalars["tokens"] == 12.0
-        norms = s.column(s.rows, 4, 0)
+        norms = wire.unpack_columns(wire.CHEAP_FIELDS, s.rows)["grad_norm"]
         assert norms == pytest.approx([float(x.norm()) for x in g], rel=1e-5)
         assert s.metrics["grad_norm"] == pytest.approx(
             math.sqrt(sum(float(x.pow(2).sum()) for x in g)), rel=1e-5
@@ -76,7 +82,9 @@ def test_monitor_sends_hello_stats_and_bye_with_correct_rows(collector: Collecto
     assert stats[1].metrics["tokens_per_second"] == pytest.approx(
         12 / stats[1].metrics["step_time_seconds"]
     )
-    assert all(r > 0 for r in stats[1].column(stats[1].full, 4, 1))  # update ratios
+    full = wire.unpack_columns(wire.FULL_FIELDS, stats[1].full)
+    assert all(r > 0 for r in full["update_ratio"])
+    assert full["weight_norm"] == pytest.approx(weights[1], rel=1e-5)  # after step 2
     bye = collector.of(wire.Bye)[0]
     assert isinstance(bye, wire.Bye) and bye.reason == "close" and bye.step == 4
 
@@ -111,7 +119,7 @@ def test_monitor_every_n_sends_heartbeats_and_nograd(collector: Collector) -> No
     stats = [f for f in collector.of(wire.Stats) if isinstance(f, wire.Stats)]
     assert [s.step for s in stats] == [3, 6]
     assert all(s.nograd == (2,) for s in stats)
-    assert stats[0].column(stats[0].rows, 4, 0)[2] == 0.0
+    assert wire.unpack_columns(wire.CHEAP_FIELDS, stats[0].rows)["grad_norm"][2] == 0.0
     assert [f.step for f in collector.of(wire.Heartbeat)] == [1, 2, 4, 5]
 
 
@@ -123,7 +131,7 @@ def test_monitor_hook_errors_are_counted_not_raised(collector: Collector) -> Non
     def boom(*a: object) -> None:
         raise RuntimeError("boom")
 
-    mon._stats.compute = boom  # type: ignore[method-assign]
+    mon._stats.norms = boom  # type: ignore[method-assign]
     m(torch.randn(2, 4)).sum().backward()
     opt.step()
     mon.log(loss="not a number")  # type: ignore[arg-type]
@@ -187,7 +195,37 @@ def test_monitor_cast_to_bf16_mid_run_reannounces_table_and_reports_underflow(
     assert len(hellos) >= 2 and dtypes["norm.weight"] == "bfloat16"
     last = [s for s in collector.of(wire.Stats) if isinstance(s, wire.Stats) and s.full][-1]
     names = [p.name for p in hellos[-1].params if p.requires_grad]
-    underflow = dict(zip(names, last.column(last.full, 4, 3), strict=True))
+    underflow_frac = wire.unpack_columns(wire.FULL_FIELDS, last.full)["underflow_frac"]
+    underflow = dict(zip(names, underflow_frac, strict=True))
     # lr 1e-5 * |g| is far below half an ULP of bf16 at 1.0 (2**-8): every update rounds away.
     assert underflow["norm.weight"] == 1.0
     assert underflow["lin.weight"] == 0.0
+
+
+def test_monitor_counts_nonfinite_elements_of_flagged_parameters_exactly(
+    collector: Collector,
+) -> None:
+    m = _model()
+    opt = torch.optim.SGD(m.parameters(), lr=0.0)
+    cfg = ga.AgentConfig(run="t", endpoint=collector.endpoint, flush_seconds=0.0)
+    mon = ga.Monitor(m, opt, cfg)
+    collector.drain(until=wire.Hello)
+
+    def step(bad: int) -> None:
+        for p in m.parameters():
+            p.grad = torch.ones_like(p) if p.requires_grad else None
+        m[2].weight.grad.view(-1)[:bad] = float("nan")  # type: ignore[union-attr]
+        opt.step()
+
+    step(3)  # flagged by its norm; its frame is sealed at the next step
+    step(0)
+    collector.drain(until=wire.Stats)  # built (and the flag seen) once it has arrived
+    step(5)  # counted exactly
+    mon.close()
+    collector.drain(until=wire.Bye)
+    stats = {s.step: s for s in collector.of(wire.Stats) if isinstance(s, wire.Stats)}
+    row = 1  # tracked rows: 0.weight, 2.weight, 2.bias
+    assert stats[1].metrics["nonfinite_grads"] == 1.0 and stats[1].nonfinite == ()
+    assert math.isnan(wire.unpack_columns(wire.CHEAP_FIELDS, stats[1].rows)["grad_norm"][row])
+    assert stats[3].nonfinite == ((row, 5),)
+    assert stats[2].metrics["nonfinite_grads"] == 0.0

@@ -69,19 +69,25 @@ class FakeRank:
         nograd: Sequence[str] = (),
         metrics: Mapping[str, float] | None = None,
         scalars: Mapping[str, float] | None = None,
+        nonfinite: Mapping[str, int] | None = None,
     ) -> wire.Stats:
-        """Defaults: grad norm 0.5, weight norm 5, update ratio 1e-3 (on full steps)."""
+        """Defaults: grad norm 0.5, weight norm 5, update ratio 1e-3. Full columns (update
+        ratios, |g| details, weight norms) are sent when ``full`` or any of them is given."""
         grad, weight, ratio = grad or {}, weight or {}, ratio or {}
-        rows: list[float] = []
-        for n in self.names:
-            g = grad.get(n, 0.5)
-            rows += [g, g, g / 10, weight.get(n, 5.0)]
+        unchanged, underflow = unchanged or {}, underflow or {}
+
+        def value(field: str, n: str) -> float:
+            g, r = grad.get(n, 0.5), ratio.get(n, 1e-3)
+            return {
+                "grad_norm": g, "grad_absmax": g, "grad_absmean": g / 10,
+                "weight_norm": weight.get(n, 5.0), "update_norm": r * 5, "update_ratio": r,
+                "unchanged_frac": unchanged.get(n, 0.0), "underflow_frac": underflow.get(n, 0.0),
+            }[field]  # fmt: skip
+
+        rows = [value(f, n) for n in self.names for f in wire.CHEAP_FIELDS]
         packed_full = b""
-        if full or ratio:
-            frows: list[float] = []
-            for n in self.names:
-                r = ratio.get(n, 1e-3)
-                frows += [r * 5, r, (unchanged or {}).get(n, 0.0), (underflow or {}).get(n, 0.0)]
+        if full or ratio or weight or unchanged or underflow:
+            frows = [value(f, n) for n in self.names for f in wire.FULL_FIELDS]
             packed_full = wire.pack_floats(frows)
         m = {"grad_norm": 1.0, "step_time_seconds": 0.1, "tokens_per_second": 1000.0}
         m.update(metrics or {})
@@ -90,6 +96,7 @@ class FakeRank:
             time=float(step), loss=loss, lr=tuple(lr), rows=wire.pack_floats(rows),
             full=packed_full, nograd=tuple(self.names.index(n) for n in nograd),
             metrics=m, scalars=dict(scalars or {}),
+            nonfinite=tuple((self.names.index(n), c) for n, c in (nonfinite or {}).items()),
         )  # fmt: skip
 
     def bye(self, step: int) -> wire.Bye:

@@ -55,11 +55,14 @@ def make_fleet(ranks: int, params: int, run: str = "r1", now: float = 1000.0) ->
         hello = Hello(run, rank, session, ranks, "host", 1, "2.4", "cpu", "AdamW", table)
         fleet.apply(hello, now)
         n = len(hello.tracked)
-        rows = [v for i in range(n) for v in (1.0 + i, 0.1, 0.01, 2.0)]
+        rows = [1.0 + i for i in range(n)]  # grad_norm
         rows[0] = math.nan
-        # (update_norm, update_ratio, unchanged_frac, underflow_frac); layers.3 did not move
+        # (update_norm, update_ratio, unchanged_frac, underflow_frac) + (|g| max, mean, ||w||);
+        # layers.3 did not move
         full = [
-            v for i in range(n) for v in ((0, 0, 1, 0) if i == 3 else (1, 1e-3 * (i + 1), 0, 0))
+            v
+            for i in range(n)
+            for v in ((0, 0, 1, 0) if i == 3 else (1, 1e-3 * (i + 1), 0, 0)) + (0.1, 0.01, 2.0)
         ]
         metrics = {"grad_norm": 5.0, "tokens_per_second": 1e4, "memory_allocated_bytes": 2e9}
         metrics |= {"rss_bytes": 1e9, "mfu_ratio": 0.4, "grad_p50": 0.01, "nonfinite_grads": 1}

@@ -18,6 +18,11 @@ def test_non_finite_fires_on_the_same_step_naming_the_first_parameter() -> None:
     assert alert.step == 5 and alert.severity == "critical"
     assert alert.parameter == "blocks.1.mlp.fc.weight"
     assert "head.weight" in alert.message
+    # The agent counts a flagged parameter's NaN/Inf elements exactly on a later frame.
+    fc = "blocks.1.mlp.fc.weight"
+    h.send(r.stats(6, grad={fc: math.nan}, nonfinite={fc: 7}))
+    [alert] = h.firing("non_finite")
+    assert f"{fc} 7/{192 * 48}" in alert.message
 
 
 def test_non_finite_nan_loss_alone_fires_without_parameter() -> None:
