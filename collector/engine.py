@@ -104,15 +104,7 @@ class Engine:
         self.book.flush()
         if self.store is None or not self._dirty_runs:
             return
-        records = []
-        for run, rank in self._dirty_runs:
-            s = self.fleet.rank(run, rank)
-            if s is not None:
-                records.append(
-                    RunRecord(
-                        run, rank, s.hello.host, s.hello.session, s.first_seen, s.last_seen,
-                        s.last_step, s.ended, s.frames, s.dropped,
-                    )
-                )  # fmt: skip
+        live = (self.fleet.rank(run, rank) for run, rank in self._dirty_runs)
+        records = [RunRecord.of(s) for s in live if s is not None]
         self._dirty_runs.clear()
         self.store.save_runs(records)

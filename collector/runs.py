@@ -16,12 +16,14 @@ from .schemas import (
     clean,
 )
 from .state import Fleet, RankState
-from .store import Store
+from .store import RunRecord, Store
 
 
 def run_list(fleet: Fleet, book: AlertBook, store: Store | None) -> RunList:
     ranks: dict[str, dict[int, RankSummary]] = {}
-    for record in store.load_runs() if store is not None else []:
+    stored = store.load_runs() if store is not None else []
+    live = [RunRecord.of(s) for run in list(fleet.runs.values()) for s in list(run.ranks.values())]
+    for record, is_live in [(r, False) for r in stored] + [(r, True) for r in live]:
         ranks.setdefault(record.run, {})[record.rank] = RankSummary(
             rank=record.rank,
             host=record.host,
@@ -33,23 +35,8 @@ def run_list(fleet: Fleet, book: AlertBook, store: Store | None) -> RunList:
             frames=record.frames,
             dropped=record.dropped,
             firing=book.firing_count(record.run, record.rank),
-            live=False,
+            live=is_live,
         )
-    for run in list(fleet.runs.values()):
-        for s in list(run.ranks.values()):
-            ranks.setdefault(run.name, {})[s.rank] = RankSummary(
-                rank=s.rank,
-                host=s.hello.host,
-                session=s.hello.session,
-                first_seen=s.first_seen,
-                last_seen=s.last_seen,
-                last_step=s.last_step,
-                ended=s.ended,
-                frames=s.frames,
-                dropped=s.dropped,
-                firing=book.firing_count(run.name, s.rank),
-                live=True,
-            )
     runs = [
         RunSummary(
             run=name,

@@ -8,9 +8,12 @@ import sqlite3
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .alert import Alert
+
+if TYPE_CHECKING:
+    from .state import RankState
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -53,6 +56,14 @@ class RunRecord:
     ended: bool
     frames: int
     dropped: int
+
+    @classmethod
+    def of(cls, s: RankState) -> RunRecord:
+        """The persisted view of a live rank."""
+        return cls(
+            s.run, s.rank, s.hello.host, s.hello.session, s.first_seen, s.last_seen,
+            s.last_step, s.ended, s.frames, s.dropped,
+        )  # fmt: skip
 
 
 def _num(x: float | None) -> float | None:
