@@ -67,6 +67,8 @@ class GradStats:
             acc = _F32 if dtype in _LOW_PRECISION else None
             self.groups.append(_Group(device, ps, rows, inv, zero, acc))
             order.extend(rows)
+        self.all_cpu = all(g.device.type == "cpu" for g in self.groups)
+        """Every group on the CPU: norms go to the sender thread as the kernel returned them."""
         # Groups concatenate in group order; ``perm`` puts rows back in tracked order.
         self.perm: Tensor | None = None
         self.order_inverse: list[int] = []
@@ -109,7 +111,7 @@ class GradStats:
             torch._foreach_norm(self._grads(g, nograd), 2, dtype=g.acc) for g in self.groups
         ]
         nograd.sort()
-        if self.device.type == "cpu" and all(g.device.type == "cpu" for g in self.groups):
+        if self.all_cpu:
             flat = [t for norms in per_group for t in norms]
             if self.perm is not None:
                 flat = [flat[i] for i in self.order_inverse]
