@@ -167,7 +167,7 @@ def train(
             assert loss is not None
             loss = faults.loss(step, logits, y, loss)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
 
             # The high default clip never touches a healthy run and keeps an exploding norm
             # visible to the agent, which reads the gradients after this line.
@@ -175,7 +175,9 @@ def train(
             if args.grad_clip > 0:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
             else:
-                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+                grad_norm = torch.nn.utils.get_total_norm(
+                    [p.grad for p in params if p.grad is not None]
+                )
             optimizer.step()
 
             # evaluation (before the monitor's log, so val_loss travels with this step)
