@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from agent_helpers import Collector
+
+from tests.helpers.frame_sink import FrameSink
 
 
 @pytest.fixture
-def collector() -> Iterator[Collector]:
-    c = Collector()
-    yield c
-    c.close()
+def sink() -> Iterator[FrameSink]:
+    """A real ZeroMQ socket on a free port that decodes whatever the agent sends."""
+    s = FrameSink()
+    yield s
+    s.close()

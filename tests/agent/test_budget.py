@@ -6,10 +6,10 @@ import gc
 import tracemalloc
 
 import torch
-from agent_helpers import Collector, free_endpoint
 
 import gradwatch.agent as ga
 from gradwatch import wire
+from tests.helpers.frame_sink import FrameSink, free_endpoint
 
 
 def _many_params(n: int) -> torch.nn.Module:
@@ -19,20 +19,20 @@ def _many_params(n: int) -> torch.nn.Module:
     return m
 
 
-def test_budget_frame_bytes_at_most_40_per_param_plus_fixed(collector: Collector) -> None:
+def test_budget_frame_bytes_at_most_40_per_param_plus_fixed(sink: FrameSink) -> None:
     n = 200
     m = _many_params(n)
     opt = torch.optim.SGD(m.parameters(), lr=0.01)
-    mon = ga.watch(m, opt, run="t", endpoint=collector.endpoint, full_every=2)
-    collector.drain(until=wire.Hello)
+    mon = ga.watch(m, opt, run="t", endpoint=sink.endpoint, full_every=2)
+    sink.drain(until=wire.Hello)
     for _ in range(2):
         for p in m.parameters():
             p.grad = torch.randn(4)
         opt.step()
         mon.log(loss=1.0, tokens=128)
     mon.close()
-    collector.drain(until=wire.Bye)
-    stats = [f for f in collector.of(wire.Stats) if isinstance(f, wire.Stats)]
+    sink.drain(until=wire.Bye)
+    stats = [f for f in sink.of(wire.Stats) if isinstance(f, wire.Stats)]
     cheap, full = (len(wire.encode(s)) for s in stats)
     assert stats[1].full and not stats[0].full
     assert cheap <= 40 * n + 1024

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from agent_helpers import Collector
 
 from gradwatch import wire
+from tests.helpers.frame_sink import FrameSink
 
 
-def _check(collector: Collector, n_params: int) -> None:
-    collector.drain(until=wire.Bye, timeout=10.0)
-    hello = collector.of(wire.Hello)[0]
+def _check(sink: FrameSink, n_params: int) -> None:
+    sink.drain(until=wire.Bye)
+    hello = sink.of(wire.Hello)[0]
     assert isinstance(hello, wire.Hello) and len(hello.tracked) == n_params
-    stats = [f for f in collector.of(wire.Stats) if isinstance(f, wire.Stats)]
+    stats = [f for f in sink.of(wire.Stats) if isinstance(f, wire.Stats)]
     assert len(stats) >= 15
     assert any(s.loss is not None for s in stats)
     assert all(s.lr and s.lr[0] > 0 for s in stats)
@@ -23,7 +23,7 @@ def _check(collector: Collector, n_params: int) -> None:
     assert full and len(full[-1].full) == 4 * len(wire.FULL_FIELDS) * n_params
 
 
-def test_integrations_hf_trainer_sends_stats(collector: Collector, tmp_path: object) -> None:
+def test_integrations_hf_trainer_sends_stats(sink: FrameSink, tmp_path: object) -> None:
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate")
     from gradwatch.agent.integrations.hf import GradwatchCallback
@@ -42,15 +42,15 @@ def test_integrations_hf_trainer_sends_stats(collector: Collector, tmp_path: obj
         save_strategy="no",
         disable_tqdm=True,
     )
-    cb = GradwatchCallback(run="hf", endpoint=collector.endpoint, full_every=10)
+    cb = GradwatchCallback(run="hf", endpoint=sink.endpoint, full_every=10)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[cb])
     trainer.train()
-    _check(collector, sum(1 for p in model.parameters() if p.requires_grad))
-    stats = [f for f in collector.of(wire.Stats) if isinstance(f, wire.Stats)]
+    _check(sink, sum(1 for p in model.parameters() if p.requires_grad))
+    stats = [f for f in sink.of(wire.Stats) if isinstance(f, wire.Stats)]
     assert [s.step for s in stats if s.loss is not None] == [5, 10, 15, 20]
 
 
-def test_integrations_lightning_sends_stats(collector: Collector) -> None:
+def test_integrations_lightning_sends_stats(sink: FrameSink) -> None:
     pl = pytest.importorskip("lightning.pytorch")
     from gradwatch.agent.integrations.lightning import GradwatchCallback
 
@@ -69,7 +69,7 @@ def test_integrations_lightning_sends_stats(collector: Collector) -> None:
     torch.manual_seed(0)
     ds = torch.utils.data.TensorDataset(torch.randn(80, 8), torch.randn(80, 1))
     loader = torch.utils.data.DataLoader(ds, batch_size=4)
-    cb = GradwatchCallback(run="pl", endpoint=collector.endpoint, full_every=10)
+    cb = GradwatchCallback(run="pl", endpoint=sink.endpoint, full_every=10)
     trainer = pl.Trainer(
         max_steps=20,
         accelerator="cpu",
@@ -80,6 +80,6 @@ def test_integrations_lightning_sends_stats(collector: Collector) -> None:
         enable_model_summary=False,
     )
     trainer.fit(Tiny(), loader)
-    _check(collector, 4)
-    stats = [f for f in collector.of(wire.Stats) if isinstance(f, wire.Stats)]
+    _check(sink, 4)
+    stats = [f for f in sink.of(wire.Stats) if isinstance(f, wire.Stats)]
     assert all(s.loss is not None for s in stats)

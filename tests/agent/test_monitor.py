@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from agent_helpers import Collector
 
 import gradwatch.agent as ga
 from gradwatch import wire
+from tests.helpers.frame_sink import FrameSink
 
 
 def _model() -> torch.nn.Module:
@@ -40,7 +40,7 @@ def _train(
     return losses
 
 
-def test_monitor_sends_hello_stats_and_bye_with_correct_rows(collector: Collector) -> None:
+def test_monitor_sends_hello_stats_and_bye_with_correct_rows(sink: FrameSink) -> None:
     m = _model()
     opt = torch.optim.SGD(
         [{"params": m[0].parameters(), "lr": 0.1}, {"params": m[2].parameters(), "lr": 0.01}]
@@ -55,16 +55,16 @@ def test_monitor_sends_hello_stats_and_bye_with_correct_rows(collector: Collecto
             [float(p.detach().norm()) for p in m.parameters() if p.requires_grad]
         )
     )
-    with ga.watch(m, opt, run="t", endpoint=collector.endpoint, full_every=2) as mon:
-        collector.drain(until=wire.Hello)
+    with ga.watch(m, opt, run="t", endpoint=sink.endpoint, full_every=2) as mon:
+        sink.drain(until=wire.Hello)
         losses = _train(m, opt, mon, 4)
-    collector.drain(until=wire.Bye)
-    hello = collector.of(wire.Hello)[0]
+    sink.drain(until=wire.Bye)
+    hello = sink.of(wire.Hello)[0]
     assert isinstance(hello, wire.Hello)
     assert hello.optimizer == "SGD"
     assert [p.requires_grad for p in hello.params] == [True, False, True, True]
     assert [p.group for p in hello.params] == [0, 0, 1, 1]
-    stats = [f for f in collector.of(wire.Stats) if isinstance(f, wire.Stats)]
+    stats = [f for f in sink.of(wire.Stats) if isinstance(f, wire.Stats)]
     assert [s.step for s in stats] == [1, 2, 3, 4]
     for s, g, loss in zip(stats, grads, losses, strict=True):
         assert s.lr == (0.1, 0.01)
@@ -85,48 +85,48 @@ def test_monitor_sends_hello_stats_and_bye_with_correct_rows(collector: Collecto
     full = wire.unpack_columns(wire.FULL_FIELDS, stats[1].full)
     assert all(r > 0 for r in full["update_ratio"])
     assert full["weight_norm"] == pytest.approx(weights[1], rel=1e-5)  # after step 2
-    bye = collector.of(wire.Bye)[0]
+    bye = sink.of(wire.Bye)[0]
     assert isinstance(bye, wire.Bye) and bye.reason == "close" and bye.step == 4
 
 
-def test_monitor_log_before_step_attaches_to_the_same_step(collector: Collector) -> None:
+def test_monitor_log_before_step_attaches_to_the_same_step(sink: FrameSink) -> None:
     m = _model()
     opt = torch.optim.SGD(m.parameters(), lr=0.01)
-    mon = ga.watch(m, opt, run="t", endpoint=collector.endpoint)
-    collector.drain(until=wire.Hello)
+    mon = ga.watch(m, opt, run="t", endpoint=sink.endpoint)
+    sink.drain(until=wire.Hello)
     losses = _train(m, opt, mon, 3, log_before=True)
     mon.close()
-    collector.drain(until=wire.Bye)
-    got = [f.loss for f in collector.of(wire.Stats) if isinstance(f, wire.Stats)]
+    sink.drain(until=wire.Bye)
+    got = [f.loss for f in sink.of(wire.Stats) if isinstance(f, wire.Stats)]
     assert got == pytest.approx(losses, rel=1e-6)
 
 
-def test_monitor_every_n_sends_heartbeats_and_nograd(collector: Collector) -> None:
+def test_monitor_every_n_sends_heartbeats_and_nograd(sink: FrameSink) -> None:
     m = _model()
     opt = torch.optim.SGD(m.parameters(), lr=0.01)
     cfg = ga.AgentConfig(
-        run="t", endpoint=collector.endpoint, every=3, full_every=6, heartbeat_seconds=1e-6
+        run="t", endpoint=sink.endpoint, every=3, full_every=6, heartbeat_seconds=1e-6
     )
     mon = ga.Monitor(m, opt, cfg)
-    collector.drain(until=wire.Hello)
+    sink.drain(until=wire.Hello)
     for _ in range(6):
         m(torch.randn(2, 4)).sum().backward()
         m[2].bias.grad = None  # tracked but without a gradient this step
         opt.step()
         opt.zero_grad()
     mon.close()
-    collector.drain(until=wire.Bye)
-    stats = [f for f in collector.of(wire.Stats) if isinstance(f, wire.Stats)]
+    sink.drain(until=wire.Bye)
+    stats = [f for f in sink.of(wire.Stats) if isinstance(f, wire.Stats)]
     assert [s.step for s in stats] == [3, 6]
     assert all(s.nograd == (2,) for s in stats)
     assert wire.unpack_columns(wire.CHEAP_FIELDS, stats[0].rows)["grad_norm"][2] == 0.0
-    assert [f.step for f in collector.of(wire.Heartbeat)] == [1, 2, 4, 5]
+    assert [f.step for f in sink.of(wire.Heartbeat)] == [1, 2, 4, 5]
 
 
-def test_monitor_hook_errors_are_counted_not_raised(collector: Collector) -> None:
+def test_monitor_hook_errors_are_counted_not_raised(sink: FrameSink) -> None:
     m = _model()
     opt = torch.optim.SGD(m.parameters(), lr=0.01)
-    mon = ga.watch(m, opt, run="t", endpoint=collector.endpoint)
+    mon = ga.watch(m, opt, run="t", endpoint=sink.endpoint)
 
     def boom(*a: object) -> None:
         raise RuntimeError("boom")
@@ -140,12 +140,12 @@ def test_monitor_hook_errors_are_counted_not_raised(collector: Collector) -> Non
     assert mon.errors == 2 and mon.closed
 
 
-def test_monitor_grad_scaler_reports_scale_and_skipped_steps(collector: Collector) -> None:
+def test_monitor_grad_scaler_reports_scale_and_skipped_steps(sink: FrameSink) -> None:
     m = _model()
     opt = torch.optim.SGD(m.parameters(), lr=0.01)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1000)
-    mon = ga.watch(m, opt, run="t", endpoint=collector.endpoint, scaler=scaler)
-    collector.drain(until=wire.Hello)
+    mon = ga.watch(m, opt, run="t", endpoint=sink.endpoint, scaler=scaler)
+    sink.drain(until=wire.Hello)
     for i in range(4):
         loss = m(torch.randn(2, 4)).sum()
         if i == 1:
@@ -155,8 +155,8 @@ def test_monitor_grad_scaler_reports_scale_and_skipped_steps(collector: Collecto
         scaler.update()
         opt.zero_grad()
     mon.close()
-    collector.drain(until=wire.Bye)
-    stats = [f for f in collector.of(wire.Stats) if isinstance(f, wire.Stats)]
+    sink.drain(until=wire.Bye)
+    stats = [f for f in sink.of(wire.Stats) if isinstance(f, wire.Stats)]
     assert [s.metrics["grad_scale"] for s in stats] == [1024.0, 512.0, 512.0]
     assert [s.metrics["scaler_skipped_total"] for s in stats] == [0.0, 1.0, 1.0]
 
@@ -171,15 +171,15 @@ def test_monitor_config_rejects_bad_fields() -> None:
 
 
 def test_monitor_cast_to_bf16_mid_run_reannounces_table_and_reports_underflow(
-    collector: Collector,
+    sink: FrameSink,
 ) -> None:
     torch.manual_seed(0)
     norm = torch.nn.LayerNorm(8)
     lin = torch.nn.Linear(8, 8)
     opt = torch.optim.SGD([*lin.parameters(), norm.weight, norm.bias], lr=1e-5)
     model = torch.nn.ModuleDict({"lin": lin, "norm": norm})
-    with ga.watch(model, opt, run="t", endpoint=collector.endpoint, full_every=2) as mon:
-        collector.drain(until=wire.Hello)
+    with ga.watch(model, opt, run="t", endpoint=sink.endpoint, full_every=2) as mon:
+        sink.drain(until=wire.Hello)
         for step in range(6):
             if step == 2:  # seed 003: norm weights at 1.0 cast to bf16
                 norm.weight.data = norm.weight.data.to(torch.bfloat16)
@@ -189,11 +189,11 @@ def test_monitor_cast_to_bf16_mid_run_reannounces_table_and_reports_underflow(
             opt.step()
             mon.log(loss=y.mean())
             opt.zero_grad()
-    collector.drain(until=wire.Bye)
-    hellos = [h for h in collector.of(wire.Hello) if isinstance(h, wire.Hello)]
+    sink.drain(until=wire.Bye)
+    hellos = [h for h in sink.of(wire.Hello) if isinstance(h, wire.Hello)]
     dtypes = {p.name: p.dtype for p in hellos[-1].params}
     assert len(hellos) >= 2 and dtypes["norm.weight"] == "bfloat16"
-    last = [s for s in collector.of(wire.Stats) if isinstance(s, wire.Stats) and s.full][-1]
+    last = [s for s in sink.of(wire.Stats) if isinstance(s, wire.Stats) and s.full][-1]
     names = [p.name for p in hellos[-1].params if p.requires_grad]
     underflow_frac = wire.unpack_columns(wire.FULL_FIELDS, last.full)["underflow_frac"]
     underflow = dict(zip(names, underflow_frac, strict=True))
@@ -203,13 +203,13 @@ def test_monitor_cast_to_bf16_mid_run_reannounces_table_and_reports_underflow(
 
 
 def test_monitor_counts_nonfinite_elements_of_flagged_parameters_exactly(
-    collector: Collector,
+    sink: FrameSink,
 ) -> None:
     m = _model()
     opt = torch.optim.SGD(m.parameters(), lr=0.0)
-    cfg = ga.AgentConfig(run="t", endpoint=collector.endpoint, flush_seconds=0.0)
+    cfg = ga.AgentConfig(run="t", endpoint=sink.endpoint, flush_seconds=0.0)
     mon = ga.Monitor(m, opt, cfg)
-    collector.drain(until=wire.Hello)
+    sink.drain(until=wire.Hello)
 
     def step(bad: int) -> None:
         for p in m.parameters():
@@ -219,11 +219,11 @@ def test_monitor_counts_nonfinite_elements_of_flagged_parameters_exactly(
 
     step(3)  # flagged by its norm; its frame is sealed at the next step
     step(0)
-    collector.drain(until=wire.Stats)  # built (and the flag seen) once it has arrived
+    sink.drain(until=wire.Stats)  # built (and the flag seen) once it has arrived
     step(5)  # counted exactly
     mon.close()
-    collector.drain(until=wire.Bye)
-    stats = {s.step: s for s in collector.of(wire.Stats) if isinstance(s, wire.Stats)}
+    sink.drain(until=wire.Bye)
+    stats = {s.step: s for s in sink.of(wire.Stats) if isinstance(s, wire.Stats)}
     row = 1  # tracked rows: 0.weight, 2.weight, 2.bias
     assert stats[1].metrics["nonfinite_grads"] == 1.0 and stats[1].nonfinite == ()
     assert math.isnan(wire.unpack_columns(wire.CHEAP_FIELDS, stats[1].rows)["grad_norm"][row])

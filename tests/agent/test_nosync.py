@@ -8,24 +8,24 @@ from typing import Any
 
 import pytest
 import torch
-from agent_helpers import Collector
 
 import gradwatch.agent as ga
 from gradwatch import wire
+from tests.helpers.frame_sink import FrameSink
 
 _SYNCING = ("item", "cpu", "tolist", "__float__", "__bool__", "__int__", "numpy")
 
 
 def test_nosync_hooks_make_no_host_reads_on_training_thread(
-    collector: Collector, monkeypatch: pytest.MonkeyPatch
+    sink: FrameSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     torch.manual_seed(0)
     m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
     m[1].bias.requires_grad_(False)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cpu")
-    mon = ga.watch(m, opt, run="t", endpoint=collector.endpoint, full_every=2, scaler=scaler)
-    collector.drain(until=wire.Hello)
+    mon = ga.watch(m, opt, run="t", endpoint=sink.endpoint, full_every=2, scaler=scaler)
+    sink.drain(until=wire.Hello)
     main = threading.get_ident()
     calls: list[str] = []
     armed = [False]
@@ -57,15 +57,15 @@ def test_nosync_hooks_make_no_host_reads_on_training_thread(
     armed[0] = False
     assert calls == []
     assert mon.errors == 0
-    collector.drain(until=wire.Bye)
-    assert len(collector.of(wire.Stats)) == 4  # the spies did see the sender's reads work
+    sink.drain(until=wire.Bye)
+    assert len(sink.of(wire.Stats)) == 4  # the spies did see the sender's reads work
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_nosync_cuda_hooks_pass_sync_debug_mode_error(collector: Collector) -> None:
+def test_nosync_cuda_hooks_pass_sync_debug_mode_error(sink: FrameSink) -> None:
     m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2)).cuda()
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
-    mon = ga.watch(m, opt, run="t", endpoint=collector.endpoint, full_every=2)
+    mon = ga.watch(m, opt, run="t", endpoint=sink.endpoint, full_every=2)
     for _ in range(4):
         loss = m(torch.randn(4, 8, device="cuda")).pow(2).mean()
         loss.backward()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
 import zmq
-from agent_helpers import Collector, free_endpoint
 
 import gradwatch.agent as ga
 from gradwatch import wire
+from tests.helpers.frame_sink import FrameSink, free_endpoint
+from tests.helpers.waiting import wait_until
 
 
 def _setup(
@@ -28,21 +27,12 @@ def _steps(m: torch.nn.Module, opt: torch.optim.Optimizer, n: int) -> None:
         opt.zero_grad()
 
 
-def _wait(pred: object, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_transport_no_collector_drops_and_counts_without_error() -> None:
     m, opt, mon = _setup(free_endpoint())
     _steps(m, opt, 50)
     assert mon.step == 50
     # every sealed frame (all but the still-open last one) is dropped and counted
-    assert _wait(lambda: mon.dropped >= 49)
+    wait_until(lambda: mon.dropped >= 49)
     mon.close()
     assert mon.errors == 0
 
@@ -51,15 +41,11 @@ def test_transport_late_collector_gets_hello_again_and_dropped_count() -> None:
     endpoint = free_endpoint()
     m, opt, mon = _setup(endpoint)
     _steps(m, opt, 10)
-    assert _wait(lambda: mon.dropped >= 9)
+    wait_until(lambda: mon.dropped >= 9)
     port = int(endpoint.rsplit(":", 1)[1])
-    late = Collector.__new__(Collector)
-    late.ctx = zmq.Context()
-    late.sock = late.ctx.socket(zmq.PULL)
-    late.sock.bind(f"tcp://127.0.0.1:{port}")
-    late.frames = []
+    late = FrameSink(port)
     try:
-        late.drain(until=wire.Hello, timeout=10.0)
+        late.drain(until=wire.Hello)
         _steps(m, opt, 2)
         mon.close()
         late.drain(until=wire.Bye)
@@ -72,18 +58,14 @@ def test_transport_late_collector_gets_hello_again_and_dropped_count() -> None:
 
 
 def test_transport_restarted_collector_relearns_parameter_table() -> None:
-    first = Collector()
+    first = FrameSink()
     m, opt, mon = _setup(first.endpoint)
     first.drain(until=wire.Hello)
     port = first.port
     first.close()
-    second = Collector.__new__(Collector)
-    second.ctx = zmq.Context()
-    second.sock = second.ctx.socket(zmq.PULL)
-    second.sock.bind(f"tcp://127.0.0.1:{port}")
-    second.frames = []
+    second = FrameSink(port)
     try:
-        second.drain(until=wire.Hello, timeout=10.0)
+        second.drain(until=wire.Hello)
         assert second.of(wire.Hello)
     finally:
         mon.close()
@@ -105,7 +87,7 @@ def test_transport_slow_collector_never_blocks_training() -> None:
             opt.step()
             opt.zero_grad()
         assert mon.step == 300
-        assert _wait(lambda: mon.dropped > 0)
+        wait_until(lambda: mon.dropped > 0)
         mon.close()
         assert mon.errors == 0
     finally:
@@ -114,7 +96,7 @@ def test_transport_slow_collector_never_blocks_training() -> None:
 
 
 def test_transport_retries_a_hello_the_socket_refused_after_a_handshake(
-    collector: Collector, monkeypatch: object
+    sink: FrameSink, monkeypatch: object
 ) -> None:
     # ZeroMQ may report a handshake before the new pipe takes messages: the hello sent then
     # fails. Refuse the first two hellos (start-up and post-handshake); one must still arrive.
@@ -130,13 +112,13 @@ def test_transport_retries_a_hello_the_socket_refused_after_a_handshake(
         return real_send(self, sock, frame, count)
 
     monkeypatch.setattr(Sender, "_send", flaky_send)  # type: ignore[attr-defined]
-    m, opt, mon = _setup(collector.endpoint)
+    m, opt, mon = _setup(sink.endpoint)
     try:
-        collector.drain(until=wire.Hello)
+        sink.drain(until=wire.Hello)
         _steps(m, opt, 3)
     finally:
         mon.close()
-    collector.drain(until=wire.Bye)
+    sink.drain(until=wire.Bye)
     assert len(refused) == 2
-    assert collector.of(wire.Hello), "no hello reached the collector after refused sends"
-    assert [f.step for f in collector.of(wire.Stats)] == [1, 2, 3]
+    assert sink.of(wire.Hello), "no hello reached the collector after refused sends"
+    assert [f.step for f in sink.of(wire.Stats)] == [1, 2, 3]

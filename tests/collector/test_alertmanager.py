@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +14,7 @@ import pytest
 
 from gradwatch.collector.alert import Alert
 from gradwatch.collector.alertmanager import AlertmanagerPusher
+from tests.helpers.waiting import wait_until
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,14 @@ class Recorder:
     """A ``post`` function that records bodies and fails while ``fail`` is set."""
 
     bodies: list[list[dict[str, Any]]] = field(default_factory=list)
+    """Bodies that got through."""
+    attempts: list[list[dict[str, Any]]] = field(default_factory=list)
+    """Every body posted, failed or not."""
     fail: bool = False
 
     def __call__(self, url: str, body: bytes) -> None:
         assert url == "http://am.invalid:9093/api/v2/alerts"
+        self.attempts.append(json.loads(body))
         if self.fail:
             raise OSError("connection refused")
         self.bodies.append(json.loads(body))
@@ -75,18 +79,11 @@ def pusher() -> Iterator[tuple[AlertmanagerPusher, Book, Recorder]]:
     p.stop()
 
 
-def wait(predicate: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_alertmanager_payload_carries_labels_annotations_and_link(pusher: Any) -> None:
     p, book, rec = pusher
     book.change(alert("pending"))
     book.change(alert())
-    wait(lambda: rec.sent())
+    wait_until(lambda: rec.sent())
     sent = rec.sent()[0]
     assert sent["labels"] == {
         "alertname": "nonfinite_grad",
@@ -108,12 +105,14 @@ def test_alertmanager_payload_carries_labels_annotations_and_link(pusher: Any) -
 def test_alertmanager_resends_firing_and_sends_resolved_once(pusher: Any) -> None:
     p, book, rec = pusher
     book.change(alert())
-    wait(lambda: len(rec.bodies) >= 3)  # the change, then resends every 0.2 s
+    book.change(alert(id=9, rule="loss_spike"))  # keeps firing: its resends mark the cycles
+    wait_until(lambda: len(rec.bodies) >= 3)  # the changes, then resends every 0.2 s
     book.change(alert("resolved", resolved_at=1500.0))
-    wait(lambda: any(a["endsAt"].startswith("1970-01-01T00:25:00") for a in rec.sent()))
+    wait_until(lambda: any(a["endsAt"].startswith("1970-01-01T00:25:00") for a in rec.sent()))
     n = len(rec.bodies)
-    time.sleep(0.5)
-    assert len(rec.bodies) == n, "a resolved alert must not be re-sent"
+    wait_until(lambda: len(rec.bodies) >= n + 2)  # two more resend cycles of alert 9
+    later = [a for body in rec.bodies[n:] for a in body]
+    assert {a["labels"]["alertname"] for a in later} == {"loss_spike"}, "resolved re-sent"
     assert p.counts["failure"] == 0 and p.counts["success"] >= 4
 
 
@@ -122,7 +121,7 @@ def test_alertmanager_resends_alerts_already_firing_at_start() -> None:
     p = AlertmanagerPusher(Config(), book, post=rec)
     p.start()
     try:
-        wait(lambda: rec.sent())
+        wait_until(lambda: rec.sent())
         assert [a["labels"]["alertname"] for a in rec.bodies[0]] == ["nonfinite_grad"]
     finally:
         p.stop()
@@ -135,12 +134,16 @@ def test_alertmanager_failure_is_counted_logged_once_and_retried(
     rec.fail = True
     with caplog.at_level(logging.INFO, logger="gradwatch.collector.alertmanager"):
         book.change(alert())
-        wait(lambda: p.counts["failure"] >= 3)
+        wait_until(lambda: p.counts["failure"] >= 3)
         book.change(alert("resolved", resolved_at=1500.0))
-        time.sleep(0.3)
+        # The resolve was tried (and failed) before the receiver comes back.
+        resolve_end = "1970-01-01T00:25:00"
+        wait_until(
+            lambda: any(a["endsAt"].startswith(resolve_end) for b in rec.attempts for a in b)
+        )
         rec.fail = False
         # The recovery line is logged just after the POST returns: wait for both.
-        wait(lambda: rec.sent() and p.counts["success"] > 0 and len(caplog.records) >= 2)
+        wait_until(lambda: rec.sent() and p.counts["success"] > 0 and len(caplog.records) >= 2)
     assert [r.levelname for r in caplog.records] == ["WARNING", "INFO"]
     assert rec.sent()[0]["endsAt"].startswith("1970-01-01T00:25:00")  # the resolve got through
 
@@ -182,7 +185,7 @@ def test_alertmanager_posts_json_over_real_http() -> None:
     p.start()
     try:
         book.change(alert())
-        wait(lambda: received)
+        wait_until(lambda: received)
         path, ctype, body = received[0]
         assert (path, ctype) == ("/api/v2/alerts", "application/json")
         assert body[0]["labels"]["run"] == "run-a" and p.counts["success"] == 1

@@ -6,11 +6,11 @@ import math
 from collections.abc import Iterator
 
 import pytest
-from collector_frames import FakeRank, Harness
 from fastapi.testclient import TestClient
 
 from gradwatch.collector.api import create_app, parse_since
 from gradwatch.collector.health import IngestHealth
+from tests.helpers.fake_rank import FakeRank, Harness
 
 
 @pytest.fixture

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Iterator
 
 import msgpack
 import pytest
 import zmq
-from collector_frames import FakeRank
 
 from gradwatch import wire
 from gradwatch.collector.alerts import AlertBook
@@ -19,6 +17,8 @@ from gradwatch.collector.health import IngestHealth
 from gradwatch.collector.ingest import Ingest, bind_endpoint, connectable
 from gradwatch.collector.rules import build_rules
 from gradwatch.collector.state import Fleet
+from tests.helpers.fake_rank import FakeRank
+from tests.helpers.waiting import wait_until
 
 
 @pytest.fixture
@@ -37,13 +37,6 @@ def ingest() -> Iterator[tuple[Ingest, zmq.Socket[bytes]]]:
         push.close()
         ctx.term()
         ing.stop()
-
-
-def _wait(predicate: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met"
-        time.sleep(0.02)
 
 
 def _pack(obj: object) -> bytes:
@@ -72,14 +65,14 @@ def test_ingest_counts_each_kind_of_bad_frame_and_keeps_serving(
     for frames in bad.values():
         for frame in frames:
             push.send(frame)
-    _wait(lambda: sum(ing.health.rejected.values()) >= sum(map(len, bad.values())))
+    wait_until(lambda: sum(ing.health.rejected.values()) >= sum(map(len, bad.values())))
     for reason, frames in bad.items():
         assert reason in wire.REJECT_REASONS
         assert ing.health.rejected[reason] == len(frames), reason
     push.send(wire.encode(r.hello()))
     push.send(wire.encode(r.stats(1)))
     push.send(wire.encode(r.stats(2, loss=math.nan)))
-    _wait(lambda: ing.health.received["stats"] == 2)
+    wait_until(lambda: ing.health.received["stats"] == 2)
     assert ing.health.received["hello"] == 1 and ing.alive()
     assert [a.rule for a in ing.engine.book.alerts("firing")] == ["non_finite"]
     assert ing.health.latency.n >= 10

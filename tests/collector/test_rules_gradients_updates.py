@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collector_frames import FakeRank, Harness
+from tests.helpers.fake_rank import FakeRank, Harness
 
 FC1 = "blocks.1.mlp.fc.weight"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from collector_frames import FakeRank, Harness
+from tests.helpers.fake_rank import FakeRank, Harness
 
 
 def test_non_finite_fires_on_the_same_step_naming_the_first_parameter() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collector_frames import FakeRank, Harness
+from tests.helpers.fake_rank import FakeRank, Harness
 
 MiB = 2**20
 

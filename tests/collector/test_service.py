@@ -7,15 +7,15 @@ import math
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import zmq
-from collector_frames import FakeRank
-from support import PYTHON, CollectorProcess, wait_until
 
 from gradwatch import wire
+from tests.helpers.fake_rank import FakeRank
+from tests.helpers.processes import PYTHON, CollectorProcess
+from tests.helpers.waiting import wait_until
 
 
 def _send(endpoint: str, frames: list[wire.Frame]) -> None:
@@ -29,12 +29,14 @@ def _send(endpoint: str, frames: list[wire.Frame]) -> None:
     ctx.term()
 
 
-def test_service_ready_file_and_health(collector: CollectorProcess) -> None:
-    info = json.loads((collector.workdir / "collector.ready").read_text())
+def test_service_ready_file_and_health(collector_process: CollectorProcess) -> None:
+    info = json.loads((collector_process.workdir / "collector.ready").read_text())
     assert info["listen"].startswith("tcp://127.0.0.1:") and not info["listen"].endswith(":0")
-    assert info["http"].startswith("http://127.0.0.1:") and info["pid"] == collector.proc.pid  # type: ignore[union-attr]
-    assert collector.get("/healthz")["ingest_alive"] is True
-    assert collector.get("/readyz")["ready"] is True
+    assert (
+        info["http"].startswith("http://127.0.0.1:") and info["pid"] == collector_process.proc.pid
+    )  # type: ignore[union-attr]
+    assert collector_process.get("/healthz")["ingest_alive"] is True
+    assert collector_process.get("/readyz")["ready"] is True
 
 
 def test_service_streams_alerts_persists_them_and_stops_cleanly(tmp_path: Path) -> None:
@@ -49,7 +51,7 @@ def test_service_streams_alerts_persists_them_and_stops_cleanly(tmp_path: Path) 
 
         reader = threading.Thread(target=listen, daemon=True)
         reader.start()
-        time.sleep(0.5)
+        wait_until(lambda: ": connected" in events)  # subscribed: no change can be missed
         r = FakeRank("svc")
         _send(proc.listen, [r.hello(), r.stats(1), r.stats(2, loss=math.nan)])
         alert = proc.wait_for_alert("non_finite", timeout=10)

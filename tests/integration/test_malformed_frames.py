@@ -7,9 +7,10 @@ import re
 import httpx
 import msgpack
 import zmq
-from support import CollectorProcess, wait_until
 
 from gradwatch import wire
+from tests.helpers.processes import CollectorProcess
+from tests.helpers.waiting import wait_until
 
 GARBAGE = {
     "malformed": [b"\x00\x01garbage", b"\xdd\xff\xff\xff\xff", msgpack.packb([1, 2]), b""],
@@ -20,19 +21,19 @@ GARBAGE = {
 }
 
 
-def _rejected(collector: CollectorProcess) -> dict[str, float]:
-    text = httpx.get(collector.http + "/metrics", timeout=10).text
+def _rejected(collector_process: CollectorProcess) -> dict[str, float]:
+    text = httpx.get(collector_process.http + "/metrics", timeout=10).text
     found = re.findall(r'^gradwatch_frames_rejected_total\{reason="(\w+)"\} (\S+)$', text, re.M)
     return {reason: float(value) for reason, value in found}
 
 
 def test_malformed_frames_are_counted_by_reason_and_the_collector_stays_healthy(
-    collector: CollectorProcess,
+    collector_process: CollectorProcess,
 ) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 1000)
-    sock.connect(collector.listen)
+    sock.connect(collector_process.listen)
     try:
         for frames in GARBAGE.values():
             for data in frames:
@@ -42,8 +43,8 @@ def test_malformed_frames_are_counted_by_reason_and_the_collector_stays_healthy(
         ctx.term()
 
     want = {reason: len(frames) for reason, frames in GARBAGE.items()}
-    counts = wait_until(lambda: (c := _rejected(collector)) and all(
+    counts = wait_until(lambda: (c := _rejected(collector_process)) and all(
         c.get(r, 0) >= n for r, n in want.items()) and c, 20)  # fmt: skip
     assert {r: counts[r] for r in want} == want
-    assert httpx.get(collector.http + "/healthz", timeout=10).status_code == 200
-    assert collector.proc is not None and collector.proc.poll() is None
+    assert httpx.get(collector_process.http + "/healthz", timeout=10).status_code == 200
+    assert collector_process.proc is not None and collector_process.proc.poll() is None

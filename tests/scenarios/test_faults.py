@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import CollectorProcess, run_trainer, start_trainer, stop_process
+
+from tests.helpers.processes import CollectorProcess, run_trainer, start_trainer, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,7 @@ NAMED = ("freeze", "bf16", "dead")
 
 
 @pytest.fixture(scope="module")
-def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorProcess]:
+def collector_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorProcess]:
     work = tmp_path_factory.mktemp("scenarios")
     rules = work / "rules.toml"
     rules.write_text("[rules.trainer_silent]\nfloor_seconds = 3.0\n")
@@ -60,13 +61,13 @@ def _first_step(alert: dict[str, Any]) -> int:
 
 
 @pytest.mark.parametrize("kind", list(EXPECTED))
-def test_fault_is_detected_within_ten_steps(collector: CollectorProcess, kind: str) -> None:
+def test_fault_is_detected_within_ten_steps(collector_process: CollectorProcess, kind: str) -> None:
     run = f"fault-{kind}"
-    run_trainer(collector.listen, run, STEPS, [f"{kind}@{ONSET}"], *BASE)
-    collector.wait_ended(run)
-    found = [a for a in collector.alerts(run=run) if a["rule"] in EXPECTED[kind]]
+    run_trainer(collector_process.listen, run, STEPS, [f"{kind}@{ONSET}"], *BASE)
+    collector_process.wait_ended(run)
+    found = [a for a in collector_process.alerts(run=run) if a["rule"] in EXPECTED[kind]]
     found = [a for a in found if a["state"] in ("firing", "resolved")]
-    assert found, f"{kind}: no {EXPECTED[kind]} alert; got {collector.alerts(run=run)}"
+    assert found, f"{kind}: no {EXPECTED[kind]} alert; got {collector_process.alerts(run=run)}"
     alert = min(found, key=_first_step)
     delay = _first_step(alert) - ONSET
     print(f"{kind}: {alert['rule']} at step {_first_step(alert)} (+{delay}) {alert['parameter']}")
@@ -77,13 +78,15 @@ def test_fault_is_detected_within_ten_steps(collector: CollectorProcess, kind: s
         assert "round to zero" in alert["message"] and "fp32 master weights" in alert["message"]
 
 
-def test_hang_is_detected_as_trainer_silent(collector: CollectorProcess, tmp_path: Path) -> None:
+def test_hang_is_detected_as_trainer_silent(
+    collector_process: CollectorProcess, tmp_path: Path
+) -> None:
     run = "fault-hang"
     proc = start_trainer(
-        collector.listen, run, STEPS, [f"hang@{ONSET}"], *BASE, log=tmp_path / "hang.log"
+        collector_process.listen, run, STEPS, [f"hang@{ONSET}"], *BASE, log=tmp_path / "hang.log"
     )
     try:
-        alert = collector.wait_for_alert("trainer_silent", timeout=60, run=run)
+        alert = collector_process.wait_for_alert("trainer_silent", timeout=60, run=run)
         assert alert["state"] == "firing" and ONSET - 2 <= alert["step"] <= ONSET
     finally:
         stop_process(proc)
@@ -107,9 +110,9 @@ HEALTHY = {
 
 
 @pytest.mark.parametrize("run", list(HEALTHY))
-def test_healthy_run_raises_no_alert(collector: CollectorProcess, run: str) -> None:
+def test_healthy_run_raises_no_alert(collector_process: CollectorProcess, run: str) -> None:
     extra = ("--full-every", "5", "--threads", "1", "--log-every", "1000")
-    run_trainer(collector.listen, run, 300, [], *HEALTHY[run], *extra)
-    summary = collector.wait_ended(run)
+    run_trainer(collector_process.listen, run, 300, [], *HEALTHY[run], *extra)
+    summary = collector_process.wait_ended(run)
     assert summary["ranks"][0]["last_step"] == 300
-    assert collector.alerts(run=run) == []
+    assert collector_process.alerts(run=run) == []

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 import yaml
-from stack_support import GRAFANA_DIR, load, need_binaries
 
 from gradwatch.collector.exporter import SPECS
+from tests.helpers.stack import GRAFANA_DIR, load, need_binaries
 
 DASHBOARDS = {"overview.json": "gradwatch-overview", "run.json": "gradwatch-run"}
 DATASOURCE_UID = "gradwatch-prometheus"

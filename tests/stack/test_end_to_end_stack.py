@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,10 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
-from stack_support import need_binaries, render_alertmanager, render_prometheus
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from support import CollectorProcess, free_port, run_trainer, stop_process, wait_until  # noqa: E402
+from tests.helpers.processes import CollectorProcess, run_trainer, stop_process
+from tests.helpers.stack import need_binaries, render_alertmanager, render_prometheus
+from tests.helpers.waiting import free_port, wait_until
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(150)]
 RUN = "stack-e2e"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from stack_support import (
+
+from tests.helpers.stack import (
     ALERTMANAGER_DIR,
     COMPOSE,
     DEPLOY,

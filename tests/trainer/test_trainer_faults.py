@@ -6,12 +6,12 @@ import statistics
 
 import pytest
 import torch
-from trainer_helpers import run
 
 from gradwatch.trainer import faults as faults_mod
 from gradwatch.trainer.faults import targets
 from gradwatch.trainer.model import GPT, GPTConfig
 from gradwatch.trainer.train import Run, StepRecord
+from tests.helpers.trainer_runs import run
 
 
 def _params(r: Run, names: list[str]) -> dict[str, torch.Tensor]:

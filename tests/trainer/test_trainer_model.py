@@ -71,7 +71,7 @@ def test_model_rejects_sequences_longer_than_block() -> None:
 
 
 def test_model_few_steps_on_tiny_reduce_loss() -> None:
-    from trainer_helpers import run
+    from tests.helpers.trainer_runs import run
 
     records = run(steps=40)
     first = sum(float(r.loss) for r in records[:5]) / 5

@@ -10,10 +10,10 @@ import time
 
 import pytest
 import torch
-from trainer_helpers import run
 
 from gradwatch.trainer.model import GPT, GPTConfig
 from gradwatch.trainer.optim import MuonAdamW, build_optimizer, lr_factor, param_groups
+from tests.helpers.trainer_runs import run
 
 
 def test_train_is_deterministic_with_seed() -> None:

@@ -1,4 +1,4 @@
-"""Test helpers for the agent tests: a real ZMQ PULL collector socket on a free port."""
+"""A stand-in collector for agent tests: a real ZeroMQ PULL socket that decodes frames."""
 
 from __future__ import annotations
 
@@ -9,29 +9,33 @@ import zmq
 from gradwatch import wire
 
 
-class Collector:
-    """A PULL socket bound on a free port that decodes what arrives."""
+class FrameSink:
+    """A PULL socket bound on loopback (a free port, or ``port``) that decodes what arrives."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.PULL)
-        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        if port is None:
+            self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        else:
+            self.sock.bind(f"tcp://127.0.0.1:{port}")
+            self.port = port
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
         self.frames: list[wire.Frame] = []
 
-    def drain(self, until: type | None = None, timeout: float = 5.0) -> list[wire.Frame]:
-        """Receive frames until one of kind ``until`` arrives (or quiet for 0.3 s)."""
+    def drain(self, until: type, timeout: float = 30.0) -> list[wire.Frame]:
+        """Receive frames until one of kind ``until`` arrives; return all received so far.
+
+        Raises TimeoutError when none arrives within ``timeout`` (a bound, not a measurement)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.sock.poll(300 if until is None else 50):
-                if until is None:
-                    break
+            if not self.sock.poll(50):
                 continue
             frame = wire.decode(self.sock.recv())
             self.frames.append(frame)
-            if until is not None and isinstance(frame, until):
-                break
-        return self.frames
+            if isinstance(frame, until):
+                return self.frames
+        raise TimeoutError(f"no {until.__name__} frame within {timeout:.0f} s")
 
     def of(self, kind: type) -> list[wire.Frame]:
         return [f for f in self.frames if isinstance(f, kind)]
