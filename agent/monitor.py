@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 from gradwatch import wire
 from gradwatch.agent.config import AgentConfig, default_rank_world, env_default
-from gradwatch.agent.frames import PendingStats, heartbeat_item, to_host
 from gradwatch.agent.stats import GradStats
+from gradwatch.agent.step_buffer import PendingStats, heartbeat_item, to_host
 from gradwatch.agent.system import ScalerTracker, memory_metrics
 from gradwatch.agent.transport import Outgoing, Sender
 from gradwatch.agent.updates import UpdateSampler

@@ -12,7 +12,7 @@ from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .alert import SEVERITIES, STATES, Alert
-from .alerts import AlertBook
+from .book import AlertBook
 from .config import CollectorConfig
 from .exporter import build_registry
 from .health import IngestHealth

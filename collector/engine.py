@@ -7,7 +7,7 @@ from typing import Any
 
 from gradwatch.wire import Frame, Stats
 
-from .alerts import AlertBook, Policy
+from .book import AlertBook, Policy
 from .config import CollectorConfig
 from .rules import AnyRule
 from .rules.base import Finding

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .alerts import AlertBook
+from .book import AlertBook
 from .schemas import (
     ParamValue,
     RankDetail,

@@ -15,8 +15,8 @@ from types import FrameType
 import uvicorn
 
 from .alertmanager import AlertmanagerPusher
-from .alerts import AlertBook, ConsoleLog
 from .api import create_app
+from .book import AlertBook, ConsoleLog
 from .config import CollectorConfig
 from .engine import Engine
 from .exporter import build_registry

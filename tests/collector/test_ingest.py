@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from gradwatch import wire
-from gradwatch.collector.alerts import AlertBook
+from gradwatch.collector.book import AlertBook
 from gradwatch.collector.engine import Engine
 from gradwatch.collector.health import IngestHealth
 from gradwatch.collector.ingest import Ingest, bind_endpoint, connectable

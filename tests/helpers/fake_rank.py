@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gradwatch import wire
-from gradwatch.collector.alerts import AlertBook
+from gradwatch.collector.book import AlertBook
 from gradwatch.collector.engine import Engine
 from gradwatch.collector.rules import CATALOGUE, build_rules
 from gradwatch.collector.state import Fleet
