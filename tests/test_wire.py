@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import random
+import re
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -150,3 +152,10 @@ def test_wire_decode_raises_only_wire_errors_on_mutated_frames() -> None:
             outcomes.add(exc.reason)
     # Mutations hit both valid frames and several distinct rejection reasons.
     assert "ok" in outcomes and {"malformed", "schema"} <= outcomes
+
+
+def test_wire_metrics_table_in_the_docs_equals_the_vocabulary() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "wire-protocol.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+?) \|$", doc, re.M))
+    documented = {k: v for k, v in rows.items() if k in wire.METRICS or k.startswith("grad_p")}
+    assert documented == wire.METRICS

@@ -7,6 +7,7 @@ little-endian float32 rows in the order of the hello's tracked parameters. This 
 torch-free and is imported by both sides; docs/wire-protocol.md describes it for humans.
 """
 
+from . import metrics
 from .codec import check_shape, decode, encode
 from .frames import (
     CHEAP_FIELDS,
@@ -16,7 +17,6 @@ from .frames import (
     MAX_MAP_LEN,
     MAX_NAME_LEN,
     MAX_PARAMS,
-    METRICS,
     REJECT_REASONS,
     VERSION,
     Bye,
@@ -31,6 +31,7 @@ from .frames import (
     unpack_columns,
     unpack_floats,
 )
+from .metrics import METRICS
 
 __all__ = [
     "CHEAP_FIELDS",
@@ -56,5 +57,6 @@ __all__ = [
     "decode",
     "encode",
     "pack_floats",
+    "metrics",
     "unpack_floats",
 ]

@@ -30,32 +30,6 @@ FULL_FIELDS: tuple[str, ...] = (
 """Sent every ``full_every`` steps (28 bytes a row): the sampled update snapshot, then the
 per-parameter details that move slowly or only add colour to the gradient norm."""
 
-METRICS: tuple[str, ...] = (
-    "grad_norm",  # global L2 norm over all tracked gradients
-    "nonfinite_grads",  # number of tracked parameters whose gradient holds NaN/Inf
-    "step_time_seconds",  # wall time since the previous optimizer step
-    "tokens_per_second",
-    "samples_per_second",
-    "mfu_ratio",  # model FLOPs utilisation, when flops per token and peak flops are given
-    "memory_allocated_bytes",
-    "memory_reserved_bytes",
-    "memory_peak_bytes",
-    "memory_total_bytes",  # device capacity (CUDA) or physical RAM (CPU)
-    "rss_bytes",  # process resident set size
-    "oom_total",  # CUDA allocator OOMs so far
-    "alloc_retries_total",  # CUDA allocator cudaMalloc retries so far
-    "grad_scale",  # GradScaler scale, when a scaler is given
-    "scaler_skipped_total",  # optimizer steps the scaler skipped
-    "grad_p1",  # percentiles of sampled |g| across parameters, on full steps
-    "grad_p25",
-    "grad_p50",
-    "grad_p75",
-    "grad_p95",
-    "grad_p99",
-)
-"""Well-known keys of ``Stats.metrics``; an agent sends those it can measure. User values
-from ``monitor.log(...)`` travel in ``Stats.scalars`` (``tokens``, ``samples``, ``val_loss``...)."""
-
 Kind = Literal["hello", "stats", "heartbeat", "bye"]
 KINDS: tuple[str, ...] = ("hello", "stats", "heartbeat", "bye")
 REJECT_REASONS: tuple[str, ...] = (

@@ -1,0 +1,56 @@
+"""The vocabulary of ``Stats.metrics``: every frame-level metric key, written once.
+
+The agent emits these keys, the collector's rules and exporter read them, and
+docs/wire-protocol.md lists them; tests check all three against :data:`METRICS`.
+"""
+
+from __future__ import annotations
+
+GRAD_NORM = "grad_norm"
+NONFINITE_GRADS = "nonfinite_grads"
+STEP_TIME = "step_time_seconds"
+TOKENS_PER_SECOND = "tokens_per_second"
+SAMPLES_PER_SECOND = "samples_per_second"
+MFU = "mfu_ratio"
+MEMORY_ALLOCATED = "memory_allocated_bytes"
+MEMORY_RESERVED = "memory_reserved_bytes"
+MEMORY_PEAK = "memory_peak_bytes"
+MEMORY_TOTAL = "memory_total_bytes"
+RSS = "rss_bytes"
+OOMS = "oom_total"
+ALLOC_RETRIES = "alloc_retries_total"
+GRAD_SCALE = "grad_scale"
+SCALER_SKIPPED = "scaler_skipped_total"
+
+GRAD_PERCENTILES: tuple[int, ...] = (1, 25, 50, 75, 95, 99)
+"""Percentiles of the sampled |g| across parameters, sent on full steps."""
+
+
+def grad_percentile(p: int) -> str:
+    """The metric key of percentile ``p`` of the sampled |g| (``grad_p50``)."""
+    return f"grad_p{p}"
+
+
+METRICS: dict[str, str] = {
+    GRAD_NORM: "global L2 norm over all tracked gradients",
+    NONFINITE_GRADS: "number of tracked parameters whose gradient holds NaN/Inf",
+    STEP_TIME: "wall time since the previous optimizer step",
+    TOKENS_PER_SECOND: "tokens logged for the step / its wall time",
+    SAMPLES_PER_SECOND: "samples logged for the step / its wall time",
+    MFU: "model FLOPs utilisation, when flops per token and peak flops are given",
+    MEMORY_ALLOCATED: "CUDA allocator: bytes allocated now",
+    MEMORY_RESERVED: "CUDA allocator: bytes reserved now",
+    MEMORY_PEAK: "CUDA allocator: peak bytes allocated",
+    MEMORY_TOTAL: "device capacity (CUDA) or physical RAM (CPU)",
+    RSS: "process resident set size",
+    OOMS: "CUDA allocator out-of-memory errors so far",
+    ALLOC_RETRIES: "CUDA allocator cudaMalloc retries so far",
+    GRAD_SCALE: "GradScaler scale, when a scaler is given",
+    SCALER_SKIPPED: "optimizer steps the GradScaler skipped so far",
+    **{
+        grad_percentile(p): f"percentile {p} of the sampled absolute gradients (full steps)"
+        for p in GRAD_PERCENTILES
+    },
+}
+"""Every well-known key of ``Stats.metrics`` with what it means. An agent sends those it can
+measure; user values from ``monitor.log(...)`` travel in ``Stats.scalars`` instead."""
