@@ -1,0 +1,71 @@
+"""What the collector sends Alertmanager: the label and annotation contract the templates read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from gradwatch.collector.alert import Alert
+from gradwatch.collector.alertmanager import AlertmanagerPusher
+
+
+@dataclass(frozen=True)
+class Config:
+    alertmanager_url: str | None = "http://am.invalid:9093"
+    alertmanager_resend_seconds: float = 30.0
+    public_url: str = "https://gradwatch.example/"
+
+
+class NoBook:
+    def subscribe(self, callback: Any) -> None:
+        raise AssertionError("not started in these tests")
+
+    def alerts(self, state: str | None = None) -> list[Alert]:
+        return []
+
+
+def make_alert(**kw: Any) -> Alert:
+    base = Alert(7, "non_finite", "critical", "firing", "run-a", 3, "h.0.attn.weight", 20,
+                 float("nan"), 0.0, "1 parameter(s) with non-finite gradient: h.0.attn.weight",
+                 "stop the run", 1000.0, 1000.0, first_step=18)  # fmt: skip
+    return replace(base, **kw)
+
+
+def payload(alert: Alert) -> dict[str, Any]:
+    return AlertmanagerPusher(Config(), NoBook(), clock=lambda: 2000.0).payload(alert)
+
+
+class JobAlert(Alert):
+    """An alert as the job-level book will send it: every affected rank in ``ranks``."""
+
+    ranks: tuple[int, ...] = ()
+
+
+def test_payload_links_to_the_alert_and_the_rules_runbook_under_public_url() -> None:
+    notes = payload(make_alert())["annotations"]
+    assert notes["link"] == "https://gradwatch.example/alerts/7"
+    assert notes["runbook_url"] == "https://gradwatch.example/docs/rules.md#non_finite"
+    assert notes["first_step"] == "18" and notes["step"] == "20"
+
+
+def test_payload_of_a_per_rank_alert_names_its_rank_in_ranks() -> None:
+    sent = payload(make_alert())
+    assert sent["labels"]["rank"] == "3" and sent["annotations"]["ranks"] == "3"
+    assert sent["annotations"]["summary"] == "non_finite on run-a rank 3 (h.0.attn.weight)"
+
+
+def test_payload_of_a_job_alert_sends_its_ranks_compact_and_keeps_the_origin_rank() -> None:
+    alert = JobAlert(**make_alert(rank=5).__dict__)
+    alert.ranks = tuple(range(1024))
+    sent = payload(alert)
+    assert sent["labels"]["rank"] == "5"
+    assert sent["annotations"]["ranks"] == "0-1023"
+    assert "ranks 0-1023" in sent["annotations"]["summary"]
+
+
+def test_payload_caps_long_messages_and_leaves_out_empty_annotations() -> None:
+    sent = payload(make_alert(message="x" * 5000, first_step=-1, parameter=None, threshold=None))
+    notes = sent["annotations"]
+    assert len(notes["description"]) == 1000 and notes["description"].endswith("…")
+    assert "first_step" not in notes and "threshold" not in notes
+    assert "parameter" not in sent["labels"]
