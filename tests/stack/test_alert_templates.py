@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from gradwatch.collector.alert import Alert
 from tests.helpers.stack import (
     ALERTMANAGER_DIR,
     amtool_render,
     collector_alert,
+    job_alert,
     load,
     payloads,
     site_template,
@@ -41,18 +41,6 @@ SLACK_FALLBACK_MAX = 300
 PAGERDUTY_SUMMARY_MAX = 1_024
 PAGERDUTY_DETAILS_MAX = 4_096
 SEP = "\n=====\n"
-
-
-class JobAlert(Alert):
-    """An alert as the job-level alert book sends it: every affected rank in ``ranks``."""
-
-    ranks: tuple[int, ...] = ()
-
-
-def job_alert(ranks: range) -> Alert:
-    alert = JobAlert(**collector_alert(ranks[0]).__dict__)
-    alert.ranks = tuple(ranks)
-    return alert
 
 
 def defined() -> list[str]:
