@@ -88,15 +88,19 @@ def render_alertmanager(
     return path
 
 
-def render_prometheus(out: Path, collector: str, alertmanager: str, interval: str) -> Path:
-    """Copy of prometheus.yml scraping ``collector`` (host:port) every ``interval``."""
+def render_prometheus(
+    out: Path, collector: str, alertmanager: str, interval: str, dcgm: str | None = None
+) -> Path:
+    """Copy of prometheus.yml scraping ``collector`` (host:port) every ``interval``, and the dcgm
+    job (its relabelling included) at ``dcgm`` when given."""
     cfg = load(PROMETHEUS_DIR / "prometheus.yml")
     cfg["global"]["scrape_interval"] = cfg["global"]["evaluation_interval"] = interval
     cfg["rule_files"] = [str(PROMETHEUS_DIR / f) for f in cfg["rule_files"]]
     cfg["alerting"]["alertmanagers"][0]["static_configs"] = [{"targets": [alertmanager]}]
     jobs = {job["job_name"]: job for job in cfg["scrape_configs"]}
     jobs["gradwatch-collector"]["static_configs"] = [{"targets": [collector]}]
-    cfg["scrape_configs"] = [jobs["gradwatch-collector"]]
+    jobs["dcgm"]["static_configs"] = [{"targets": [dcgm]}]
+    cfg["scrape_configs"] = [jobs["gradwatch-collector"]] + ([jobs["dcgm"]] if dcgm else [])
     path = out / "prometheus.yml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
