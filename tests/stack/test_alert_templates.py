@@ -168,7 +168,9 @@ def test_templates_report_resolved_ranks_and_stack_alerts(tmp_path: Path) -> Non
     assert out["gradwatch.runbook_url"] == (
         "https://docs.example/gradwatch/stack.md#gradwatchcollectordown"
     )
-    assert out["gradwatch.dashboard_url"].startswith("https://grafana.example/d/gradwatch-overview?")
+    assert out["gradwatch.dashboard_url"].startswith(
+        "https://grafana.example/d/gradwatch-overview?"
+    )
     assert out["gradwatch.pagerduty.component"] == "gradwatch-collector"
     assert out["gradwatch.slack.text"].startswith("Prometheus cannot scrape the collector.\n")
 

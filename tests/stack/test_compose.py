@@ -49,9 +49,12 @@ def test_compose_file_matches_the_compose_spec_schema() -> None:
 
 
 def test_compose_publishes_every_port_on_loopback_unless_told_otherwise() -> None:
-    for env, web, ingest in (({}, "127.0.0.1", "127.0.0.1"),
-                             ({"GRADWATCH_BIND": "0.0.0.0"}, "0.0.0.0", "127.0.0.1"),
-                             ({"GRADWATCH_INGEST_BIND": "10.0.0.5"}, "127.0.0.1", "10.0.0.5")):  # fmt: skip
+    cases = [
+        ({}, "127.0.0.1", "127.0.0.1"),
+        ({"GRADWATCH_BIND": "0.0.0.0"}, "0.0.0.0", "127.0.0.1"),
+        ({"GRADWATCH_INGEST_BIND": "10.0.0.5"}, "127.0.0.1", "10.0.0.5"),
+    ]
+    for env, web, ingest in cases:
         services = compose(**env)["services"]
         for name, svc in services.items():
             for port in svc.get("ports", []):
@@ -158,8 +161,10 @@ def test_dockerfile_installs_dependencies_before_copying_the_source(
     ]
     steps = [(op, arg) for op, arg in lines if op in ("COPY", "RUN")]
     deps = steps.index(("RUN", f"python pip-deps.py {extra}"))
-    assert [arg for op, arg in steps[:deps] if op == "COPY"] == ["pyproject.toml deploy/pip-deps.py ./"]
-    first_source = min(i for i, (op, arg) in enumerate(steps) if op == "COPY" and "collector" in arg)
+    copied_first = [arg for op, arg in steps[:deps] if op == "COPY"]
+    assert copied_first == ["pyproject.toml deploy/pip-deps.py ./"]
+    sources = [i for i, (op, arg) in enumerate(steps) if op == "COPY" and "collector" in arg]
+    first_source = min(sources)
     assert deps < first_source
     assert any(op == "RUN" and "pip install --no-deps ." in arg for op, arg in steps[deps:])
     ignore = (DEPLOY / f"{dockerfile}.Dockerfile.dockerignore").read_text().split()

@@ -137,9 +137,10 @@ def test_dashboards_use_log_axes_where_values_span_decades() -> None:
         logs = {
             p["title"]
             for p in panels(dashboard(name))
-            if p["fieldConfig"]["defaults"].get("custom", {}).get("scaleDistribution", {}).get(
-                "type"
-            )
+            if p["fieldConfig"]["defaults"]
+            .get("custom", {})
+            .get("scaleDistribution", {})
+            .get("type")
             == "log"
         }
         assert logs == titles, name
@@ -195,7 +196,10 @@ def test_dashboard_promql_parses_with_promtool(tmp_path: Path) -> None:
 # Two hosts: node1 runs ranks 0 and 1 on GPUs 0 and 1 (GPU 2 idle), rank 2 on CPU; node2 is
 # another job's. The GPU row must show ranks 0 and 1 with their own GPU's values, and node1's
 # three GPUs (not node2's) in the host view.
-RANK_INFO = 'gradwatch_run_info{{run="r1", rank="{}", host="node1", device="{}", optimizer="AdamW", torch="2.13.0"{}}}'
+RANK_INFO = (
+    'gradwatch_run_info{{run="r1", rank="{}", host="node1", device="{}", optimizer="AdamW", '
+    'torch="2.13.0"{}}}'
+)
 GPUS = {("node1", "0", "GPU-aaa"): 10, ("node1", "1", "GPU-bbb"): 20,
         ("node1", "2", "GPU-ccc"): 30, ("node2", "0", "GPU-zzz"): 40}  # fmt: skip
 
@@ -212,12 +216,12 @@ def test_gpu_panels_join_dcgm_series_to_ranks_by_uuid_and_host(tmp_path: Path) -
             labels = f'gpu="{gpu}", gpu_uuid="{uuid}", host="{host}", modelName="NVIDIA H100"'
             series.append({"series": f"{metric}{{{labels}}}", "values": f"{value}x3"})
     checks = []
-    for title, expr in exprs(dashboard("run.json")):
-        metrics = re.findall(r"\bDCGM_\w+", expr)
-        if not metrics:
+    for _title, expr in exprs(dashboard("run.json")):
+        if not re.findall(r"\bDCGM_\w+", expr):
             continue
         if "on (host)" in expr:
-            want = [(f'{{gpu="{g}", host="{h}"}}', v) for (h, g, _), v in GPUS.items() if h == "node1"]
+            node1 = [(h, g, v) for (h, g, _), v in GPUS.items() if h == "node1"]
+            want = [(f'{{gpu="{g}", host="{h}"}}', v) for h, g, v in node1]
         else:
             want = [
                 (RANK_INFO.format(rank, f"cuda:{rank}", f', gpu_uuid="{uuid}"')
@@ -229,8 +233,8 @@ def test_gpu_panels_join_dcgm_series_to_ranks_by_uuid_and_host(tmp_path: Path) -
                        "exp_samples": exp})  # fmt: skip
     assert len(checks) == 7
     (tmp_path / "none.yml").write_text("groups: []\n")
-    spec = {"rule_files": ["none.yml"], "evaluation_interval": "1m",
-            "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": checks}]}  # fmt: skip
+    test = {"interval": "1m", "input_series": series, "promql_expr_test": checks}
+    spec = {"rule_files": ["none.yml"], "evaluation_interval": "1m", "tests": [test]}
     (tmp_path / "gpu_test.yml").write_text(yaml.safe_dump(spec, sort_keys=False))
     proc = subprocess.run(["promtool", "test", "rules", str(tmp_path / "gpu_test.yml")],
                           capture_output=True, text=True, timeout=60)  # fmt: skip
