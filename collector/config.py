@@ -44,7 +44,10 @@ class CollectorConfig:
     alertmanager_resend_seconds: float = 30.0
     """How often firing alerts are re-sent to Alertmanager."""
     public_url: str = ""
-    """Base URL of this collector used in alert links; empty derives it from the HTTP address."""
+    """Base URL at which people reach this collector (a proxy's name, not localhost, when the
+    collector runs elsewhere): alerts sent to Alertmanager link ``<public_url>/alerts/<id>``
+    (``link``) and ``<public_url>/docs/rules.md#<rule>`` (``runbook_url``), and Slack and
+    PagerDuty messages show them. Empty derives it from the HTTP address."""
     topk: int = 5
     """How many worst parameters are exported and named in messages."""
     grace_seconds: float = 300.0
