@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from .jsonsafe import finite_or_none
+
 Severity = Literal["info", "warning", "error", "critical"]
 SEVERITIES: tuple[str, ...] = ("info", "warning", "error", "critical")
 AlertStateName = Literal["pending", "firing", "resolved"]
@@ -43,7 +45,9 @@ class Alert:
     def fingerprint(self) -> tuple[str, str, int, str]:
         return (self.rule, self.run, self.rank, self.parameter or "")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
+        """The alert as JSON-safe values (NaN/Inf become null; the message says what they were)."""
         out = asdict(self)
-        out["history"] = [list(p) for p in self.history]
+        out["value"], out["threshold"] = finite_or_none(self.value), finite_or_none(self.threshold)
+        out["history"] = [[s, finite_or_none(v)] for s, v in self.history]
         return out

@@ -17,7 +17,7 @@ from .config import CollectorConfig
 from .exporter import build_registry
 from .health import IngestHealth
 from .runs import run_detail, run_list
-from .schemas import AlertList, AlertOut, Health, Ready, RunDetail, RunList, alert_json
+from .schemas import AlertList, AlertOut, Health, Ready, RunDetail, RunList
 from .state import Fleet
 from .store import Store
 from .stream import AlertStream
@@ -69,7 +69,7 @@ def create_app(
     def found(alert: Alert | None, alert_id: int) -> AlertOut:
         if alert is None:
             raise HTTPException(404, f"no alert with id {alert_id}")
-        return AlertOut.model_validate(alert_json(alert))
+        return AlertOut.model_validate(alert.to_json())
 
     @app.get("/alerts", response_model=AlertList, summary="List alerts, newest first")
     def list_alerts(
@@ -98,7 +98,7 @@ def create_app(
         matches = book.alerts(
             state, run=run, rank=rank, rule=rule, severity=severity, since=since_s
         )
-        page = [AlertOut.model_validate(alert_json(a)) for a in matches[offset : offset + limit]]
+        page = [AlertOut.model_validate(a.to_json()) for a in matches[offset : offset + limit]]
         return AlertList(alerts=page, total=len(matches), limit=limit, offset=offset)
 
     @app.get(

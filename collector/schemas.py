@@ -2,24 +2,7 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 from pydantic import BaseModel, Field
-
-from .alert import Alert
-
-
-def clean(x: float | None) -> float | None:
-    """JSON has no NaN/Inf: report them as null (the message says what they were)."""
-    return x if x is None or math.isfinite(x) else None
-
-
-def alert_json(alert: Alert) -> dict[str, Any]:
-    out = alert.to_dict()
-    out["value"], out["threshold"] = clean(alert.value), clean(alert.threshold)
-    out["history"] = [[s, clean(v)] for s, v in alert.history]
-    return out
 
 
 class AlertOut(BaseModel):
@@ -57,6 +40,9 @@ class AlertList(BaseModel):
 
 
 class RankSummary(BaseModel):
+    """A :class:`~gradwatch.collector.run_record.RunRecord` (its ``run`` is the parent's) plus
+    ``firing`` and ``live``; a test keeps the fields equal."""
+
     rank: int
     host: str
     session: str

@@ -8,7 +8,6 @@ import threading
 from collections.abc import AsyncIterator
 
 from .alert import Alert
-from .schemas import alert_json
 
 QUEUE_SIZE = 1000
 
@@ -28,7 +27,7 @@ class AlertStream:
 
     def publish(self, alert: Alert) -> None:
         """Book listener: queue the change for every client; drop it for a client that lags."""
-        payload = json.dumps(alert_json(alert))
+        payload = json.dumps(alert.to_json())
         with self._lock:
             clients = list(self._clients)
         for loop, queue in clients:

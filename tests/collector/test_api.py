@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
+from gradwatch.collector.alert import Alert
 from gradwatch.collector.api import create_app, parse_since
+from gradwatch.collector.run_record import RunRecord
+from gradwatch.collector.schemas import AlertOut, RankSummary
 from gradwatch.collector.health import IngestHealth
 from tests.helpers.fake_rank import FakeRank, Harness
 
@@ -36,10 +40,7 @@ def test_api_lists_alerts_newest_first_with_filters_and_paging(
     body = client.get("/alerts").json()
     assert body["total"] == 2 and body["limit"] == 100 and body["offset"] == 0
     first = body["alerts"][0]
-    for key in ("id", "rule", "severity", "state", "run", "rank", "step", "parameter", "value",
-                "threshold", "message", "action", "started_at", "updated_at", "resolved_at",
-                "acked", "history"):  # fmt: skip
-        assert key in first
+    assert set(first) == {f.name for f in dataclasses.fields(Alert)}
     assert first["run"] == "other" and first["value"] == 1.0
     assert [a["run"] for a in client.get("/alerts", params={"run": "demo"}).json()["alerts"]] == [
         "demo"
@@ -125,3 +126,9 @@ def test_parse_since_accepts_unix_and_iso() -> None:
     assert parse_since("1970-01-01T00:01:00") == 60.0
     with pytest.raises(ValueError):
         parse_since("nan")
+
+
+def test_api_schemas_carry_exactly_the_records_fields() -> None:
+    assert set(AlertOut.model_fields) == {f.name for f in dataclasses.fields(Alert)}
+    record = {f.name for f in dataclasses.fields(RunRecord)} - {"run"}  # the parent's
+    assert set(RankSummary.model_fields) == record | {"firing", "live"}
