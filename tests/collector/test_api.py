@@ -13,7 +13,6 @@ from gradwatch.collector.alert import Alert
 from gradwatch.collector.api import create_app, parse_since
 from gradwatch.collector.run_record import RunRecord
 from gradwatch.collector.schemas import AlertOut, RankSummary
-from gradwatch.collector.health import IngestHealth
 from tests.helpers.fake_rank import FakeRank, Harness
 
 
@@ -28,7 +27,7 @@ def world() -> Iterator[tuple[Harness, TestClient]]:
         h.send(other.stats(step))
     h.send(r.stats(6, grad={"blocks.1.mlp.fc.weight": math.nan}, full=True))
     h.send(other.stats(6, loss=math.inf))
-    app = create_app(h.fleet, h.book, IngestHealth())
+    app = create_app(h.core)
     with TestClient(app) as client:
         yield h, client
 
@@ -115,7 +114,7 @@ def test_api_health_ready_docs_and_metrics(world: tuple[Harness, TestClient]) ->
 
 def test_api_health_reports_a_dead_ingest_thread() -> None:
     h = Harness()
-    app = create_app(h.fleet, h.book, IngestHealth(), ingest_alive=lambda: False)
+    app = create_app(h.core, ingest_alive=lambda: False)
     with TestClient(app) as client:
         assert client.get("/healthz").status_code == 503
         assert client.get("/readyz").status_code == 503
