@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .alert import SEVERITIES, STATES, Alert
 from .core import Core
 from .runs import run_detail, run_list
-from .schemas import AlertList, AlertOut, Health, Ready, RunDetail, RunList
+from .schemas import AlertList, Health, Ready, RunDetail, RunList
 
 
 def parse_since(value: str) -> float:
@@ -44,10 +44,10 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
         "stream; run state; Prometheus metrics.",
     )
 
-    def found(alert: Alert | None, alert_id: int) -> AlertOut:
+    def found(alert: Alert | None, alert_id: int) -> Alert:
         if alert is None:
             raise HTTPException(404, f"no alert with id {alert_id}")
-        return AlertOut.model_validate(alert.to_json())
+        return alert
 
     @app.get("/alerts", response_model=AlertList, summary="List alerts, newest first")
     def list_alerts(
@@ -76,7 +76,7 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
         matches = book.alerts(
             state, run=run, rank=rank, rule=rule, severity=severity, since=since_s
         )
-        page = [AlertOut.model_validate(a.to_json()) for a in matches[offset : offset + limit]]
+        page = matches[offset : offset + limit]
         return AlertList(alerts=page, total=len(matches), limit=limit, offset=offset)
 
     @app.get(
@@ -93,13 +93,13 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
             core.stream.events(), media_type="text/event-stream", headers=headers
         )
 
-    @app.get("/alerts/{alert_id}", response_model=AlertOut, summary="One alert")
-    def get_alert(alert_id: int) -> AlertOut:
+    @app.get("/alerts/{alert_id}", response_model=Alert, summary="One alert")
+    def get_alert(alert_id: int) -> Alert:
         """The alert with its flight recorder (``history``); 404 if unknown."""
         return found(book.get(alert_id), alert_id)
 
-    @app.post("/alerts/{alert_id}/ack", response_model=AlertOut, summary="Acknowledge an alert")
-    def ack_alert(alert_id: int) -> AlertOut:
+    @app.post("/alerts/{alert_id}/ack", response_model=Alert, summary="Acknowledge an alert")
+    def ack_alert(alert_id: int) -> Alert:
         """Mark the alert acknowledged (it keeps its state); 404 if unknown."""
         return found(book.ack(alert_id), alert_id)
 

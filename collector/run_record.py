@@ -5,13 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pydantic import ConfigDict
+
 if TYPE_CHECKING:
     from .state import RankState
 
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One rank of one run as the store keeps it (the API adds ``firing`` and ``live``)."""
+    """One rank of one run as the store keeps it."""
+
+    __pydantic_config__ = ConfigDict(use_attribute_docstrings=True)  # the API's schema
 
     run: str
     rank: int
@@ -36,3 +40,13 @@ class RunRecord:
             s.run, s.rank, s.hello.host, s.hello.session, s.first_seen, s.last_seen,
             s.last_step, s.ended, s.frames, s.dropped,
         )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RankSummary(RunRecord):
+    """A rank in ``GET /runs``: the stored record plus what only the live collector knows."""
+
+    firing: int = 0
+    """Firing alerts on this rank."""
+    live: bool = False
+    """Held in memory (false: only known from the database)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import AsyncIterator
 
@@ -27,7 +26,7 @@ class AlertStream:
 
     def publish(self, alert: Alert) -> None:
         """Book listener: queue the change for every client; drop it for a client that lags."""
-        payload = json.dumps(alert.to_json())
+        payload = alert.to_json().decode()
         with self._lock:
             clients = list(self._clients)
         for loop, queue in clients:
