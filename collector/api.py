@@ -1,4 +1,4 @@
-"""The HTTP API: alerts, runs, health and /metrics. ``create_app`` takes every dependency."""
+"""The HTTP API: alerts, runs, health and /metrics, over a :class:`Core`."""
 
 from __future__ import annotations
 
@@ -9,18 +9,12 @@ from typing import Annotated
 
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .alert import SEVERITIES, STATES, Alert
-from .book import AlertBook
-from .config import CollectorConfig
-from .exporter import build_registry
-from .health import IngestHealth
+from .core import Core
 from .runs import run_detail, run_list
-from .schemas import AlertList, AlertOut, Health, Ready, RunDetail, RunList, alert_json
-from .state import Fleet
-from .store import Store
-from .stream import AlertStream
+from .schemas import AlertList, Health, Ready, RunDetail, RunList
 
 
 def parse_since(value: str) -> float:
@@ -40,36 +34,20 @@ def parse_since(value: str) -> float:
     return seconds
 
 
-def create_app(
-    fleet: Fleet,
-    book: AlertBook,
-    health: IngestHealth,
-    registry: CollectorRegistry | None = None,
-    config: CollectorConfig | None = None,
-    *,
-    store: Store | None = None,
-    stream: AlertStream | None = None,
-    ingest_alive: Callable[[], bool] = lambda: True,
-) -> FastAPI:
-    """Build the app around its dependencies; ``registry`` defaults to a fresh exporter one."""
-    config = config or CollectorConfig()
-    if stream is None:
-        stream = AlertStream(config.keepalive_seconds)
-        book.subscribe(stream.publish)
+def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> FastAPI:
+    """The HTTP API over ``core`` (built by :func:`~gradwatch.collector.core.build_core`)."""
+    fleet, book, store, config = core.fleet, core.book, core.store, core.config
     app = FastAPI(
         title="gradwatch collector",
         version="1",
         description="Training-health alerts for PyTorch runs: list, inspect, acknowledge, "
         "stream; run state; Prometheus metrics.",
     )
-    app.state.stream = stream
-    if registry is None:
-        registry = build_registry(fleet, book, health, config)
 
-    def found(alert: Alert | None, alert_id: int) -> AlertOut:
+    def found(alert: Alert | None, alert_id: int) -> Alert:
         if alert is None:
             raise HTTPException(404, f"no alert with id {alert_id}")
-        return AlertOut.model_validate(alert_json(alert))
+        return alert
 
     @app.get("/alerts", response_model=AlertList, summary="List alerts, newest first")
     def list_alerts(
@@ -98,7 +76,7 @@ def create_app(
         matches = book.alerts(
             state, run=run, rank=rank, rule=rule, severity=severity, since=since_s
         )
-        page = [AlertOut.model_validate(alert_json(a)) for a in matches[offset : offset + limit]]
+        page = matches[offset : offset + limit]
         return AlertList(alerts=page, total=len(matches), limit=limit, offset=offset)
 
     @app.get(
@@ -111,15 +89,17 @@ def create_app(
         """``event: alert`` with the alert JSON on every state change or ack; a keep-alive
         comment every ~15 s; the stream ends when the collector shuts down."""
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(stream.events(), media_type="text/event-stream", headers=headers)
+        return StreamingResponse(
+            core.stream.events(), media_type="text/event-stream", headers=headers
+        )
 
-    @app.get("/alerts/{alert_id}", response_model=AlertOut, summary="One alert")
-    def get_alert(alert_id: int) -> AlertOut:
+    @app.get("/alerts/{alert_id}", response_model=Alert, summary="One alert")
+    def get_alert(alert_id: int) -> Alert:
         """The alert with its flight recorder (``history``); 404 if unknown."""
         return found(book.get(alert_id), alert_id)
 
-    @app.post("/alerts/{alert_id}/ack", response_model=AlertOut, summary="Acknowledge an alert")
-    def ack_alert(alert_id: int) -> AlertOut:
+    @app.post("/alerts/{alert_id}/ack", response_model=Alert, summary="Acknowledge an alert")
+    def ack_alert(alert_id: int) -> Alert:
         """Mark the alert acknowledged (it keeps its state); 404 if unknown."""
         return found(book.ack(alert_id), alert_id)
 
@@ -163,6 +143,6 @@ def create_app(
     )
     def metrics() -> Response:
         """Prometheus text exposition of runs, parameters, alerts and ingest health."""
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(core.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -1,4 +1,5 @@
-"""``gradwatch-collector`` / ``python -m gradwatch.collector``: flags and GRADWATCH_* variables."""
+"""``gradwatch-collector`` / ``python -m gradwatch.collector``: one flag and one ``GRADWATCH_*``
+variable per field of :class:`CollectorConfig`, derived from it."""
 
 from __future__ import annotations
 
@@ -6,83 +7,39 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from .config import LOG_LEVELS, CollectorConfig, split_host_port
+from gradwatch.settings import ConfigError, add_arguments, resolve, settings_of
 
+from .config import CollectorConfig
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"GRADWATCH_{name}", default)
+SETTINGS = settings_of(CollectorConfig)
 
 
 def parser() -> argparse.ArgumentParser:
-    d = CollectorConfig()
     p = argparse.ArgumentParser(
         prog="gradwatch-collector",
         description="Receive gradwatch frames, run the anomaly rules, serve alerts and metrics. "
-        "Every flag can also be set with the GRADWATCH_<FLAG> environment variable.",
+        "Every flag can also be set with the GRADWATCH_* variable shown in its help; a flag "
+        "wins over the variable.",
     )
-    p.add_argument("--listen", default=_env("LISTEN", d.listen), help="ZeroMQ endpoint to bind")
-    p.add_argument(
-        "--http",
-        default=_env("HTTP", f"{d.http_host}:{d.http_port}"),
-        help="HOST:PORT of the HTTP API and /metrics (port 0: any free port)",
-    )
-    p.add_argument("--db", default=_env("DB", d.db_path), help="SQLite file for alerts and runs")
-    p.add_argument("--rules", default=_env("RULES"), help="YAML/TOML file of rule thresholds")
-    p.add_argument("--ready-file", default=_env("READY_FILE"), help="write JSON here when serving")
-    p.add_argument("--alertmanager", default=_env("ALERTMANAGER"), help="Alertmanager base URL")
-    p.add_argument(
-        "--alertmanager-resend",
-        type=float,
-        default=float(_env("ALERTMANAGER_RESEND", str(d.alertmanager_resend_seconds)) or 0),
-        help="seconds between re-sends of firing alerts",
-    )
-    p.add_argument("--public-url", default=_env("PUBLIC_URL", ""), help="base URL in alert links")
-    p.add_argument(
-        "--retention-days",
-        type=float,
-        default=float(_env("RETENTION_DAYS", str(d.retention_days)) or 0),
-        help="delete resolved alerts older than this",
-    )
-    p.add_argument("--topk", type=int, default=int(_env("TOPK", str(d.topk)) or 0))
-    p.add_argument(
-        "--grace-seconds",
-        type=float,
-        default=float(_env("GRACE_SECONDS", str(d.grace_seconds)) or 0),
-        help="finished runs stop being exported after this",
-    )
-    p.add_argument(
-        "--log-level",
-        default=_env("LOG_LEVEL", d.log_level),
-        choices=[*LOG_LEVELS, *(x.upper() for x in LOG_LEVELS)],
-    )
+    add_arguments(p, SETTINGS)
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> CollectorConfig:
-    host, port = split_host_port(args.http, "--http")
-    return CollectorConfig(
-        listen=args.listen,
-        http_host=host,
-        http_port=port,
-        db_path=args.db,
-        rules_path=args.rules or None,
-        retention_days=args.retention_days,
-        alertmanager_url=args.alertmanager or None,
-        alertmanager_resend_seconds=args.alertmanager_resend,
-        public_url=args.public_url,
-        topk=args.topk,
-        grace_seconds=args.grace_seconds,
-        log_level=args.log_level.lower(),
-    )
+def config_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> CollectorConfig:
+    """The config from parsed flags, then ``environ`` (default: the process environment)."""
+    env = os.environ if environ is None else environ
+    return resolve(CollectorConfig, SETTINGS, vars(args), env)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         config = config_from_args(args)
-    except ValueError as exc:
+    except ConfigError as exc:
         print(f"gradwatch-collector: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
@@ -94,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .service import Service
 
     try:
-        service = Service(config, ready_file=args.ready_file)
+        service = Service(config)
     except (RulesError, OSError, ValueError) as exc:
         print(f"gradwatch-collector: {exc}", file=sys.stderr)
         return 2

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import AsyncIterator
 
 from .alert import Alert
-from .schemas import alert_json
 
 QUEUE_SIZE = 1000
 
@@ -28,7 +26,7 @@ class AlertStream:
 
     def publish(self, alert: Alert) -> None:
         """Book listener: queue the change for every client; drop it for a client that lags."""
-        payload = json.dumps(alert_json(alert))
+        payload = alert.to_json().decode()
         with self._lock:
             clients = list(self._clients)
         for loop, queue in clients:

@@ -7,6 +7,8 @@ import inspect
 import sys
 from pathlib import Path
 
+from gradwatch.settings import field_docs
+
 from . import CATALOGUE
 from .base import RuleSettings
 
@@ -55,18 +57,7 @@ def _base(name: str) -> object:
 
 
 def _doc(cls: type, field_name: str) -> str:
-    """The docstring under a dataclass field (attribute docstring), found in the source."""
-    for klass in cls.__mro__:
-        try:
-            lines = inspect.getsource(klass).splitlines()
-        except (OSError, TypeError):
-            continue
-        for i, line in enumerate(lines):
-            if line.strip().startswith(f"{field_name}:") and i + 1 < len(lines):
-                nxt = lines[i + 1].strip()
-                if nxt.startswith('"""'):
-                    return nxt.strip('"').strip()
-    return ""
+    return field_docs(cls).get(field_name, "")
 
 
 def main(argv: list[str] | None = None) -> int:
