@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from gradwatch.collector.alert import Alert
-from gradwatch.collector.alertmanager import AlertmanagerPusher
+from tests.helpers.stack import job_alert, payloads
 
-
-@dataclass(frozen=True)
-class Config:
-    alertmanager_url: str | None = "http://am.invalid:9093"
-    alertmanager_resend_seconds: float = 30.0
-    public_url: str = "https://gradwatch.example/"
-
-
-class NoBook:
-    def subscribe(self, callback: Any) -> None:
-        raise AssertionError("not started in these tests")
-
-    def alerts(self, state: str | None = None) -> list[Alert]:
-        return []
+PUBLIC_URL = "https://gradwatch.example/"
 
 
 def make_alert(**kw: Any) -> Alert:
@@ -32,13 +19,7 @@ def make_alert(**kw: Any) -> Alert:
 
 
 def payload(alert: Alert) -> dict[str, Any]:
-    return AlertmanagerPusher(Config(), NoBook(), clock=lambda: 2000.0).payload(alert)
-
-
-class JobAlert(Alert):
-    """An alert as the job-level book will send it: every affected rank in ``ranks``."""
-
-    ranks: tuple[int, ...] = ()
+    return dict(payloads([alert], public_url=PUBLIC_URL)[0])
 
 
 def test_payload_links_to_the_alert_and_the_rules_runbook_under_public_url() -> None:
@@ -55,12 +36,10 @@ def test_payload_of_a_per_rank_alert_names_its_rank_in_ranks() -> None:
 
 
 def test_payload_of_a_job_alert_sends_its_ranks_compact_and_keeps_the_origin_rank() -> None:
-    alert = JobAlert(**make_alert(rank=5).__dict__)
-    alert.ranks = tuple(range(1024))
-    sent = payload(alert)
+    sent = payload(job_alert(range(5, 1029)))
     assert sent["labels"]["rank"] == "5"
-    assert sent["annotations"]["ranks"] == "0-1023"
-    assert "ranks 0-1023" in sent["annotations"]["summary"]
+    assert sent["annotations"]["ranks"] == "5-1028"
+    assert "ranks 5-1028" in sent["annotations"]["summary"]
 
 
 def test_payload_caps_long_messages_and_leaves_out_empty_annotations() -> None:

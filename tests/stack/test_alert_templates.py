@@ -23,6 +23,7 @@ import pytest
 
 from tests.helpers.stack import (
     ALERTMANAGER_DIR,
+    GRAFANA_DIR,
     amtool_render,
     collector_alert,
     job_alert,
@@ -173,6 +174,17 @@ def test_templates_report_resolved_ranks_and_stack_alerts(tmp_path: Path) -> Non
     )
     assert out["gradwatch.pagerduty.component"] == "gradwatch-collector"
     assert out["gradwatch.slack.text"].startswith("Prometheus cannot scrape the collector.\n")
+
+
+def test_dashboard_links_name_the_dashboards_and_variables_grafana_has() -> None:
+    text = TEMPLATE_FILE.read_text()
+    assert "gradwatch-run?var-run=" in text and "&var-rank=" in text
+    run = json.loads((GRAFANA_DIR / "dashboards/run.json").read_text())
+    overview = json.loads((GRAFANA_DIR / "dashboards/overview.json").read_text())
+    assert run["uid"] == "gradwatch-run" and "gradwatch-overview?" in text
+    assert overview["uid"] == "gradwatch-overview"
+    variables = {v["name"] for v in run["templating"]["list"]}
+    assert {"run", "rank"} <= variables
 
 
 def test_site_file_replaces_the_default_urls(tmp_path: Path) -> None:

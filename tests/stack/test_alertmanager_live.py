@@ -35,14 +35,6 @@ SLACK_TEXT_MAX = 3_000
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
 def alertmanager(tmp_path: Path, receiver: Receiver) -> Iterator[str]:
     """A real Alertmanager with the repository's config; yields its URL."""
     need_binaries("prometheus-alertmanager", "amtool")

@@ -94,14 +94,6 @@ def waited(predicate: Callable[[], Any], timeout: float, receiver: Receiver, log
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
 def dcgm() -> Iterator[Exposition]:
     server = Exposition(DCGM)
     yield server
