@@ -13,6 +13,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from gradwatch.trainer.distributed import detect
 from gradwatch.trainer.faults import KINDS, Injection, parse_injection
+from gradwatch.trainer.injector import memory_capacity
 from gradwatch.trainer.model import PRESETS
 from gradwatch.trainer.optim import DEFAULT_LR, DEFAULT_WARMUP, OPTIMIZERS
 from gradwatch.trainer.train import Stop, train
@@ -150,8 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=None,
         metavar="BYTES",
-        help="memory capacity the monitor reports and mem_pressure fills (default: the "
-        "host's RAM, or the CUDA device's memory)",
+        help="memory capacity: mem_pressure fills up to it, and the monitor reports it as the "
+        "total (where the agent takes memory_limit_bytes; default: the host's RAM, or the "
+        "CUDA device's memory)",
     )
     mon.add_argument("--no-monitor", action="store_true", help="train without gradwatch")
     mon.add_argument(
@@ -190,8 +192,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"argument --inject: {inj} is after the last step ({args.steps})")
         if inj.rank is not None and inj.rank >= world_size:
             parser.error(f"argument --inject: {inj} names rank {inj.rank} of {world_size}")
-        if inj.kind == "mem_pressure" and args.memory_limit is None:
-            parser.error(f"argument --inject: {inj} needs --memory-limit BYTES")
+        if inj.kind == "mem_pressure":
+            if args.memory_limit is None:
+                parser.error(f"argument --inject: {inj} needs --memory-limit BYTES")
+            capacity = memory_capacity(where.device)
+            if args.memory_limit > capacity:  # filling it would take the machine down
+                parser.error(
+                    f"argument --memory-limit: {args.memory_limit} bytes is more than this "
+                    f"{where.device.type} memory ({capacity:.0f} bytes)"
+                )
         if inj.kind == "bf16" and launched:  # DDP's buckets cannot change a parameter's dtype
             parser.error(f"argument --inject: {inj} does not work under torchrun (DDP)")
     if args.warmup is None:

@@ -41,7 +41,7 @@ KINDS: dict[str, str] = {
     "ratio_low": "group blocks.0.attn lr x3e-7 from STEP: update/weight ratio in (1e-12, 1e-7)",
     "weight_jump": "blocks.0.mlp.fc.weight multiplied by 20 at STEP: its weight norm jumps 20x",
     "mem_pressure": "from STEP host memory (CUDA: device memory) is taken in 5 steps up to 97% "
-    "of --memory-limit",
+    "of --memory-limit (required)",
 }
 """Fault kinds and what each does."""
 

@@ -20,7 +20,7 @@ from torch import nn
 from gradwatch.trainer import faults as f
 from gradwatch.trainer.faults import KINDS, Injection, target_module, targets
 
-__all__ = ["FaultInjector", "InjectedCrash", "memory_in_use"]
+__all__ = ["FaultInjector", "InjectedCrash", "memory_capacity", "memory_in_use"]
 
 
 class InjectedCrash(RuntimeError):
@@ -34,6 +34,15 @@ def memory_in_use(device: torch.device) -> float:
 
     m = memory_metrics(device)
     return m[MEMORY_ALLOCATED] if MEMORY_ALLOCATED in m else m[RSS]
+
+
+def memory_capacity(device: torch.device) -> float:
+    """What there is to fill: the CUDA device's memory, else the host's RAM."""
+    if device.type == "cuda":
+        return float(torch.cuda.get_device_properties(device).total_memory)
+    from gradwatch.agent.system import physical_memory_bytes  # lazy, like memory_in_use
+
+    return physical_memory_bytes()
 
 
 @dataclass

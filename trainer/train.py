@@ -159,7 +159,8 @@ def train(
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     corpus = load_corpus()
     config = GPTConfig.preset(args.size)
-    model = GPT(config).to(dist.device)
+    device = dist.device
+    model = GPT(config).to(device)
     optimizer = build_optimizer(
         args.optimizer,
         model,
@@ -186,7 +187,7 @@ def train(
     if dist.rank == 0:
         where = ""
         if dist.launched:
-            where = f" | DDP {dist.world_size} ranks, {dist.backend} on {dist.device.type}"
+            where = f" | DDP {dist.world_size} ranks, {dist.backend} on {device.type}"
         out(
             f"gradwatch trainer: {args.size} {model.num_params() / 1e6:.2f}M params | "
             f"{args.optimizer} lr {peak:.2e} | {len(corpus.train) / 1e3:.0f}k train / "
@@ -216,7 +217,7 @@ def train(
 
             # data (a slow loader or a repeated subset when injected)
             x, y = faults.batch(step, draw, dt)
-            x, y = x.to(dist.device), y.to(dist.device)
+            x, y = x.to(device), y.to(device)
 
             # forward / backward on one batch (DDP all-reduces the gradients in backward)
             logits, loss = ddp(x, y)

@@ -176,3 +176,13 @@ def test_cli_names_a_broken_torchrun_variable(
     with pytest.raises(SystemExit):
         parse_args([])
     assert "WORLD_SIZE: expected an integer, got 'two'" in capsys.readouterr().err
+
+
+def test_cli_rejects_a_memory_limit_beyond_the_machine(capsys: pytest.CaptureFixture[str]) -> None:
+    huge = str(1 << 60)
+    with pytest.raises(SystemExit):
+        parse_args(["--steps", "10", "--memory-limit", huge, "--inject", "mem_pressure@5"])
+    assert "argument --memory-limit: 1152921504606846976 bytes is more than this cpu memory" in (
+        capsys.readouterr().err
+    )
+    assert parse_args(["--memory-limit", huge]).memory_limit == 1 << 60  # only filling is unsafe
