@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gradwatch.trainer.distributed import weights_digest
 from gradwatch.trainer.faults import Injection, parse_injection
 from gradwatch.trainer.injector import FaultInjector, InjectedCrash
 from gradwatch.trainer.model import GPT, GPTConfig
@@ -72,6 +73,22 @@ def test_faults_desync_adds_noise_to_every_weight_after_its_step() -> None:
         diff = desync[3][n] - clean[3][n]
         assert 0.7e-2 < float(diff.std()) < 1.3e-2, n  # 1e-2 x randn on top of the same step
     assert any(x.startswith("inject desync@3:") for x in lines)
+
+
+def test_faults_desync_for_every_rank_draws_each_ranks_own_noise() -> None:
+    # The same fault on every rank must still make the replicas differ.
+    ranks = {}
+    for rank in (0, 1):
+        torch.manual_seed(0)
+        ranks[rank] = _injector(rank, "desync@2")
+    assert weights_digest(ranks[0].model) == weights_digest(ranks[1].model)
+    for inj in ranks.values():
+        inj.end(1)
+    assert weights_digest(ranks[0].model) == weights_digest(ranks[1].model)  # not yet
+    for inj in ranks.values():
+        inj.end(2)
+    a, b = (dict(ranks[r].model.named_parameters()) for r in (0, 1))
+    assert all(not torch.equal(a[n], b[n]) for n in a)
 
 
 def test_faults_hang_sleeps_before_backward_and_slow_in_the_data_phase() -> None:
