@@ -19,7 +19,8 @@ KINDS: dict[str, str] = {
     "spike": "a corrupted batch at STEP (random targets, logits x20): a loss spike far above 10x",
     "explode": "lr held at 1e4x the peak (SGD: 1e3x) from STEP on: grad norm past 100",
     "freeze": "the group blocks.1.mlp gets lr 0 from STEP: zero update, non-zero gradient",
-    "bf16": "blocks.0 norm gains cast to bf16 with lr 1e-5 from STEP: updates round to zero",
+    "bf16": "blocks.0 norm gains cast to bf16 with lr 1e-5 from STEP: updates round to zero "
+    "(not under torchrun: DDP cannot change a dtype)",
     "lr_low": "every learning rate /100 from STEP on",
     "dead": "blocks.0.mlp output detached from STEP: its parameters get no gradient",
     "leak": "4 MiB of host memory retained every step from STEP on",

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import inspect
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -148,7 +149,7 @@ def train(
     summary, prefixed ``[rank R]``.
     """
     dist = detect()
-    out = log or (lambda line: print(line, flush=True))
+    out = log or _print_line
     say = out if not dist.launched else (lambda line: out(f"[rank {dist.rank}] {line}"))
 
     # -----------------------------------------------------------------------------
@@ -294,6 +295,13 @@ def train(
         say(_summary(args, run, elapsed, val_loss))
         dist.stop()
     return run.records
+
+
+def _print_line(line: str) -> None:
+    # One write per line: under torchrun every rank shares one pipe, and print()'s separate
+    # write of the newline (unbuffered, PYTHONUNBUFFERED=1) lets another rank's line in between.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _summary(
