@@ -21,4 +21,4 @@ RUN pip install --no-deps . \
 
 USER trainer
 ENTRYPOINT ["python", "-m", "gradwatch.trainer"]
-CMD ["--endpoint", "tcp://collector:5555", "--run", "demo", "--steps", "2000"]
+CMD ["--endpoint", "tcp://collector:5555", "--run-name", "demo", "--steps", "2000"]
