@@ -11,6 +11,7 @@ import tomllib
 import yaml
 
 from .base import Finding, Rule, RuleSettings
+from .frozen import FrozenParameters
 from .gradients import DeadParameters, GradExplosion, VanishingGradients
 from .loss import LossPlateau, LossSpike, ValDivergence
 from .numeric import NonFinite
@@ -23,7 +24,6 @@ from .system import (
     TrainerSilent,
 )
 from .updates import (
-    FrozenParameters,
     UpdateRatioHigh,
     UpdateRatioLow,
     WeightNormSpike,

@@ -221,8 +221,12 @@ class MemoryGrowth(Rule[MemoryGrowthSettings, GrowthMemory]):
         slope = theil_sen_slope(list(points))
         growth = slope * (last - first)
         bad = growth >= s.min_growth_bytes and growth >= s.min_growth_ratio * points[0][1]
-        # The leak began where the fitted line leaves the memory the window started with.
-        memory.streak.update(bad, step, when, first)
+        if bad and memory.streak.onset < 0:
+            # The leak began after the last frame still near the window's lowest memory.
+            floor = min(v for _, v in points) + 0.1 * growth
+            onset = next((k for k, v in reversed(points) if v <= floor), first)
+            memory.streak.update(bad, step, when, onset + 1 if onset < step else onset)
+        memory.streak.update(bad, step, when)
         if not bad or not memory.streak.held(s, step, when):
             return []
         return [

@@ -69,6 +69,7 @@ class FakeRank:
         metrics: Mapping[str, float] | None = None,
         scalars: Mapping[str, float] | None = None,
         nonfinite: Mapping[str, int] | None = None,
+        time: float | None = None,
     ) -> wire.Stats:
         """Defaults: grad norm 0.5, weight norm 5, update ratio 1e-3. Full columns (update
         ratios, |g| details, weight norms) are sent when ``full`` or any of them is given."""
@@ -92,7 +93,7 @@ class FakeRank:
         m.update(metrics or {})
         return wire.Stats(
             run=self.run, rank=self.rank, session=self.session, seq=self._next(), step=step,
-            time=float(step), loss=loss, lr=tuple(lr), rows=wire.pack_floats(rows),
+            time=float(step) if time is None else time, loss=loss, lr=tuple(lr), rows=wire.pack_floats(rows),
             full=packed_full, nograd=tuple(self.names.index(n) for n in nograd),
             metrics=m, scalars=dict(scalars or {}),
             nonfinite=tuple((self.names.index(n), c) for n, c in (nonfinite or {}).items()),
