@@ -97,6 +97,7 @@ class LossPlateauSettings(RuleSettings):
 @dataclass
 class LossPlateauMemory:
     losses: deque[float] = field(default_factory=deque)
+    steps: deque[int] = field(default_factory=deque)
 
 
 class LossPlateau(Rule[LossPlateauSettings, LossPlateauMemory]):
@@ -116,7 +117,8 @@ class LossPlateau(Rule[LossPlateauSettings, LossPlateauMemory]):
     settings_type = LossPlateauSettings
 
     def new_memory(self) -> LossPlateauMemory:
-        return LossPlateauMemory(deque(maxlen=self.settings.lookback))
+        n = self.settings.lookback
+        return LossPlateauMemory(deque(maxlen=n), deque(maxlen=n))
 
     def check(self, rank: RankState, memory: LossPlateauMemory) -> list[Finding] | None:
         loss = None if rank.stats is None else rank.stats.loss
@@ -124,6 +126,7 @@ class LossPlateau(Rule[LossPlateauSettings, LossPlateauMemory]):
             return None
         s, history = self.settings, memory.losses
         history.append(loss)
+        memory.steps.append(rank.stats.step if rank.stats is not None else -1)
         if len(history) < s.lookback:
             return []
         values = list(history)
@@ -136,9 +139,18 @@ class LossPlateau(Rule[LossPlateauSettings, LossPlateauMemory]):
                     f"{fmt(recent)} vs {fmt(earlier)} earlier",
                     value=recent,
                     threshold=s.ratio * earlier,
+                    onset=self._onset(values, list(memory.steps), recent),
                 )
             ]
         return []
+
+    def _onset(self, values: list[float], steps: list[int], recent: float) -> int:
+        """The first step of the earliest ``window`` of frames already at the plateau's level."""
+        w = self.settings.window
+        for start in range(0, len(values) - w + 1):
+            if self.settings.ratio * statistics.fmean(values[start : start + w]) <= recent:
+                return steps[start]
+        return steps[-w]
 
 
 @dataclass(frozen=True)
