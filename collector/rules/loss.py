@@ -35,9 +35,10 @@ class LossSpike(Rule[LossSpikeSettings, LossSpikeMemory]):
     """The loss jumped far above its recent moving average.
 
     Error when it exceeds ``ratio`` times the average, warning when its z-score exceeds
-    ``zscore`` after ``zscore_warmup`` frames. Spikes are kept out of the average. What to do:
-    look at the batch of that step (outliers, corrupted data), lower the LR 5-10x or enable
-    gradient clipping; if it recurs, consider skipping such batches (SPAM-style).
+    ``zscore`` after ``zscore_warmup`` frames (in log space for positive losses: near
+    convergence losses vary by factors, not by amounts). Spikes are kept out of the average.
+    What to do: look at the batch of that step (outliers, corrupted data), lower the LR 5-10x
+    or enable gradient clipping; if it recurs, consider skipping such batches (SPAM-style).
     """
 
     name = "loss_spike"
@@ -65,21 +66,37 @@ class LossSpike(Rule[LossSpikeSettings, LossSpikeMemory]):
                     )
                 )
             elif len(history) >= s.zscore_warmup:
-                std = max(statistics.pstdev(history), 1e-3 * abs(avg), 1e-12)
-                z = (loss - avg) / std
+                z, threshold = _zscore(loss, history, s.zscore)
                 if z > s.zscore:
                     found.append(
                         self.finding(
                             f"loss {fmt(loss)} is {z:.1f} standard deviations above its "
                             f"moving average {fmt(avg)}",
                             value=loss,
-                            threshold=avg + s.zscore * std,
+                            threshold=threshold,
                             severity="warning",
                         )
                     )
         if not found:
             history.append(loss)
         return found
+
+
+def _zscore(loss: float, history: deque[float], limit: float) -> tuple[float, float]:
+    """How many standard deviations ``loss`` lies above ``history``, and the loss that would
+    lie ``limit`` standard deviations above it.
+
+    Positive losses are judged in log space: near convergence a batch's loss varies by factors
+    (one misclassified sample turns a loss of 0.001 into 0.005), not by a fixed amount, and a
+    real spike is a jump by a factor too."""
+    if loss > 0 and min(history) > 0:
+        logs = [math.log(x) for x in history]
+        mean = statistics.fmean(logs)
+        std = max(statistics.pstdev(logs), 1e-3)
+        return (math.log(loss) - mean) / std, math.exp(mean + limit * std)
+    avg = statistics.fmean(history)
+    std = max(statistics.pstdev(history), 1e-3 * abs(avg), 1e-12)
+    return (loss - avg) / std, avg + limit * std
 
 
 @dataclass(frozen=True)
