@@ -14,16 +14,18 @@ import pytest
 
 from gradwatch.collector.alert import Alert
 from gradwatch.collector.alertmanager import AlertmanagerPusher
+from gradwatch.collector.config import CollectorConfig
 from tests.helpers.waiting import wait_until
 
 
-@dataclass(frozen=True)
-class Config:
-    """Stand-in for the core's CollectorConfig (the fields the pusher reads)."""
-
-    alertmanager_url: str | None = "http://am.invalid:9093/"
-    alertmanager_resend_seconds: float = 0.2
-    public_url: str = "http://gradwatch:8000/"
+def config(**kw: Any) -> CollectorConfig:
+    """The collector's config, with the receiver and resend interval these tests use."""
+    base = {
+        "alertmanager_url": "http://am.invalid:9093/",
+        "alertmanager_resend_seconds": 0.2,
+        "public_url": "http://gradwatch:8000/",
+    }
+    return CollectorConfig(**{**base, **kw})
 
 
 @dataclass
@@ -73,7 +75,7 @@ def alert(state: str = "firing", **kw: Any) -> Alert:
 @pytest.fixture
 def pusher() -> Iterator[tuple[AlertmanagerPusher, Book, Recorder]]:
     book, rec = Book(), Recorder()
-    p = AlertmanagerPusher(Config(), book, post=rec, clock=lambda: 2000.0)
+    p = AlertmanagerPusher(config(), book, post=rec, clock=lambda: 2000.0)
     p.start()
     yield p, book, rec
     p.stop()
@@ -118,7 +120,7 @@ def test_alertmanager_resends_firing_and_sends_resolved_once(pusher: Any) -> Non
 
 def test_alertmanager_resends_alerts_already_firing_at_start() -> None:
     book, rec = Book([alert(), alert("resolved", id=8, rule="loss_spike")]), Recorder()
-    p = AlertmanagerPusher(Config(), book, post=rec)
+    p = AlertmanagerPusher(config(), book, post=rec)
     p.start()
     try:
         wait_until(lambda: rec.sent())
@@ -150,7 +152,7 @@ def test_alertmanager_failure_is_counted_logged_once_and_retried(
 
 def test_alertmanager_notify_never_blocks_and_counts_drops(monkeypatch: Any) -> None:
     monkeypatch.setattr("gradwatch.collector.alertmanager.QUEUE_SIZE", 2)
-    p = AlertmanagerPusher(Config(), Book(), post=Recorder())  # not started: nothing drains
+    p = AlertmanagerPusher(config(), Book(), post=Recorder())  # not started: nothing drains
     for _ in range(5):
         p.notify(alert())  # a blocking put would hang here; the full queue must drop instead
     assert p.counts["dropped"] == 3
@@ -158,7 +160,7 @@ def test_alertmanager_notify_never_blocks_and_counts_drops(monkeypatch: Any) -> 
 
 def test_alertmanager_disabled_without_url_does_nothing() -> None:
     book = Book()
-    p = AlertmanagerPusher(Config(alertmanager_url=None), book)
+    p = AlertmanagerPusher(config(alertmanager_url=None), book)
     p.start()
     p.stop()
     assert not book.listeners
@@ -181,7 +183,7 @@ def test_alertmanager_posts_json_over_real_http() -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     book = Book()
     url = f"http://127.0.0.1:{server.server_address[1]}"
-    p = AlertmanagerPusher(Config(alertmanager_url=url, alertmanager_resend_seconds=60), book)
+    p = AlertmanagerPusher(config(alertmanager_url=url, alertmanager_resend_seconds=60), book)
     p.start()
     try:
         book.change(alert())
