@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Annotated
 
 from fastapi import FastAPI, Header, HTTPException, Query
 from fastapi.responses import Response
-from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.sse import EventSourceResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .alert import SEVERITIES, STATES, Alert, AlertStateName, Severity
@@ -84,9 +84,10 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
     @app.get(
         "/alerts/stream",
         summary="Server-Sent Events of alert changes, resumable",
-        response_class=EventSourceResponse,
+        response_class=Response,
+        responses={200: {"content": {"text/event-stream": {}}}},
     )
-    async def alert_stream(
+    def alert_stream(
         last_event_id: Annotated[
             int | None,
             Header(ge=0, description="Resume: replay every change numbered above this first"),
@@ -96,15 +97,17 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
         rule: str | None = None,
         severity: Severity | None = None,
         state: AlertStateName | None = None,
-    ) -> AsyncIterator[ServerSentEvent]:
+    ) -> EventSourceResponse:
         """``event: alert``, ``id:`` the change's sequence number (``seq``) and the alert JSON
         on every state change or ack, filtered like ``GET /alerts``. The first message is a
         ``: connected`` comment whose id is the stream's position; a ``: keep-alive`` comment
         with the position follows ``keepalive_seconds`` of quiet. Ends when the collector shuts
         down; reconnect with ``Last-Event-ID`` to resume (across restarts too)."""
-        wanted = AlertFilter(run, rank, rule, severity, state)
-        async for event in core.stream.events(last_event_id, wanted):
-            yield event
+        # Returned rather than yielded from the route: FastAPI's generator-route producer logs
+        # an "Exception in ASGI application" when a client leaves mid-burst (fastapi 0.165);
+        # the stream sends its own keep-alives.
+        events = core.stream.events(last_event_id, AlertFilter(run, rank, rule, severity, state))
+        return EventSourceResponse(events, headers={"X-Accel-Buffering": "no"})
 
     @app.get("/alerts/{alert_id}", response_model=Alert, summary="One alert")
     def get_alert(alert_id: int) -> Alert:

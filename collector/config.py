@@ -94,7 +94,8 @@ class CollectorConfig:
     forget_seconds: float = 3600.0
     """Finished runs are dropped from memory after this (they stay in the database)."""
     keepalive_seconds: float = 15.0
-    """Interval of the keep-alive comment on ``/alerts/stream``."""
+    """Quiet time after which ``/alerts/stream`` sends a keep-alive comment (0: only FastAPI's
+    own ping, every 15 s)."""
     log_level: str = "info"
     """Console log level: debug, info, warning, error or critical."""
 

@@ -14,7 +14,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from fastapi.sse import ServerSentEvent
+from fastapi.sse import format_sse_event
 
 from .alert import Alert
 from .book import AlertBook
@@ -79,9 +79,10 @@ class AlertStream:
         self,
         last_event_id: int | None = None,
         wanted: Callable[[Alert], bool] | None = None,
-    ) -> AsyncIterator[ServerSentEvent]:
-        """One client's events: a ``connected`` comment whose id is where the stream starts,
-        the changes after ``last_event_id`` (none when None), live changes, keep-alives."""
+    ) -> AsyncIterator[bytes]:
+        """One client's events, encoded: a ``connected`` comment whose id is where the stream
+        starts, the changes after ``last_event_id`` (none when None), live changes and
+        keep-alive comments carrying the position."""
         wake = asyncio.Event()
         waker = (asyncio.get_running_loop(), wake)
         with self._lock:
@@ -92,22 +93,21 @@ class AlertStream:
                 cursor = head
             else:  # an id ahead of the book: its history was reset, so send all of it
                 cursor = last_event_id if last_event_id <= head else 0
-            yield ServerSentEvent(comment="connected", id=str(cursor))
+            yield format_sse_event(comment="connected", id=str(cursor))
             timeout = self.keepalive_seconds or None
             while not self._closed.is_set():
                 wake.clear()
                 for alert in self.book.changes_since(cursor):
                     cursor = alert.seq
                     if wanted is None or wanted(alert):
-                        yield ServerSentEvent(
-                            event="alert", id=str(alert.seq), raw_data=alert.to_json().decode()
-                        )
+                        data = alert.to_json().decode()
+                        yield format_sse_event(event="alert", id=str(alert.seq), data_str=data)
                 if self._closed.is_set():
                     break
                 try:
                     await asyncio.wait_for(wake.wait(), timeout)
                 except asyncio.TimeoutError:  # the id moves a filtered client past skipped changes
-                    yield ServerSentEvent(comment="keep-alive", id=str(cursor))
+                    yield format_sse_event(comment="keep-alive", id=str(cursor))
         finally:
             with self._lock:
                 self._clients.discard(waker)

@@ -29,11 +29,6 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
-
 C = TypeVar("C")
 ENV_PREFIX = "GRADWATCH_"
 _TRUE = ("1", "true", "yes", "on")
@@ -166,6 +161,10 @@ def convert_value(setting: Setting, value: Any, where: str) -> Any:
 
 def read_toml(path: str) -> dict[str, Any]:
     """A TOML file's contents; ConfigError naming the file when it cannot be read or parsed."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10: the collector extra brings tomli
+        import tomli as tomllib
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
@@ -278,12 +277,14 @@ def to_toml(
     return "\n".join(lines) + "\n"
 
 
-def reference(settings: Sequence[Setting]) -> str:
-    """A Markdown table of the settings: file key, flag, variable, default, meaning."""
-    out = ["| key | flag | variable | default | meaning |", "| --- | --- | --- | --- | --- |"]
+def reference(settings: Sequence[Setting], keys: bool = True) -> str:
+    """A Markdown table of the settings: file key (when ``keys``), flag, variable, default and
+    meaning."""
+    head = ["key"] * keys + ["flag", "variable", "default", "meaning"]
+    out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for s in settings:
         default = "unset" if s.default is None else f"`{toml_value(s.default)}`"
-        key = f"`{s.key}`" if s.key else "—"
-        meaning = s.help.replace("|", "\\|")
-        out.append(f"| {key} | `{s.flag}` | `{s.env}` | {default} | {meaning} |")
+        cells = [f"`{s.key}`" if s.key else "—"] * keys
+        cells += [f"`{s.flag}`", f"`{s.env}`", default, s.help.replace("|", "\\|")]
+        out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
