@@ -4,6 +4,7 @@ line with the exit status."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pty
@@ -174,3 +175,15 @@ def test_cli_collector_subcommand_runs_the_collector(tmp_path: Path) -> None:
     out = gradwatch("--help")
     for command in ("collector", "alerts", "ack", "runs", "rules", "demo"):
         assert f"    {command}" in out.stdout
+
+
+def test_cli_docs_name_every_command_and_flag() -> None:
+    from gradwatch.cli.commands import parser
+
+    text = (ROOT / "docs" / "cli.md").read_text()
+    commands = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        assert f"gradwatch {name}" in text, name
+        for action in sub._actions:
+            for flag in action.option_strings:
+                assert flag == "--help" or not flag.startswith("--") or flag in text, (name, flag)

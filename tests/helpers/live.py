@@ -12,7 +12,6 @@ import zmq
 from gradwatch import wire
 from tests.helpers.fake_rank import FakeRank
 from tests.helpers.processes import PYTHON, CollectorProcess
-from tests.helpers.waiting import wait_until
 
 
 def send_frames(endpoint: str, frames: list[wire.Frame]) -> None:
@@ -45,15 +44,3 @@ def gradwatch(
     environ.update(env or {})
     cmd = [PYTHON, "-m", "gradwatch.cli", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=environ)
-
-
-def wait_healthy(url: str) -> None:
-    import httpx
-
-    def up() -> bool:
-        try:
-            return httpx.get(url + "/healthz", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(up, 60)
