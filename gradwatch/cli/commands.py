@@ -90,34 +90,38 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; errors become one line on stderr and the exit status (1: the collector
+    failed to answer; 2: bad flags, variables, files or a missing package)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv[:1] == ["collector"]:
-            from gradwatch.collector.cli import main as collector
+        from gradwatch.client import ClientError
 
-            return collector(argv[1:], prog="gradwatch collector")
-        p = parser()
-        args = p.parse_args(argv)
-        if args.command is None:
-            p.print_help(sys.stderr)
-            return 2
-        code: int = args.handler(args)
-        return code
+        return _run(argv)
     except ModuleNotFoundError as exc:
         print(f"gradwatch: {exc.name} is not installed: {EXTRAS}", file=sys.stderr)
         return 2
     except ConfigError as exc:
         print(f"gradwatch: {exc}", file=sys.stderr)
         return 2
+    except ClientError as exc:
+        print(f"gradwatch: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `gradwatch alerts | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except Exception as exc:
-        from gradwatch.client import ClientError
 
-        if isinstance(exc, ClientError):
-            print(f"gradwatch: {exc}", file=sys.stderr)
-            return 1
-        raise
+
+def _run(argv: list[str]) -> int:
+    if argv[:1] == ["collector"]:  # its own parser: every flag of gradwatch-collector
+        from gradwatch.collector.cli import main as collector
+
+        return collector(argv[1:], prog="gradwatch collector")
+    p = parser()
+    args = p.parse_args(argv)
+    if args.command is None:
+        p.print_help(sys.stderr)
+        return 2
+    code: int = args.handler(args)
+    return code
