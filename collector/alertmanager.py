@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from .alert import Alert
 from .alertmanager_http import HttpPost
 from .config import CollectorConfig
+from .rank_ranges import compact_ranks
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,8 @@ class AlertmanagerPusher:
         post: Post | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """``post(url, body)`` sends one request (default: :class:`HttpPost` for the config);
-        ``clock`` stamps ``endsAt`` (tests fix both)."""
+        """``post(url, body)`` sends one request (default: an :class:`HttpPost` for the config,
+        made by ``start``); ``clock`` stamps ``endsAt`` (tests fix both)."""
         self.config, self.book = config, book
         self.endpoint = (config.alertmanager_url or "").rstrip("/") + "/api/v2/alerts"
         self.counts: dict[str, int] = {"success": 0, "failure": 0, "dropped": 0}
@@ -72,8 +73,6 @@ class AlertmanagerPusher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.transport: HttpPost | None = None
-        if post is None:
-            post = self.transport = HttpPost(config, self._stop)
         self._post, self._clock = post, clock
 
     @property
@@ -86,6 +85,8 @@ class AlertmanagerPusher:
             return
         for alert in self.book.alerts("firing"):  # survive a collector restart
             self._firing.setdefault(alert.fingerprint, alert)
+        if self._post is None:
+            self._post = self.transport = HttpPost(self.config, self._stop)
         self.book.subscribe(self.notify)
         self._thread = threading.Thread(target=self._run, name="alertmanager", daemon=True)
         self._thread.start()
@@ -149,6 +150,7 @@ class AlertmanagerPusher:
             chunk = alerts[i : i + BATCH]
             body = json.dumps([self.payload(a) for a in chunk]).encode()
             try:
+                assert self._post is not None  # set by start()
                 self._post(self.endpoint, body)
             except Exception as exc:  # network and HTTP errors alike: count, log once, retry
                 self.counts["failure"] += len(chunk)
@@ -163,9 +165,22 @@ class AlertmanagerPusher:
             self._failing = False
 
     def payload(self, alert: Alert) -> dict[str, Any]:
-        """One element of the ``POST /api/v2/alerts`` body."""
+        """One element of the ``POST /api/v2/alerts`` body.
+
+        Labels (identity, routing): ``alertname`` (the rule), ``severity``, ``run``, ``rank`` (the
+        rank it was seen on first), ``parameter`` (when there is one), ``job="gradwatch"``.
+        Annotations (text, links): ``summary``, ``description`` (at most 1,000 characters),
+        ``action``, ``value``, ``threshold``, ``step``, ``first_step``, ``ranks`` (every rank the
+        alert covers, compact: ``0-39``), ``link`` (the alert in the collector) and
+        ``runbook_url`` (the rule's section of docs/rules.md), both under ``public_url``.
+        deploy/alertmanager/templates/gradwatch.tmpl reads these names.
+        """
         base = self.config.public_url.rstrip("/")
         link = f"{base}/alerts/{alert.id}"
+        # Job-level alerts carry every rank they cover; a per-rank alert covers its own.
+        ranks = compact_ranks(getattr(alert, "ranks", None) or (alert.rank,))
+        where = f"ranks {ranks}" if ranks != str(alert.rank) else f"rank {alert.rank}"
+        message = alert.message if len(alert.message) <= 1000 else alert.message[:999] + "…"
         labels: dict[str, str] = {
             "alertname": alert.rule,
             "severity": alert.severity,
@@ -176,14 +191,17 @@ class AlertmanagerPusher:
         if alert.parameter:
             labels["parameter"] = alert.parameter
         annotations: Mapping[str, str] = {
-            "summary": f"{alert.rule} on {alert.run} rank {alert.rank}"
+            "summary": f"{alert.rule} on {alert.run} {where}"
             + (f" ({alert.parameter})" if alert.parameter else ""),
-            "description": alert.message,
+            "description": message,
             "action": alert.action,
             "value": _num(alert.value),
             "threshold": _num(alert.threshold),
             "step": str(alert.step),
+            "first_step": str(alert.first_step) if alert.first_step >= 0 else "",
+            "ranks": ranks,
             "link": link,
+            "runbook_url": f"{base}/docs/rules.md#{alert.rule}",
         }
         if alert.state == "resolved":
             ends = alert.resolved_at or alert.updated_at

@@ -102,7 +102,7 @@ def demo(args: argparse.Namespace) -> int:
         for run, faults in SCHEDULE:
             cmd = [
                 sys.executable, "-m", "gradwatch.trainer", "--steps", str(STEPS),
-                "--endpoint", endpoint, "--run", run, "--size", "tiny", "--log-every", "10",
+                "--endpoint", endpoint, "--run-name", run, "--size", "tiny", "--log-every", "10",
             ]  # fmt: skip
             for fault in faults:
                 cmd += ["--inject", fault]
