@@ -16,7 +16,7 @@ from .config import CollectorConfig
 from .engine import Engine
 from .exporter import build_registry
 from .health import IngestHealth
-from .rules import AnyRule, build_rules, load
+from .rules import AnyRule, build_rules, overrides
 from .state import Fleet
 from .store import Store
 from .stream import AlertStream
@@ -50,16 +50,17 @@ class Core:
 def build_core(
     config: CollectorConfig, rules: list[AnyRule] | None = None, *, persist: bool = True
 ) -> Core:
-    """Wire the parts for ``config``: rules from ``config.rules_path`` unless given, SQLite at
-    ``config.db_path`` when ``persist``, Alertmanager pushing when a URL is set."""
+    """Wire the parts for ``config``: rules from ``config.config_path`` and ``rules_path``
+    unless given, SQLite at ``config.db_path`` when ``persist``, Alertmanager pushing when a URL
+    is set."""
     if rules is None:
-        rules = build_rules(load(config.rules_path) if config.rules_path else None)
+        rules = build_rules(overrides(config.config_path, config.rules_path))
     store = Store(config.db_path) if persist else None
     book = AlertBook(store)
     book.subscribe(ConsoleLog())
     fleet, health = Fleet(), IngestHealth()
     engine = Engine(fleet, book, rules, config, store)
-    stream = AlertStream(config.keepalive_seconds)
+    stream = AlertStream(book, config.keepalive_seconds)
     book.subscribe(stream.publish)
     pusher = AlertmanagerPusher(config, book) if config.alertmanager_url else None
     registry = build_registry(fleet, book, health, config, notifications=pusher)

@@ -9,14 +9,25 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .alert import Alert
 from .run_record import RunRecord
 from .table import Table
 
+
+@dataclass(frozen=True)
+class Counter:
+    """A named number that must survive restarts (the alert change sequence)."""
+
+    name: str
+    value: int
+
+
 ALERTS: Table[Alert] = Table(Alert, "alerts", key=("id",))
 RUNS: Table[RunRecord] = Table(RunRecord, "runs", key=("run", "rank"))
+COUNTERS: Table[Counter] = Table(Counter, "counters", key=("name",))
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS alerts_state ON alerts (state);
 CREATE INDEX IF NOT EXISTS alerts_resolved ON alerts (resolved_at);
@@ -35,6 +46,7 @@ class Store:
         with self._db:
             ALERTS.create(self._db)
             RUNS.create(self._db)
+            COUNTERS.create(self._db)
             self._db.executescript(_INDEXES)
 
     def close(self) -> None:
@@ -88,6 +100,18 @@ class Store:
         with self._lock:
             rows = self._db.execute(RUNS.select_sql(order="run, rank")).fetchall()
         return [RUNS.record(row) for row in rows]
+
+    # -------------------------------------------------------------------- counters
+
+    def save_counter(self, name: str, value: int) -> None:
+        with self._lock, self._db:
+            self._db.execute(COUNTERS.upsert_sql(), COUNTERS.row(Counter(name, value)))
+
+    def counter(self, name: str) -> int:
+        """The counter's saved value; 0 if it was never saved."""
+        with self._lock:
+            row = self._db.execute(COUNTERS.select_sql(where="name = ?"), (name,)).fetchone()
+        return 0 if row is None else COUNTERS.record(row).value
 
     # -------------------------------------------------------------------- health
 

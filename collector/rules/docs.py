@@ -23,9 +23,11 @@ def render() -> str:
         "do not edit -->",
         "",
         "Every rule runs on each stats frame of a rank (``trainer_silent`` on the collector's "
-        "clock). Override any setting with `--rules FILE` (YAML `rules: {loss_spike: {ratio: 20}}` "
-        "or TOML `[rules.loss_spike]` / `ratio = 20`); `enabled = false` turns a rule off. "
-        "Unknown rules or fields stop the collector at startup.",
+        "clock). Override any setting in the `[rules.<name>]` tables of the config file "
+        "(`--config`, docs/config.md) or with `--rules FILE` (YAML "
+        "`rules: {loss_spike: {ratio: 20}}` or TOML `[rules.loss_spike]` / `ratio = 20`), which "
+        "applies on top; `enabled = false` turns a rule off. Unknown rules or fields stop the "
+        "collector at startup (`gradwatch rules --check FILE` checks a file).",
         "",
         "Common settings of every rule: "
         + "; ".join(
