@@ -10,6 +10,7 @@ from typing import Any, TypeAlias
 import tomllib
 import yaml
 
+from .admission import CollectorLimit, DuplicateRank
 from .base import Finding, Rule, RuleSettings
 from .gradients import DeadParameters, GradExplosion, VanishingGradients
 from .loss import LossPlateau, LossSpike, ValDivergence
@@ -53,6 +54,8 @@ CATALOGUE: dict[str, type[AnyRule]] = {
         MemoryGrowth,
         TrainerSilent,
         ValDivergence,
+        DuplicateRank,
+        CollectorLimit,
     )
 }
 """Rule classes by their canonical name, in documentation order."""
@@ -100,7 +103,10 @@ def load(path: str | Path) -> dict[str, dict[str, Any]]:
     YAML: ``rules: {loss_spike: {ratio: 20}}``; TOML: ``[rules.loss_spike]`` / ``ratio = 20``.
     """
     path = Path(path)
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RulesError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     try:
         if path.suffix == ".toml":
             data: Any = tomllib.loads(text)

@@ -204,6 +204,11 @@ class SilentSettings(RuleSettings):
     floor_seconds: float = 60.0
     """...and longer than this is a hang or a crash."""
 
+    def limit(self, rank: RankState) -> float:
+        """Seconds of silence after which the rank counts as hung or dead (also when another
+        process may take its run and rank over, see duplicate_rank)."""
+        return max(self.factor * (rank.typical_interval() or 0.0), self.floor_seconds)
+
 
 class TrainerSilent(Rule[SilentSettings, None]):
     """No frame from a rank for max(10x its typical interval, 60 s) without a ``bye``.
@@ -224,8 +229,7 @@ class TrainerSilent(Rule[SilentSettings, None]):
     def tick(self, rank: RankState, memory: None, now: float) -> list[Finding] | None:
         if rank.ended:
             return []
-        s = self.settings
-        limit = max(s.factor * (rank.typical_interval() or 0.0), s.floor_seconds)
+        limit = self.settings.limit(rank)
         silence = now - rank.last_seen
         if silence <= limit:
             return []

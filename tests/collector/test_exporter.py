@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -34,9 +35,13 @@ class Config:
 @dataclass
 class Book:
     items: list[Alert] = field(default_factory=list)
+    unsaved: int = 0
 
     def alerts(self, state: str | None = None) -> list[Alert]:
         return [a for a in self.items if state is None or a.state == state]
+
+    def firing_by_rule(self) -> Counter[tuple[str, str, str]]:
+        return Counter((a.rule, a.severity, a.run) for a in self.alerts("firing"))
 
 
 @dataclass
