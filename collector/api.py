@@ -8,9 +8,9 @@ from datetime import datetime, timezone
 from typing import Annotated
 
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BeforeValidator
 
 from gradwatch.keys import read_token
 
@@ -42,6 +42,11 @@ def parse_since(value: str) -> float:
     return seconds
 
 
+def _since(value: object) -> object:
+    """``since`` as unix seconds; a ValueError becomes the usual 422 body."""
+    return parse_since(value) if isinstance(value, str) else value
+
+
 def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> FastAPI:
     """The HTTP API over ``core`` (built by :func:`~gradwatch.collector.core.build_core`)."""
     fleet, book, store, config = core.fleet, core.book, core.store, core.config
@@ -69,20 +74,15 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
         severity: Severity | None = None,
         state: AlertStateName | None = None,
         since: Annotated[
-            str | None, Query(description="Updated at or after: unix seconds or ISO-8601")
+            float | None,
+            BeforeValidator(_since),
+            Query(description="Updated at or after: unix seconds (or an ISO-8601 time)"),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> AlertList:
         """Filter by run, rank, rule, severity, state and update time; page with limit/offset."""
-        try:
-            since_s = None if since is None else parse_since(since)
-        except ValueError as exc:  # the same 422 body as every other bad parameter
-            error = {"loc": ("query", "since"), "msg": str(exc), "type": "value_error"}
-            raise RequestValidationError([{**error, "input": since}]) from None
-        matches = book.alerts(
-            state, run=run, rank=rank, rule=rule, severity=severity, since=since_s
-        )
+        matches = book.alerts(state, run=run, rank=rank, rule=rule, severity=severity, since=since)
         page = matches[offset : offset + limit]
         return AlertList(alerts=page, total=len(matches), limit=limit, offset=offset)
 

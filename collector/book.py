@@ -308,10 +308,16 @@ class AlertBook:
                 (a.rule, a.severity, a.run) for a in self._open.values() if a.state == "firing"
             )
 
-    def firing_by_rank(self) -> Counter[tuple[str, int]]:
-        """Firing alerts per (run, rank), in one pass."""
+    def firing_at(self, ranks: Iterable[tuple[str, int]]) -> Counter[tuple[str, int]]:
+        """Firing alerts of each of ``ranks`` (run, rank): O(those ranks' open alerts)."""
         with self._lock:
-            return Counter((a.run, a.rank) for a in self._open.values() if a.state == "firing")
+            return Counter(
+                {
+                    key: sum(self._open[fp].state == "firing" for fp in fps)
+                    for key in ranks
+                    if (fps := self._open_by_rank.get(key))
+                }
+            )
 
     # -------------------------------------------------------------------- persistence
 

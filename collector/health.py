@@ -29,9 +29,9 @@ REJECT_REASONS: tuple[str, ...] = (
 the collector's own: ``duplicate_rank`` (a second process for a live run and rank), a limit
 (``max_runs``, ``max_ranks``, ``max_params``), ``shutdown`` (read but not handled before the
 shutdown deadline) and ``internal`` (a collector bug; logged)."""
-PEER_REFUSALS: tuple[str, ...] = ("auth", "protocol", "other")
-"""Why a ZeroMQ peer was refused at the handshake: ``auth`` (its CURVE key is not accepted),
-``protocol`` (no CURVE, or another security mechanism), ``other``."""
+PEER_REFUSALS: tuple[str, ...] = ("auth", "handshake")
+"""Why a ZeroMQ peer was refused (with ``--curve-keys``): ``auth`` (its CURVE key is not among
+the accepted ones), ``handshake`` (no CURVE at all, a wrong server key, a broken handshake)."""
 
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.0001,
@@ -108,6 +108,13 @@ class IngestHealth:
     """Exceptions raised by a rule, by rule name (the frame is still judged by the others)."""
     latency: Histogram = field(default_factory=Histogram)
     started_at: float = 0.0
+
+    def reject(self, exc: wire.WireError, now: float) -> None:
+        """Count a rejected message; a refusal by a limit (``exc.limit``) is also a hit."""
+        self.rejected[exc.reason] += 1
+        limit = getattr(exc, "limit", 0)
+        if limit:
+            self.hit(exc.reason, limit, exc.detail, now)
 
     def hit(self, limit: str, value: int, detail: str, now: float) -> None:
         """Record that ``limit`` (set to ``value``) refused something."""

@@ -24,7 +24,7 @@ from gradwatch.keys import server_keys
 
 from .engine import Engine
 from .health import IngestHealth
-from .state import Fleet, Refused
+from .state import Fleet
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ DRAIN_SECONDS = 2.0
 """At shutdown, messages already received are handled for up to this long, then counted."""
 _REFUSALS: dict[int, str] = {
     int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): "auth",
-    int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): "protocol",
-    int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL): "other",
+    int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): "handshake",
+    int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL): "handshake",
 }
 REFUSAL_LOG_SECONDS = 60.0
 
@@ -208,7 +208,7 @@ class Ingest:
             if now - self._refusal_logged >= REFUSAL_LOG_SECONDS:
                 self._refusal_logged = now
                 log.warning(
-                    "refused a peer at %s (%s): it has no accepted CURVE key; %d refused so far",
+                    "refused a peer at %s (%s): no accepted CURVE key; %d refused so far",
                     self.endpoint,
                     reason,
                     sum(self.health.refused_peers.values()),
@@ -235,9 +235,7 @@ class Ingest:
             frame = wire.decode(data)
             state = self.fleet.apply(frame)
         except wire.WireError as exc:
-            self.health.rejected[exc.reason] += 1
-            if isinstance(exc, Refused) and exc.limit:
-                self.health.hit(exc.reason, exc.limit, exc.detail, time.time())
+            self.health.reject(exc, time.time())
             log.debug("rejected frame: %s", exc)
         except Exception:  # the ingest loop must never die: count, log once, keep serving
             self.health.rejected["internal"] += 1

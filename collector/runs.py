@@ -53,7 +53,7 @@ def run_list(
     current = [
         RunRecord.of(s) for name in page if name in live for s in list(live[name].ranks.values())
     ]
-    firing = book.firing_by_rank()
+    firing = book.firing_at({(r.run, r.rank) for r in stored + current})
     for record, is_live in [(r, False) for r in stored] + [(r, True) for r in current]:
         summary = RankSummary(**vars(record), firing=firing[record.run, record.rank], live=is_live)
         if not sessions:

@@ -167,5 +167,10 @@ class Service:
         self.http_sock.close()
         if self.config.ready_file:
             Path(self.config.ready_file).unlink(missing_ok=True)
-        log.info("gradwatch collector stopped")
+        h = self.core.health
+        rejected = ", ".join(f"{k} {n}" for k, n in sorted(h.rejected.items()) if n) or "none"
+        log.info(
+            "gradwatch collector stopped: %d messages read, %d accepted, %d rejected (%s)",
+            h.messages, sum(h.received.values()), sum(h.rejected.values()), rejected,
+        )  # fmt: skip
         return unsaved

@@ -128,14 +128,12 @@ class RunState:
 
     name: str
     ranks: dict[int, RankState] = field(default_factory=dict)
+    last_seen: float = 0.0
+    """Collector wall clock at the latest frame of any of its ranks (kept by the fleet)."""
 
     @property
     def ended(self) -> bool:
         return bool(self.ranks) and all(r.ended for r in self.ranks.values())
-
-    @property
-    def last_seen(self) -> float:
-        return max((r.last_seen for r in self.ranks.values()), default=0.0)
 
 
 class Fleet:
@@ -193,7 +191,7 @@ class Fleet:
             state.ended = True
         if not isinstance(frame, Bye):
             state.intervals.append(now - state.last_seen)
-        state.last_seen = now
+        self._seen(state, now)
         state.frames += 1
         if isinstance(frame, (Stats, Heartbeat, Bye)):
             state.last_step = max(state.last_step, frame.step)
@@ -249,7 +247,7 @@ class Fleet:
         if old is not None and old.hello.session == hello.session:
             old.hello = hello  # a reconnect (or a new table): same process, keep what we know
             old.names = tuple(hello.params[i].name for i in hello.tracked)
-            old.last_seen = now
+            self._seen(old, now)
             old.ended = False
             old.frames += 1
             return old
@@ -275,6 +273,7 @@ class Fleet:
         self._waiting.pop(hello.session, None)
         state = self._new_rank(hello, now, old is None)
         run.ranks[hello.rank] = state
+        run.last_seen = max(run.last_seen, now)
         self._sessions[hello.session] = state
         return state
 
@@ -316,6 +315,12 @@ class Fleet:
         self.forget(min(ended, key=lambda r: r.last_seen).name)
         if limit == "max_ranks" and self.ranks_held >= value:
             self._make_room(limit, value, hello, who)
+
+    def _seen(self, state: RankState, now: float) -> None:
+        state.last_seen = now
+        run = self.runs.get(state.run)
+        if run is not None and now > run.last_seen:
+            run.last_seen = now
 
     @staticmethod
     def _stats(state: RankState, stats: Stats) -> None:

@@ -8,6 +8,7 @@ remembers the latest write error until a write succeeds again (``/readyz`` repor
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -39,6 +40,10 @@ def _explain(path: str, exc: sqlite3.Error) -> str:
         return f"{path} is a directory, not a database file"
     if not p.parent.is_dir():
         return f"folder {p.parent} does not exist"
+    if p.exists() and not os.access(p, os.W_OK):
+        return f"{path} is read-only ({exc})"
+    if not p.exists() and not os.access(p.parent, os.W_OK):
+        return f"folder {p.parent} is not writable"
     return f"{path}: {exc}"
 
 
@@ -52,6 +57,8 @@ class Store:
         """The latest write error, None once a write succeeded again."""
         self.failures = 0
         """Writes that failed, in total."""
+        self._index: dict[str, float] | None = None
+        """Each stored run's latest ``last_seen``, loaded on first use and kept current."""
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         except sqlite3.Error as exc:
@@ -132,14 +139,23 @@ class Store:
             db.execute("DELETE FROM runs WHERE last_seen < ?", (older_than,))
             return ids
 
-        return self._write(prune)
+        ids = self._write(prune)
+        with self._lock:
+            self._index = None  # some ranks of a run may be gone: read it again when asked
+        return ids
 
     # -------------------------------------------------------------------- runs
 
     def save_runs(self, records: Iterable[RunRecord]) -> None:
+        records = list(records)
         rows = [RUNS.row(r) for r in records]
         if rows:
             self._write(lambda db: db.executemany(RUNS.upsert_sql(), rows))
+            with self._lock:  # readers copy the index under the same lock
+                index = self._index
+                if index is not None:
+                    for r in records:
+                        index[r.run] = max(index.get(r.run, r.last_seen), r.last_seen)
 
     def load_runs(self, runs: Sequence[str] | None = None) -> list[RunRecord]:
         """Stored ranks of ``runs`` (every run when None), by run and rank."""
@@ -159,9 +175,16 @@ class Store:
         return RUNS.record(rows[0]) if rows else None
 
     def run_index(self) -> dict[str, float]:
-        """Every stored run with the latest ``last_seen`` of its ranks."""
-        rows = self._read("SELECT run, MAX(last_seen) FROM runs GROUP BY run")
-        return {str(run): float(seen) for run, seen in rows}
+        """Every stored run with the latest ``last_seen`` of its ranks (a copy; read from the
+        database once, then kept current by ``save_runs`` and ``prune``)."""
+        if self._index is None:
+            rows = self._read("SELECT run, MAX(last_seen) FROM runs GROUP BY run")
+            loaded = {str(run): float(seen) for run, seen in rows}
+            with self._lock:
+                if self._index is None:
+                    self._index = loaded
+        with self._lock:
+            return dict(self._index or {})
 
     # -------------------------------------------------------------------- health
 

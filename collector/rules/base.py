@@ -117,6 +117,18 @@ def median(values: Iterable[float]) -> float:
     return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation of finite ``values``, for any float64 magnitude
+    (``statistics.fmean`` overflows at 1e308: the values are scaled into range first)."""
+    if not values:
+        raise ValueError("mean of nothing")
+    scale = max(abs(v) for v in values) or 1.0
+    scaled = [v / scale for v in values]
+    mid = math.fsum(scaled) / len(scaled)
+    var = math.fsum((x - mid) * (x - mid) for x in scaled) / len(scaled)
+    return mid * scale, math.sqrt(var) * scale
+
+
 def fmt(x: float | None) -> str:
     """Short human form of a number."""
     if x is None:

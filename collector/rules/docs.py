@@ -25,9 +25,10 @@ def render() -> str:
         "",
         "Every rule runs on each stats frame of a rank (``trainer_silent`` and "
         "``duplicate_rank`` on the collector's clock, per rank; ``collector_limit`` on the "
-        "clock for the collector itself: its alerts carry run `\"\"` and rank `-1`). Each "
+        'clock for the collector itself: its alerts carry run `""` and rank `-1`). Each '
         "rule runs on its own: one that raises is counted in "
-        "`gradwatch_rule_errors_total{rule}` and the others still judge. Override any setting with `--rules FILE` (YAML `rules: {loss_spike: {ratio: 20}}` "
+        "`gradwatch_rule_errors_total{rule}` and the others still judge. Override any setting "
+        "with `--rules FILE` (YAML `rules: {loss_spike: {ratio: 20}}` "
         "or TOML `[rules.loss_spike]` / `ratio = 20`); `enabled = false` turns a rule off. "
         "Unknown rules or fields stop the collector at startup.",
         "",

@@ -184,9 +184,10 @@ class MemoryGrowth(Rule[MemoryGrowthSettings, SeriesMemory]):
             and growth >= s.min_growth_bytes
             and growth >= s.min_growth_ratio * seq[0]
         ):
+            share = f"{growth / seq[0]:.1%}" if seq[0] > 0 else f"from {fmt(seq[0])} bytes"
             return [
                 self.finding(
-                    f"memory grew {growth / 2**20:.0f} MiB ({growth / seq[0]:.1%}) over the last "
+                    f"memory grew {growth / 2**20:.0f} MiB ({share}) over the last "
                     f"{len(seq)} frames, {fmt(growth / (len(seq) - 1) / 2**20)} MiB per frame",
                     value=value,
                     threshold=seq[0] * (1 + s.min_growth_ratio),
