@@ -308,6 +308,15 @@ class AlertBook:
                 (a.rule, a.severity, a.run) for a in self._open.values() if a.state == "firing"
             )
 
+    def idle_ranks(self, before: float) -> list[tuple[str, int]]:
+        """Ranks whose open alerts were all last updated before ``before``."""
+        with self._lock:
+            return [
+                key
+                for key, fps in self._open_by_rank.items()
+                if all(self._open[fp].updated_at < before for fp in fps)
+            ]
+
     def firing_at(self, ranks: Iterable[tuple[str, int]]) -> Counter[tuple[str, int]]:
         """Firing alerts of each of ``ranks`` (run, rank): O(those ranks' open alerts)."""
         with self._lock:

@@ -29,6 +29,9 @@ RULE_ERROR_LOG_SECONDS = 60.0
 """At most one log line per rule per this many seconds for its errors (all are counted)."""
 PRUNE_SECONDS = 3600.0
 """How often the database is pruned (resolved alerts and runs past the retention)."""
+SWEEP_SECONDS = 60.0
+"""How often open alerts of ranks no longer in memory (e.g. reloaded after a restart, never
+heard from again) are looked for; they resolve ``grace_seconds`` after their last update."""
 
 
 def policy_of(rule: AnyRule) -> Policy:
@@ -64,6 +67,7 @@ class Engine:
         self._dirty_runs: set[tuple[str, int]] = set()
         self._expired: set[tuple[str, int]] = set()
         self._last_prune = 0.0
+        self._last_sweep = 0.0
         self._logged_error: dict[str, float] = {}
         fleet.on_forget = self._forgotten
 
@@ -130,6 +134,11 @@ class Engine:
             if (run.ended and idle > cfg.grace_seconds) or idle > cfg.stale_seconds:
                 self.fleet.forget(run.name)
         self._tick_collector(now)
+        if now - self._last_sweep > SWEEP_SECONDS:
+            self._last_sweep = now
+            for run, rank in self.book.idle_ranks(now - cfg.grace_seconds):
+                if run != COLLECTOR_RUN and self.fleet.rank(run, rank) is None:
+                    self.book.resolve_rank(run, rank, now)
         self.flush()
         if now - self._last_prune > PRUNE_SECONDS:
             self._last_prune = now

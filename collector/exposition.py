@@ -80,7 +80,7 @@ class Samples:
         """The text exposition, byte for byte what ``generate_latest`` makes of
         :meth:`families` (a test holds them equal)."""
         out: list[str] = []
-        rendered: dict[tuple[int, tuple[str, ...]], str] = {}
+        rendered: dict[tuple[str, ...], dict[int, str]] = {}
         escaped: dict[str, str] = {}
         for name, spec in self.specs.items():
             doc = spec.help.replace("\\", r"\\").replace("\n", r"\n")
@@ -92,28 +92,22 @@ class Samples:
                 out.append(f"{name}_count {go_float(buckets[-1][1])}\n")
                 out.append(f"{name}_sum {go_float(total)}\n")
                 continue
-            order = sorted(range(len(spec.labels)), key=lambda i: spec.labels[i])
-            keys = [(spec.labels[i], i) for i in order]
+            keys = sorted((label, i) for i, label in enumerate(spec.labels))
+            # Samples of one rank share their labels tuple across families with the same
+            # label names: render it once (the rows keep the tuples alive, so ids are stable).
+            cache = rendered.setdefault(spec.labels, {})
             for labels, value in self.rows[name]:
-                if not labels:
-                    out.append(f"{name} {go_float(value)}\n")
-                    continue
-                # Samples of one rank share their labels tuple: render it once per label set.
-                key = (id(labels), spec.labels)
-                text = rendered.get(key)
+                text = cache.get(id(labels))
                 if text is None:
                     parts = []
-                    for k, i in keys:
+                    for key, i in keys:
                         raw = labels[i]
                         esc = escaped.get(raw)
                         if esc is None:
                             esc = escaped[raw] = _escape(raw)
-                        parts.append(f'{k}="{esc}"')
-                    joined = ",".join(parts)
-                    text = rendered[key] = f"{name}{{{joined}}} "
-                elif not text.startswith(name + "{"):
-                    text = name + text[text.index("{") :]
-                out.append(text + go_float(value) + "\n")
+                        parts.append(f'{key}="{esc}"')
+                    text = cache[id(labels)] = "{" + ",".join(parts) + "} " if parts else " "
+                out.append(name + text + go_float(value) + "\n")
         return "".join(out).encode()
 
 

@@ -180,3 +180,20 @@ def test_admission_a_restart_keeps_first_seen_and_counts(tmp_path: Path) -> None
     again.close()
     [record] = Store(config.db_path).load_runs()
     assert (record.first_seen, record.frames, record.last_step) == (100.0, 6, 4)
+
+
+def test_admission_open_alerts_of_ranks_that_never_come_back_resolve(tmp_path: Path) -> None:
+    """Alerts reloaded after a restart for a rank that never reconnects do not stay open."""
+    config = CollectorConfig(db_path=str(tmp_path / "o.db"), grace_seconds=100)
+    core = build_core(config)
+    r = FakeRank("gone")
+    for frame in (r.hello(), r.stats(1, loss=math.nan)):
+        core.engine.on_frame(core.fleet.apply(frame, 1000.0), frame, 1000.0)
+    core.close()
+    again = build_core(config)
+    assert [a.state for a in again.book.alerts()] == ["firing"]
+    again.engine.tick(1050.0)  # within the grace period: kept
+    assert [a.state for a in again.book.alerts()] == ["firing"]
+    again.engine.tick(1200.0)
+    assert [a.state for a in again.book.alerts()] == ["resolved"]
+    again.close()
