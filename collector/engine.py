@@ -136,9 +136,9 @@ class Engine:
         self._tick_collector(now)
         if now - self._last_sweep > SWEEP_SECONDS:
             self._last_sweep = now
-            for run, rank in self.book.idle_ranks(now - cfg.grace_seconds):
-                if run != COLLECTOR_RUN and self.fleet.rank(run, rank) is None:
-                    self.book.resolve_rank(run, rank, now)
+            for name, rank in self.book.idle_ranks(now - cfg.grace_seconds):
+                if name != COLLECTOR_RUN and self.fleet.rank(name, rank) is None:
+                    self.book.resolve_rank(name, rank, now)
         self.flush()
         if now - self._last_prune > PRUNE_SECONDS:
             self._last_prune = now

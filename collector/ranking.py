@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from math import inf, isfinite
 
 import numpy as np
@@ -24,8 +23,8 @@ def worst(
         return []
     if n <= SMALL:  # numpy's fixed cost dominates here; a scrape calls this twice per rank
         sign = -1.0 if highest else 1.0
-        order = sorted(range(n), key=lambda i: sign * values[i] if isfinite(values[i]) else -inf)
-        return [(names[i], float(values[i])) for i in order[:k]]
+        ranked = sorted(range(n), key=lambda i: sign * values[i] if isfinite(values[i]) else -inf)
+        return [(names[i], float(values[i])) for i in ranked[:k]]
     v = np.asarray(values[:n], dtype=np.float64)
     key = np.where(np.isfinite(v), v if highest else -v, np.inf)
     order = np.argsort(-key, kind="stable")[:k]
