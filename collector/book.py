@@ -293,14 +293,6 @@ class AlertBook:
         self._notify([snapshot])
         return snapshot
 
-    def firing_count(self, run: str, rank: int | None = None) -> int:
-        with self._lock:
-            return sum(
-                1
-                for a in self._open.values()
-                if a.state == "firing" and a.run == run and (rank is None or a.rank == rank)
-            )
-
     def firing_by_rule(self) -> Counter[tuple[str, str, str]]:
         """Firing alerts per (rule, severity, run), in one pass."""
         with self._lock:

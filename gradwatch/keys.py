@@ -40,17 +40,22 @@ def _secret(folder: Path, name: str) -> Path:
     return folder / f"{name}.key_secret"
 
 
-def _pair(folder: Path, name: str) -> tuple[bytes, bytes]:
-    """The (public, secret) keys of ``folder/name.key_secret``."""
+def _load(path: Path, hint: str) -> tuple[bytes, bytes | None]:
+    """The (public, secret or None) keys of one certificate file; KeysError when unusable."""
     import zmq.auth
 
-    path = _secret(folder, name)
     if not path.is_file():
-        raise KeysError(f"{path} does not exist (made by `gradwatch-collector keys --out DIR`)")
+        raise KeysError(f"{path} does not exist ({hint})")
     try:
-        public, secret = zmq.auth.load_certificate(path)
+        return zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
         raise KeysError(f"{path}: not a key file ({exc})") from None
+
+
+def _pair(folder: Path, name: str) -> tuple[bytes, bytes]:
+    """The (public, secret) keys of ``folder/name.key_secret``."""
+    path = _secret(folder, name)
+    public, secret = _load(path, "made by `gradwatch-collector keys --out DIR`")
     if secret is None:
         raise KeysError(f"{path} holds no secret key")
     return public, secret
@@ -68,18 +73,10 @@ def server_keys(folder: str | Path) -> tuple[bytes, bytes, Path]:
 
 def client_keys(folder: str | Path) -> tuple[bytes, bytes, bytes]:
     """An agent's (public, secret) keys and the collector's public key."""
-    import zmq.auth
-
     folder = Path(folder)
     public, secret = _pair(folder, CLIENT)
-    server = _public(folder, SERVER)
-    if not server.is_file():
-        raise KeysError(f"{server} does not exist: copy the collector's server.key here")
-    try:
-        server_public, _ = zmq.auth.load_certificate(server)
-    except (OSError, ValueError) as exc:
-        raise KeysError(f"{server}: not a key file ({exc})") from None
-    return public, secret, server_public
+    server, _ = _load(_public(folder, SERVER), "copy the collector's server.key here")
+    return public, secret, server
 
 
 def make_keys(out: str | Path, clients: Sequence[str] = ("trainer",)) -> list[str]:

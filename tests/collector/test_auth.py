@@ -12,16 +12,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-import zmq
 from fastapi.testclient import TestClient
 
-from gradwatch import wire
 from gradwatch.collector.api import create_app
 from gradwatch.collector.config import CollectorConfig
 from gradwatch.collector.core import build_core
 from gradwatch.keys import client_keys, make_keys, read_token, server_keys
 from tests.helpers.fake_rank import FakeRank
 from tests.helpers.processes import PYTHON, CollectorProcess, run_trainer
+from tests.helpers.push import push
 from tests.helpers.waiting import wait_until
 
 
@@ -51,21 +50,6 @@ def test_keys_write_the_layout_with_private_secrets_and_keep_what_exists(keys: P
     assert server.read_bytes() == before and (clients / "newteam.key").exists()
 
 
-def _push(
-    endpoint: str, frames: list[wire.Frame], curve: tuple[bytes, bytes, bytes] | None
-) -> None:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.PUSH)
-    sock.setsockopt(zmq.LINGER, 2000)
-    if curve is not None:
-        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = curve
-    sock.connect(endpoint)
-    for frame in frames:
-        sock.send(wire.encode(frame))
-    sock.close()
-    ctx.term()
-
-
 def _metric(proc: CollectorProcess, name: str, **labels: str) -> float:
     text = httpx.get(proc.http + "/metrics", timeout=10).text
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
@@ -89,15 +73,15 @@ def test_curve_refuses_forged_and_hijacking_peers_and_counts_them(
 ) -> None:
     proc = curve_collector
     real = FakeRank("victim")
-    _push(proc.listen, [real.hello(), real.stats(1)], client_keys(keys / "trainer"))
+    push(proc.listen, [real.hello(), real.stats(1)], client_keys(keys / "trainer"))
     wait_until(lambda: proc.get("/runs")["runs"])
     forger = FakeRank("victim")  # a new hello (hijack) and a NaN, without a key / a listed key
     for curve in (None, client_keys(keys / "intruder")):
-        _push(proc.listen, [forger.hello(), forger.stats(10**6, loss=math.nan)], curve)
+        push(proc.listen, [forger.hello(), forger.stats(10**6, loss=math.nan)], curve)
     wait_until(lambda: _metric(proc, "gradwatch_peers_refused_total", reason="auth") >= 1)
     wait_until(lambda: _metric(proc, "gradwatch_peers_refused_total", reason="handshake") >= 1)
     assert _metric(proc, "gradwatch_messages_total") == 2  # nothing of theirs was even read
-    _push(proc.listen, [real.stats(2, loss=math.nan)], client_keys(keys / "trainer"))
+    push(proc.listen, [real.stats(2, loss=math.nan)], client_keys(keys / "trainer"))
     [alert] = [proc.wait_for_alert("non_finite")]
     assert alert["step"] == 2 and proc.alerts() == [alert]
     [rank] = proc.get("/runs")["runs"][0]["ranks"]

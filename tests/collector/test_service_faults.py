@@ -18,18 +18,8 @@ from gradwatch import wire
 from gradwatch.collector.store import Store
 from tests.helpers.fake_rank import PARAMS, FakeRank
 from tests.helpers.processes import PYTHON, CollectorProcess
+from tests.helpers.push import push
 from tests.helpers.waiting import wait_until
-
-
-def _push(endpoint: str, frames: list[wire.Frame | bytes]) -> None:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.PUSH)
-    sock.setsockopt(zmq.LINGER, 10_000)
-    sock.connect(endpoint)
-    for frame in frames:
-        sock.send(frame if isinstance(frame, bytes) else wire.encode(frame))
-    sock.close()
-    ctx.term()
 
 
 def _counter(proc: CollectorProcess, name: str, **labels: str) -> float:
@@ -121,7 +111,7 @@ def test_service_escapes_control_characters_in_names(collector_process: Collecto
     fake = "\n2099-01-01 00:00:00,000 CRITICAL gradwatch: all clear\x1b[2J"
     params = [(f"w{fake}", (4,), "float32"), *PARAMS[1:]]
     r = FakeRank(f"evil{fake}", params=params)
-    _push(collector_process.listen, [r.hello(), r.stats(1, grad={f"w{fake}": math.nan})])
+    push(collector_process.listen, [r.hello(), r.stats(1, grad={f"w{fake}": math.nan})])
     collector_process.wait_for_alert("non_finite")
     log = collector_process.log()
     assert "run=evil\\n2099-01-01" in log and "\\x1b[2J" in log
@@ -134,7 +124,7 @@ def test_service_counts_oversized_messages_and_keeps_the_connection(
 ) -> None:
     r = FakeRank("big")
     huge = b"\x00" * (wire.MAX_FRAME_BYTES + 2**20)  # 17 MiB: above the decoder's limit
-    _push(collector_process.listen, [r.hello(), huge, r.stats(1, loss=math.nan)])
+    push(collector_process.listen, [r.hello(), huge, r.stats(1, loss=math.nan)])
     collector_process.wait_for_alert("non_finite")  # the frame after it still arrived
     assert _counter(collector_process, "gradwatch_frames_rejected_total", reason="oversized") == 1
     assert _counter(collector_process, "gradwatch_messages_total") == 3
@@ -189,11 +179,11 @@ def test_service_restart_keeps_first_seen_and_counts(tmp_path: Path) -> None:
     proc = CollectorProcess(tmp_path).start()
     try:
         r = FakeRank("kept")
-        _push(proc.listen, [r.hello(), r.stats(1), r.stats(2), r.stats(3)])
+        push(proc.listen, [r.hello(), r.stats(1), r.stats(2), r.stats(3)])
         before = wait_until(lambda: (runs := proc.get("/runs")["runs"]) and runs[0]["ranks"][0])
         wait_until(lambda: Store(proc.db).load_runs() and Store(proc.db).load_runs()[0].frames == 4)
         proc.restart()
-        _push(proc.listen, [r.hello(), r.stats(4)])  # the agent's hello after it reconnects
+        push(proc.listen, [r.hello(), r.stats(4)])  # the agent's hello after it reconnects
         after = wait_until(
             lambda: (
                 (runs := proc.get("/runs")["runs"])

@@ -15,10 +15,8 @@ from typing import TypeVar
 
 import httpx
 import pytest
-import zmq
 from fastapi.testclient import TestClient
 
-from gradwatch import wire
 from gradwatch.collector.alert import Alert
 from gradwatch.collector.api import create_app
 from gradwatch.collector.config import CollectorConfig
@@ -26,6 +24,7 @@ from gradwatch.collector.core import build_core
 from gradwatch.collector.store import Store
 from tests.helpers.fake_rank import FakeRank
 from tests.helpers.processes import CollectorProcess
+from tests.helpers.push import push
 from tests.helpers.waiting import wait_until
 
 T = TypeVar("T")
@@ -134,16 +133,11 @@ def _fill(folder: Path) -> Path:
 
 
 def _nan_runs(endpoint: str, names: list[str]) -> None:
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 5000)
-    push.connect(endpoint)
+    frames = []
     for name in names:
         r = FakeRank(name)
-        for frame in (r.hello(), r.stats(1), r.stats(2, loss=math.nan)):
-            push.send(wire.encode(frame))
-    push.close()
-    ctx.term()
+        frames += [r.hello(), r.stats(1), r.stats(2, loss=math.nan)]
+    push(endpoint, frames)
 
 
 def test_store_full_disk_for_real(tmp_path: Path, small_disk: Path) -> None:

@@ -9,23 +9,11 @@ import math
 import re
 
 import httpx
-import zmq
 
-from gradwatch import wire
 from tests.helpers.fake_rank import FakeRank
 from tests.helpers.processes import CollectorProcess
+from tests.helpers.push import push
 from tests.helpers.waiting import wait_until
-
-
-def _push(endpoint: str, frames: list[wire.Frame]) -> None:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.PUSH)
-    sock.setsockopt(zmq.LINGER, 2000)
-    sock.connect(endpoint)
-    for frame in frames:
-        sock.send(wire.encode(frame))
-    sock.close()
-    ctx.term()
 
 
 def _rejected(proc: CollectorProcess, reason: str) -> float:
@@ -37,7 +25,7 @@ def _rejected(proc: CollectorProcess, reason: str) -> float:
 def test_hostile_peer_cannot_forge_hijack_or_end_a_run(collector_process: CollectorProcess) -> None:
     proc = collector_process
     real = FakeRank("victim")
-    _push(proc.listen, [real.hello(), real.stats(1)])
+    push(proc.listen, [real.hello(), real.stats(1)])
     rank = wait_until(lambda: (runs := proc.get("/runs")["runs"]) and runs[0]["ranks"][0])
     assert rank["session"] == ""  # the API does not hand out what a forger needs
 
@@ -45,9 +33,9 @@ def test_hostile_peer_cannot_forge_hijack_or_end_a_run(collector_process: Collec
     thief_hello = dataclasses.replace(thief.hello(), host="attacker", pid=666)
     guessed = FakeRank("victim")  # no session id to copy: a forger can only guess one
     forged = [guessed.stats(1_000_000, loss=math.nan), guessed.bye(1_000_000)]
-    _push(proc.listen, [thief_hello, thief.stats(5, loss=math.nan), *forged])
+    push(proc.listen, [thief_hello, thief.stats(5, loss=math.nan), *forged])
     wait_until(lambda: _rejected(proc, "no_hello") >= 2)
-    _push(proc.listen, [real.stats(s) for s in range(2, 32)])  # the real trainer carries on
+    push(proc.listen, [real.stats(s) for s in range(2, 32)])  # the real trainer carries on
 
     wait_until(lambda: proc.get("/runs")["runs"][0]["ranks"][0]["last_step"] == 31)
     [rank] = proc.get("/runs")["runs"][0]["ranks"]
@@ -65,11 +53,11 @@ def test_two_trainers_with_one_run_name_are_reported_and_the_first_stays_watched
     first = FakeRank("reused")
     second = FakeRank("reused")
     second_hello = dataclasses.replace(second.hello(), host="node-b", pid=4242)
-    _push(proc.listen, [first.hello(), *(first.stats(s) for s in range(1, 40))])
+    push(proc.listen, [first.hello(), *(first.stats(s) for s in range(1, 40))])
     wait_until(lambda: (runs := proc.get("/runs")["runs"]) and runs[0]["ranks"][0]["frames"] == 40)
-    _push(proc.listen, [second_hello, *(second.stats(s) for s in range(1, 10))])
+    push(proc.listen, [second_hello, *(second.stats(s) for s in range(1, 10))])
     wait_until(lambda: _rejected(proc, "duplicate_rank") == 10)  # its hello and every frame
-    _push(proc.listen, [*(first.stats(s) for s in range(40, 60)), first.stats(60, loss=math.nan)])
+    push(proc.listen, [*(first.stats(s) for s in range(40, 60)), first.stats(60, loss=math.nan)])
     alert = proc.wait_for_alert("non_finite", run="reused")
     assert alert["first_step"] == 60
     duplicate = proc.wait_for_alert("duplicate_rank", run="reused")
