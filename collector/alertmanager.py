@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from .alert import Alert
+from .rank_ranges import compact_ranks
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +175,22 @@ class AlertmanagerPusher:
             self._failing = False
 
     def payload(self, alert: Alert) -> dict[str, Any]:
-        """One element of the ``POST /api/v2/alerts`` body."""
+        """One element of the ``POST /api/v2/alerts`` body.
+
+        Labels (identity, routing): ``alertname`` (the rule), ``severity``, ``run``, ``rank`` (the
+        rank it was seen on first), ``parameter`` (when there is one), ``job="gradwatch"``.
+        Annotations (text, links): ``summary``, ``description`` (at most 1,000 characters),
+        ``action``, ``value``, ``threshold``, ``step``, ``first_step``, ``ranks`` (every rank the
+        alert covers, compact: ``0-39``), ``link`` (the alert in the collector) and
+        ``runbook_url`` (the rule's section of docs/rules.md), both under ``public_url``.
+        deploy/alertmanager/templates/gradwatch.tmpl reads these names.
+        """
         base = self.config.public_url.rstrip("/")
         link = f"{base}/alerts/{alert.id}"
+        # Job-level alerts carry every rank they cover; a per-rank alert covers its own.
+        ranks = compact_ranks(getattr(alert, "ranks", None) or (alert.rank,))
+        where = f"ranks {ranks}" if ranks != str(alert.rank) else f"rank {alert.rank}"
+        message = alert.message if len(alert.message) <= 1000 else alert.message[:999] + "…"
         labels: dict[str, str] = {
             "alertname": alert.rule,
             "severity": alert.severity,
@@ -187,14 +201,17 @@ class AlertmanagerPusher:
         if alert.parameter:
             labels["parameter"] = alert.parameter
         annotations: Mapping[str, str] = {
-            "summary": f"{alert.rule} on {alert.run} rank {alert.rank}"
+            "summary": f"{alert.rule} on {alert.run} {where}"
             + (f" ({alert.parameter})" if alert.parameter else ""),
-            "description": alert.message,
+            "description": message,
             "action": alert.action,
             "value": _num(alert.value),
             "threshold": _num(alert.threshold),
             "step": str(alert.step),
+            "first_step": str(alert.first_step) if alert.first_step >= 0 else "",
+            "ranks": ranks,
             "link": link,
+            "runbook_url": f"{base}/docs/rules.md#{alert.rule}",
         }
         if alert.state == "resolved":
             ends = alert.resolved_at or alert.updated_at

@@ -75,7 +75,10 @@ class CollectorConfig:
     alertmanager_resend_seconds: float = field(default=30.0, metadata=_flag("alertmanager-resend"))
     """How often firing alerts are re-sent to Alertmanager."""
     public_url: str = ""
-    """Base URL of this collector used in alert links; empty derives it from ``http``."""
+    """Base URL at which people reach this collector (a proxy's name, not localhost, when it
+    runs elsewhere): alerts sent to Alertmanager link ``<public_url>/alerts/<id>`` (``link``) and
+    ``<public_url>/docs/rules.md#<rule>`` (``runbook_url``), which Slack and PagerDuty messages
+    show. Empty derives it from ``http``."""
     topk: int = 5
     """How many worst parameters are exported and named in messages."""
     grace_seconds: float = 300.0

@@ -108,7 +108,7 @@ def main() -> int:
                 str(STEPS),
                 "--endpoint",
                 endpoint,
-                "--run",
+                "--run-name",
                 run,
                 "--size",
                 "tiny",
