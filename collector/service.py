@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 def bind_http(host: str, port: int) -> socket.socket:
     """A listening TCP socket (port 0 picks a free one), handed to uvicorn."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must say TCP: asyncio sets TCP_NODELAY only on sockets that do, and without it every
+    # keep-alive response waits ~40 ms for the client's delayed ACK (headers, then body).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -195,3 +195,33 @@ def test_service_restart_keeps_first_seen_and_counts(tmp_path: Path) -> None:
         assert after["first_seen"] == before["first_seen"] and after["frames"] == 6
     finally:
         proc.stop()
+
+
+def test_service_http_connections_send_without_nagle_delay() -> None:
+    """The listening socket says TCP, so asyncio sets TCP_NODELAY on each connection; without
+    it every keep-alive response waited ~40 ms for the client's delayed ACK."""
+    import asyncio
+    import socket
+
+    from gradwatch.collector.service import bind_http
+
+    async def accepted_nodelay() -> int:
+        got: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                sock = transport.get_extra_info("socket")
+                got.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        listener = bind_http("127.0.0.1", 0)
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listener)
+        _, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+        try:
+            return await asyncio.wait_for(got, 30)
+        finally:
+            writer.close()
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(accepted_nodelay()) != 0
