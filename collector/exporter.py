@@ -21,7 +21,7 @@ from gradwatch.wire import KINDS
 from gradwatch.wire import metrics as m
 
 from .alert import Alert
-from .exposition import MetricSpec, Samples
+from .exposition import MetricSpec, Rank, Samples, TextSamples
 from .health import LIMITS, PEER_REFUSALS, REJECT_REASONS, IngestHealth
 from .ranking import worst
 from .state import Fleet, RankState
@@ -161,7 +161,9 @@ class GradwatchRegistry(CollectorRegistry):
 
     def text(self) -> bytes:
         """The scrape in the Prometheus text format (what ``generate_latest`` returns)."""
-        return self.gradwatch.samples().text()
+        sink = TextSamples(SPECS)
+        self.gradwatch.fill(sink)
+        return sink.text()
 
 
 def build_registry(
@@ -201,12 +203,13 @@ class GradwatchCollector:
         self.notifications, self.store, self.clock = notifications, store, clock
 
     def collect(self) -> Iterator[Metric]:
-        yield from self.samples().families()
+        sink = Samples(SPECS)
+        self.fill(sink)
+        yield from sink.families()
 
-    def samples(self) -> Samples:
-        """Every sample of one scrape."""
+    def fill(self, fams: Samples) -> None:
+        """Add every sample of one scrape to ``fams`` (either sink)."""
         started = time.perf_counter()
-        fams = Samples(SPECS)
         self._collector_health(fams)
         ranks = self._exported_ranks()
         runs = {r.run for r in ranks}
@@ -218,7 +221,6 @@ class GradwatchCollector:
         for state in ranks:
             _export_rank(fams, state, self.config.topk)
         fams.add("gradwatch_scrape_duration_seconds", [], time.perf_counter() - started)
-        return fams
 
     def _collector_health(self, fams: Samples) -> None:
         h = self.health
@@ -259,19 +261,14 @@ class GradwatchCollector:
 
 def _export_rank(fams: Samples, r: RankState, topk: int) -> None:
     """Add one rank's samples to ``fams`` (the hot path of a scrape: one call per rank)."""
-    rows = fams.rows
-    lab = (r.run, str(r.rank))  # one tuple shared by the rank's (run, rank) samples
+    who = Rank(r.run, str(r.rank))
 
-    def put(name: str, value: float | None) -> None:
+    def put(name: str, value: float | None, extra: str | None = None) -> None:
         if value is not None:
-            rows[name].append((lab, value))
-
-    def put2(name: str, value: float | None, extra: str) -> None:
-        if value is not None:
-            rows[name].append(((*lab, extra), value))
+            fams.rank(name, who, value, extra)
 
     h = r.hello
-    rows["gradwatch_run_info"].append(((*lab, h.host, h.device, h.optimizer, h.torch), 1))
+    fams.add("gradwatch_run_info", (*who.values, h.host, h.device, h.optimizer, h.torch), 1)
     put("gradwatch_last_frame_timestamp_seconds", r.last_seen)
     put("gradwatch_rank_ended", float(r.ended))
     put("gradwatch_agent_frames_dropped_total", r.dropped)
@@ -281,37 +278,37 @@ def _export_rank(fams: Samples, r: RankState, topk: int) -> None:
     if stats is not None:
         put("gradwatch_loss", stats.loss)
         for group, lr in enumerate(stats.lr[:MAX_LR_GROUPS]):
-            put2("gradwatch_learning_rate", lr, str(group))
+            put("gradwatch_learning_rate", lr, str(group))
     for name, key in _FROM_METRICS.items():
         put(name, metrics.get(key))
     for kind, key in MEMORY_KINDS.items():
-        put2("gradwatch_memory_bytes", metrics.get(key), kind)
+        put("gradwatch_memory_bytes", metrics.get(key), kind)
     # Percentiles travel only on full steps; ``full_metrics`` holds the latest full step's
     # metrics so they do not vanish between full steps.
     full_metrics: Mapping[str, float] = r.full_metrics or metrics
     for p in m.GRAD_PERCENTILES:
-        put2("gradwatch_grad_abs", full_metrics.get(m.grad_percentile(p)), f"p{p}")
+        put("gradwatch_grad_abs", full_metrics.get(m.grad_percentile(p)), f"p{p}")
 
     grad = r.columns.get("grad_norm", [])
     nonfinite = metrics.get(m.NONFINITE_GRADS)
     if nonfinite is None:
         nonfinite = sum(not math.isfinite(g) for g in grad)
-    put2("gradwatch_parameters", len(r.names), "tracked")
-    put2("gradwatch_parameters", len(h.params) - len(r.names), "frozen")
-    put2("gradwatch_parameters", _count_not_updated(r.full_columns), "not_updated")
-    put2("gradwatch_parameters", nonfinite, "nonfinite")
-    put2("gradwatch_parameters", 0 if stats is None else len(stats.nograd), "no_grad")
+    put("gradwatch_parameters", len(r.names), "tracked")
+    put("gradwatch_parameters", len(h.params) - len(r.names), "frozen")
+    put("gradwatch_parameters", _count_not_updated(r.full_columns), "not_updated")
+    put("gradwatch_parameters", nonfinite, "nonfinite")
+    put("gradwatch_parameters", 0 if stats is None else len(stats.nograd), "no_grad")
 
     ratio = r.full_columns.get("update_ratio", [])
     if r.full_step >= 0:
         put("gradwatch_update_step", r.full_step)
         finite = sorted(x for x in ratio if math.isfinite(x))
         for stat, q in UPDATE_RATIO_STATS.items() if finite else ():
-            put2("gradwatch_update_ratio", finite[round(q * (len(finite) - 1))], stat)
+            put("gradwatch_update_ratio", finite[round(q * (len(finite) - 1))], stat)
     for name, g in worst(r.names, grad, topk, highest=True):
-        rows["gradwatch_param_grad_norm"].append(((r.run, lab[1], name), g))
+        put("gradwatch_param_grad_norm", g, name)
     for name, u in worst(r.names, ratio, topk, highest=False):
-        rows["gradwatch_param_update_ratio"].append(((r.run, lab[1], name), u))
+        put("gradwatch_param_update_ratio", u, name)
 
 
 def _count_not_updated(full: Mapping[str, Sequence[float]]) -> int:

@@ -1,16 +1,17 @@
-"""One scrape's samples, and the Prometheus text format (0.0.4) written from them directly.
+"""One scrape's samples, in two sinks with the same interface: client_python families (the
+registry API: ``generate_latest``, promtool), or the Prometheus text format (0.0.4) written
+directly as samples arrive.
 
-The exporter adds samples here; :meth:`Samples.families` turns them into client_python
-families (the registry API: ``generate_latest``, promtool), :meth:`Samples.text` writes the same
-bytes ``generate_latest`` would, several times faster: a scrape of 5,000 runs is ~100,000
-series, and client_python spends ~14 µs on each (see BENCHMARKS.md).
+A scrape of 5,000 runs is ~90,000 series; client_python spends ~14 µs on each, the text sink
+about 1 (see BENCHMARKS.md). Both sinks get the same calls from the exporter, and a test holds
+the text sink's bytes equal to ``generate_latest`` of the families.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from prometheus_client.core import (
@@ -20,6 +21,9 @@ from prometheus_client.core import (
     InfoMetricFamily,
     Metric,
 )
+
+RANK_LABELS = ("run", "rank")
+"""The first labels of every per-rank family."""
 
 
 @dataclass(frozen=True)
@@ -42,26 +46,41 @@ class MetricSpec:
         return GaugeMetricFamily(self.name, self.help, labels=self.labels)
 
 
-Row = tuple[Sequence[str], float]
+@dataclass(frozen=True)
+class Rank:
+    """The (run, rank) labels of one rank, escaped once per scrape for the text sink."""
+
+    run: str
+    rank: str
+    values: tuple[str, str] = field(init=False)
+    text: str = field(init=False)
+    """``rank="0",run="..."`` (sorted, escaped)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "values", (self.run, self.rank))
+        object.__setattr__(self, "text", f'rank="{_escape(self.rank)}",run="{_escape(self.run)}"')
 
 
 class Samples:
-    """Samples of every family of ``specs``, in the order they were added."""
+    """The structured sink: samples by family, turned into client_python families."""
 
     def __init__(self, specs: Sequence[MetricSpec]) -> None:
         self.specs = {s.name: s for s in specs}
-        self.rows: dict[str, list[Row]] = {s.name: [] for s in specs}
+        self.rows: dict[str, list[tuple[Sequence[str], float]]] = {s.name: [] for s in specs}
         self.histograms: dict[str, tuple[list[tuple[str, int]], float]] = {}
 
     def add(self, name: str, labels: Sequence[str], value: float) -> None:
         """A sample of family ``name``; ``labels`` in the spec's order (info labels included)."""
         self.rows[name].append((labels, value))
 
+    def rank(self, name: str, who: Rank, value: float, extra: str | None = None) -> None:
+        """A sample of a per-rank family: labels ``(run, rank)``, plus ``extra`` as the third
+        when the family has one."""
+        self.add(name, who.values if extra is None else (*who.values, extra), value)
+
     def histogram(self, name: str, buckets: list[tuple[str, int]], total: float) -> None:
         """The one (label-less) sample set of histogram ``name``: cumulative buckets, sum."""
         self.histograms[name] = (buckets, total)
-
-    # ------------------------------------------------------------------------ outputs
 
     def families(self) -> list[Metric]:
         out: list[Metric] = []
@@ -76,12 +95,53 @@ class Samples:
             out.append(fam)
         return out
 
+
+class TextSamples(Samples):
+    """The text sink: every sample is written as its line when it is added."""
+
+    def __init__(self, specs: Sequence[MetricSpec]) -> None:
+        super().__init__(specs)
+        self.lines: dict[str, list[str]] = {s.name: [] for s in specs}
+        self._escaped: dict[str, str] = {}
+        self._extra: dict[str, tuple[str, bool]] = {}
+        """Per-rank families with one more label: its name, and whether it sorts first."""
+        for s in specs:
+            if len(s.labels) == 3 and s.labels[:2] == RANK_LABELS:
+                first = s.labels[2] < "rank"
+                if first or s.labels[2] > "run":  # rank and run stay adjacent when sorted
+                    self._extra[s.name] = (s.labels[2], first)
+
+    def _esc(self, value: str) -> str:
+        got = self._escaped.get(value)
+        if got is None:
+            got = self._escaped[value] = _escape(value)
+        return got
+
+    def add(self, name: str, labels: Sequence[str], value: float) -> None:
+        names = self.specs[name].labels
+        if not labels:
+            self.lines[name].append(f"{name} {go_float(value)}\n")
+            return
+        pairs = sorted(zip(names, labels, strict=True))
+        inner = ",".join(f'{k}="{self._esc(v)}"' for k, v in pairs)
+        self.lines[name].append(f"{name}{{{inner}}} {go_float(value)}\n")
+
+    def rank(self, name: str, who: Rank, value: float, extra: str | None = None) -> None:
+        if extra is None:
+            self.lines[name].append(f"{name}{{{who.text}}} {go_float(value)}\n")
+            return
+        known = self._extra.get(name)
+        if known is None:
+            self.add(name, (*who.values, extra), value)
+            return
+        key, first = known
+        pair = f'{key}="{self._esc(extra)}"'
+        inner = f"{pair},{who.text}" if first else f"{who.text},{pair}"
+        self.lines[name].append(f"{name}{{{inner}}} {go_float(value)}\n")
+
     def text(self) -> bytes:
-        """The text exposition, byte for byte what ``generate_latest`` makes of
-        :meth:`families` (a test holds them equal)."""
+        """The text exposition: what ``generate_latest`` makes of the same samples."""
         out: list[str] = []
-        rendered: dict[tuple[str, ...], dict[int, str]] = {}
-        escaped: dict[str, str] = {}
         for name, spec in self.specs.items():
             doc = spec.help.replace("\\", r"\\").replace("\n", r"\n")
             kind = {"info": "gauge"}.get(spec.type, spec.type)
@@ -91,23 +151,7 @@ class Samples:
                 out.extend(f'{name}_bucket{{le="{le}"}} {go_float(n)}\n' for le, n in buckets)
                 out.append(f"{name}_count {go_float(buckets[-1][1])}\n")
                 out.append(f"{name}_sum {go_float(total)}\n")
-                continue
-            keys = sorted((label, i) for i, label in enumerate(spec.labels))
-            # Samples of one rank share their labels tuple across families with the same
-            # label names: render it once (the rows keep the tuples alive, so ids are stable).
-            cache = rendered.setdefault(spec.labels, {})
-            for labels, value in self.rows[name]:
-                text = cache.get(id(labels))
-                if text is None:
-                    parts = []
-                    for key, i in keys:
-                        raw = labels[i]
-                        esc = escaped.get(raw)
-                        if esc is None:
-                            esc = escaped[raw] = _escape(raw)
-                        parts.append(f'{key}="{esc}"')
-                    text = cache[id(labels)] = "{" + ",".join(parts) + "} " if parts else " "
-                out.append(name + text + go_float(value) + "\n")
+            out.extend(self.lines[name])
         return "".join(out).encode()
 
 
@@ -118,6 +162,8 @@ def _escape(value: str) -> str:
 def go_float(value: float) -> str:
     """A sample value as Prometheus (Go) writes it: client_python's ``floatToGoString``."""
     d = float(value)
+    if -1e300 < d < 1e6:  # the common case: Python's repr is Go's (no exponent switch, finite)
+        return repr(d)
     if math.isinf(d):
         return "+Inf" if d > 0 else "-Inf"
     if d != d:

@@ -168,3 +168,33 @@ def test_exporter_output_passes_promtool_check_metrics() -> None:
         ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
     )
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
+
+
+def test_exporter_fast_text_is_byte_for_byte_generate_latest() -> None:
+    """/metrics is written by the text sink; it must equal client_python's exposition of the
+    same samples, escapes, NaN/Inf and every family included."""
+    fleet = make_fleet(3, 60)
+    nasty = 'r"\\\n\u00e9'
+    for frame in (
+        Hello(nasty, 0, "sx", 1, 'h"\\', 1, "2.4", "cpu", "AdamW",
+              (ParamInfo('w"\n\\', (2,), "float32", 2, True),)),
+        Stats(nasty, 0, "sx", 1, 5, 1.0, math.inf, (1e9, 5e-324), pack_floats([math.nan])),
+    ):  # fmt: skip
+        fleet.apply(frame, 1000.0)
+    alert = Alert(1, "non_finite", "critical", "firing", nasty, 0, None, 5, None, None, "m", "a",
+                  999.0, 999.0)  # fmt: skip
+    health = IngestHealth(started_at=990.0, messages=12)
+    health.rejected["schema"] += 2
+    health.limit_hits["max_runs"] += 1
+    health.rule_errors.update({"loss_spike": 3, "non_finite": 0})
+    health.latency.observe(0.002)
+    registry = build_registry(
+        fleet, Book([alert]), health, Config(topk=4), notifications=Counts(), clock=lambda: 1000.0
+    )
+
+    def stable(text: bytes) -> bytes:
+        return re.sub(rb"(?m)^gradwatch_scrape_duration_seconds .*$", b"", text)
+
+    fast = registry.text()
+    assert stable(fast) == stable(generate_latest(registry))
+    assert b'run="r\\"\\\\\\n\xc3\xa9"' in fast and b"+Inf" in fast and b"NaN" in fast
