@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import signal
 import statistics
@@ -176,7 +177,8 @@ def main() -> int:
             proc.stop()
 
     print(f"collector with {args.runs} runs (one hello + one NaN frame each; {alerts} alerts),")
-    print(f"ingested in {ingest_s:.1f} s; medians of {args.repeats} requests")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"ingested in {ingest_s:.1f} s; medians of {args.repeats} requests; load average {load}")
     print()
     print(f"| measure | empty collector (baseline) | {args.runs:,} runs | goal |")
     print("| --- | --- | --- | --- |")
