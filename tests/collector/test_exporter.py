@@ -20,7 +20,7 @@ from gradwatch.collector.state import Fleet
 from gradwatch.wire import REJECT_REASONS, Bye, Hello, ParamInfo, Stats, pack_floats
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
-SERIES_GLOBAL = 33
+SERIES_GLOBAL = 67
 """Documented bound (docs/metrics.md): collector series + R x (52 + 2 topk) + firing pairs."""
 
 
@@ -198,3 +198,12 @@ def test_exporter_fast_text_is_byte_for_byte_generate_latest() -> None:
     fast = registry.text()
     assert stable(fast) == stable(generate_latest(registry))
     assert b'run="r\\"\\\\\\n\xc3\xa9"' in fast and b"+Inf" in fast and b"NaN" in fast
+
+
+def test_exporter_collector_series_are_the_documented_count() -> None:
+    from gradwatch.collector.config import CollectorConfig
+    from gradwatch.collector.core import build_core
+
+    core = build_core(CollectorConfig(), persist=False)
+    text = core.registry.text().decode()
+    assert len([line for line in text.splitlines() if line and line[0] != "#"]) == SERIES_GLOBAL
