@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
+
+import pytest
 
 from gradwatch import wire
 from gradwatch.wire import metrics as m
@@ -81,7 +84,9 @@ def test_rules_memory_growth_from_zero_is_reported_not_divided_by() -> None:
     assert "MiB" in alert.message
 
 
-def test_rules_one_raising_rule_is_counted_and_the_others_still_judge() -> None:
+def test_rules_one_raising_rule_is_counted_and_the_others_still_judge(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     h, r = Harness(), FakeRank("bug")
     spike = next(rule for rule in h.engine.rules if rule.name == "loss_spike")
 
@@ -90,7 +95,11 @@ def test_rules_one_raising_rule_is_counted_and_the_others_still_judge() -> None:
 
     spike.check = broken  # type: ignore[method-assign]
     h.send(r.hello())
-    for step in range(1, 4):
-        h.send(r.stats(step, loss=math.nan if step == 3 else 2.0))
+    with caplog.at_level(logging.ERROR):
+        for step in range(1, 4):
+            h.send(r.stats(step, loss=math.nan if step == 3 else 2.0))
     assert h.core.health.rule_errors["loss_spike"] == 3
     assert [a.step for a in h.firing("non_finite")] == [3]
+    failures = [rec for rec in caplog.records if "rule loss_spike failed" in rec.getMessage()]
+    assert len(failures) == 1  # a bounded rate: once a minute per rule, all of them counted
+    assert "run bug rank 0 step 1" in failures[0].getMessage() and failures[0].exc_info
