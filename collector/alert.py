@@ -68,6 +68,10 @@ class Alert:
     """Flight recorder: recent ``{step, value}`` points that led to the alert."""
     first_step: int = -1
     """Training step at which the condition was first seen: the onset."""
+    seq: int = 0
+    """Change sequence number of the alert's latest change (state or ack): rises with every
+    change of any alert, survives restarts, and is the id of the change's ``/alerts/stream``
+    event (0: unchanged since before sequences were recorded)."""
 
     @property
     def fingerprint(self) -> tuple[str, str, int, str]:

@@ -7,8 +7,9 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Annotated
 
-from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi import FastAPI, Header, HTTPException, Query, Request
+from fastapi.responses import Response
+from fastapi.sse import EventSourceResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BeforeValidator
 
@@ -19,6 +20,7 @@ from .auth import protect
 from .core import Core
 from .runs import run_detail, run_list
 from .schemas import AlertList, Health, Problem, Ready, RunDetail, RunList
+from .stream import AlertFilter
 
 NOT_FOUND: dict[int | str, dict[str, object]] = {
     404: {"model": Problem, "description": "Not found"}
@@ -88,17 +90,31 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
 
     @app.get(
         "/alerts/stream",
-        summary="Server-Sent Events of alert changes",
-        response_class=StreamingResponse,
+        summary="Server-Sent Events of alert changes, resumable",
+        response_class=Response,
         responses={200: {"content": {"text/event-stream": {}}}},
     )
-    def alert_stream() -> StreamingResponse:
-        """``event: alert`` with the alert JSON on every state change or ack; a keep-alive
-        comment every ~15 s; the stream ends when the collector shuts down."""
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(
-            core.stream.events(), media_type="text/event-stream", headers=headers
-        )
+    def alert_stream(
+        last_event_id: Annotated[
+            int | None,
+            Header(ge=0, description="Resume: replay every change numbered above this first"),
+        ] = None,
+        run: str | None = None,
+        rank: Annotated[int | None, Query(ge=0)] = None,
+        rule: str | None = None,
+        severity: Severity | None = None,
+        state: AlertStateName | None = None,
+    ) -> EventSourceResponse:
+        """``event: alert``, ``id:`` the change's sequence number (``seq``) and the alert JSON
+        on every state change or ack, filtered like ``GET /alerts``. The first message is a
+        ``: connected`` comment whose id is the stream's position; a ``: keep-alive`` comment
+        with the position follows ``keepalive_seconds`` of quiet. Ends when the collector shuts
+        down; reconnect with ``Last-Event-ID`` to resume (across restarts too)."""
+        # Returned rather than yielded from the route: FastAPI's generator-route producer logs
+        # an "Exception in ASGI application" when a client leaves mid-burst (fastapi 0.165);
+        # the stream sends its own keep-alives.
+        events = core.stream.events(last_event_id, AlertFilter(run, rank, rule, severity, state))
+        return EventSourceResponse(events, headers={"X-Accel-Buffering": "no"})
 
     @app.get("/alerts/{alert_id}", response_model=Alert, summary="One alert", responses=NOT_FOUND)
     def get_alert(alert_id: int) -> Alert:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -20,6 +21,9 @@ Fingerprint = tuple[str, str, int, str]
 Listener = Callable[[Alert], None]
 LimitHit = Callable[[str, int, str], None]
 """``(limit, value, detail)``: called when ``max_open_alerts`` keeps an alert from opening."""
+CHANGE_LOG = 1024
+"""Recent changes kept in memory: a stream client this far behind still gets every change."""
+SEQ_COUNTER = "alert_seq"
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,10 @@ class AlertBook:
         """Ids to delete from the store (pending alerts that never fired), not yet done."""
         self._listeners: list[Listener] = []
         self._next_id = 1
+        self._seq = 0
+        self._log: deque[Alert] = deque(maxlen=CHANGE_LOG)
+        self._counter_due = False
+        """The change counter must be written (a dropped alert's number)."""
         self._failing = False
         if store is not None:
             self._reload(store)
@@ -90,6 +98,8 @@ class AlertBook:
                 self._opened(alert)
                 self._holds[alert.fingerprint] = 1 if alert.state == "pending" else 1 << 30
         self._next_id = max(store.max_alert_id(), max(self._alerts, default=0)) + 1
+        seqs = (a.seq for a in self._alerts.values())
+        self._seq = max(store.counter(SEQ_COUNTER), max(seqs, default=0))
 
     # -------------------------------------------------------------------- listeners
 
@@ -108,6 +118,47 @@ class AlertBook:
     @staticmethod
     def _copy(alert: Alert) -> Alert:
         return dataclasses.replace(alert, history=list(alert.history))
+
+    # -------------------------------------------------------------------- change sequence
+
+    def _stamp(self, changed: Iterable[Alert]) -> list[Alert]:
+        """Number each change, persist it and log it (lock held); the copies are for listeners.
+
+        Every change a listener (or stream) sees is written to the store first, so its number
+        is not reused after a restart (a dropped alert's number is kept by the store's
+        counter). While the store fails, changes still reach the listeners and are written
+        when it recovers."""
+        out: list[Alert] = []
+        for alert in changed:
+            self._seq += 1
+            alert.seq = self._seq
+            if alert.id in self._alerts:
+                self._save(alert)
+            else:
+                self._counter_due = True
+                self._persist([])
+            out.append(self._copy(alert))
+        self._log.extend(out)
+        return out
+
+    @property
+    def seq(self) -> int:
+        """The number of the latest change (0: none yet)."""
+        with self._lock:
+            return self._seq
+
+    def changes_since(self, seq: int) -> list[Alert]:
+        """Changes numbered above ``seq``, oldest first: each change while the recent log reaches
+        back that far, else the latest state of every alert in memory changed since. Shared
+        copies: do not modify them."""
+        with self._lock:
+            if seq >= self._seq:
+                return []
+            if self._log and self._log[0].seq <= seq + 1:
+                return list(itertools.islice(self._log, seq + 1 - self._log[0].seq, None))
+            out = [self._copy(a) for a in self._alerts.values() if a.seq > seq]
+        out.sort(key=lambda a: a.seq)
+        return out
 
     # -------------------------------------------------------------------- lifecycle
 
@@ -149,7 +200,7 @@ class AlertBook:
                     if self._clears[fp] >= policy.clear_checks:
                         changed.append(self._resolve(fp, now))
             unique = {id(a): a for a in changed}
-            snapshot = [self._copy(a) for a in unique.values()]
+            snapshot = self._stamp(unique.values())
             self._trim()
         self._notify(snapshot)
 
@@ -185,8 +236,7 @@ class AlertBook:
         self._next_id += 1
         self._alerts[alert.id] = alert
         self._opened(alert)
-        self._save(alert)  # new alerts are written at once, updates on flush
-        return alert
+        return alert  # written with its change (_stamp); later updates on flush
 
     def _opened(self, alert: Alert) -> None:
         self._open[alert.fingerprint] = alert
@@ -222,9 +272,8 @@ class AlertBook:
             self._deleted.add(alert.id)
             self._persist()
         else:
-            self._resolved_at[fp] = now
+            self._resolved_at[fp] = now  # written with its change (_stamp)
             self._resolved_ids[alert.id] = None
-            self._save(alert)
         return alert
 
     def _trim(self) -> None:
@@ -245,7 +294,7 @@ class AlertBook:
         now = time.time() if now is None else now
         with self._lock:
             fps = list(self._open_by_rank.get((run, rank), ()))
-            snapshot = [self._copy(self._resolve(fp, now)) for fp in fps]
+            snapshot = self._stamp([self._resolve(fp, now) for fp in fps])
             self._trim()
         self._notify(snapshot)
 
@@ -287,11 +336,12 @@ class AlertBook:
             alert = self._alerts.get(alert_id)
             if alert is None:
                 return None
+            if alert.acked:  # nothing changes
+                return self._copy(alert)
             alert.acked = True
-            self._save(alert)
-            snapshot = self._copy(alert)
-        self._notify([snapshot])
-        return snapshot
+            snapshot = self._stamp([alert])
+        self._notify(snapshot)
+        return snapshot[0]
 
     def firing_by_rule(self) -> Counter[tuple[str, str, str]]:
         """Firing alerts per (rule, severity, run), in one pass."""
@@ -338,6 +388,7 @@ class AlertBook:
         if self.store is None:
             self._dirty.clear()
             self._deleted.clear()
+            self._counter_due = False
             return
         want = self._dirty if ids is None else self._dirty & set(ids)
         alerts = [self._alerts[i] for i in want if i in self._alerts]
@@ -345,6 +396,9 @@ class AlertBook:
             if self._deleted:
                 self.store.delete_alerts(sorted(self._deleted))
                 self._deleted.clear()
+            if self._counter_due:
+                self.store.save_counter(SEQ_COUNTER, self._seq)
+                self._counter_due = False
             self.store.save_alerts(alerts)
         except StoreError as exc:
             if not self._failing:
@@ -380,6 +434,8 @@ class AlertBook:
                     ids = sorted(set(ids) | set(self.store.prune(cutoff)))
                 except StoreError as exc:
                     log.warning("could not prune the database (retried later): %s", exc)
+                self._counter_due = True  # the newest alert may have been pruned
+                self._persist([])
         return len(ids)
 
 

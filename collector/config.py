@@ -4,6 +4,7 @@ variables of ``gradwatch-collector`` (see :mod:`gradwatch.settings`)."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 from gradwatch import wire
@@ -24,6 +25,15 @@ def split_host_port(value: str, field_name: str) -> tuple[str, int]:
 def _flag(name: str) -> dict[str, str]:
     """Field metadata giving the flag a name other than the field's."""
     return {"flag": name}
+
+
+_FILES = (
+    "alertmanager_ca_file",
+    "alertmanager_cert_file",
+    "alertmanager_key_file",
+    "alertmanager_password_file",
+    "alertmanager_token_file",
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,9 @@ class CollectorConfig:
     """SQLite file holding alerts and runs (``:memory:`` keeps nothing)."""
     rules_path: str | None = field(default=None, metadata=_flag("rules"))
     """YAML or TOML file overriding rule thresholds; unset uses the defaults."""
+    config_path: str | None = field(default=None, metadata={"flag": "config", "file": False})
+    """TOML file with a ``[collector]`` table (these settings, by key) and ``[rules.<name>]``
+    tables (thresholds, under those of ``--rules``); flags and variables override it."""
     ready_file: str | None = None
     """Write a JSON line (endpoints, pid) here once serving; removed on exit."""
     retention_days: float = 30.0
@@ -74,6 +87,28 @@ class CollectorConfig:
     """Alertmanager base URL (``http://host:9093``); unset disables pushing."""
     alertmanager_resend_seconds: float = field(default=30.0, metadata=_flag("alertmanager-resend"))
     """How often firing alerts are re-sent to Alertmanager."""
+    alertmanager_timeout_seconds: float = field(default=5.0, metadata=_flag("alertmanager-timeout"))
+    """Timeout of one POST to Alertmanager (connect, write and read each)."""
+    alertmanager_retries: int = 3
+    """Retries of a POST that failed (connection error, timeout, HTTP 408/429/5xx) before the
+    batch waits for the next resend."""
+    alertmanager_backoff_seconds: float = field(default=0.5, metadata=_flag("alertmanager-backoff"))
+    """Delay before the first retry; doubles with each retry (at most the resend interval),
+    with ±50% random jitter."""
+    alertmanager_ca_file: str | None = None
+    """PEM file of the CAs trusted for Alertmanager's certificate; unset uses the system's."""
+    alertmanager_insecure: bool = False
+    """Do not verify Alertmanager's TLS certificate (tests only)."""
+    alertmanager_cert_file: str | None = None
+    """PEM client certificate for mutual TLS (with its key unless ``alertmanager_key_file``)."""
+    alertmanager_key_file: str | None = None
+    """PEM private key of ``alertmanager_cert_file``."""
+    alertmanager_username: str | None = None
+    """User for HTTP basic auth to Alertmanager (password from ``alertmanager_password_file``)."""
+    alertmanager_password_file: str | None = None
+    """File holding the basic-auth password; read at every POST, so it can be rotated."""
+    alertmanager_token_file: str | None = None
+    """File holding a bearer token sent to Alertmanager; read at every POST."""
     public_url: str = ""
     """Base URL at which people reach this collector (a proxy's name, not localhost, when it
     runs elsewhere): alerts sent to Alertmanager link ``<public_url>/alerts/<id>`` (``link``) and
@@ -88,7 +123,8 @@ class CollectorConfig:
     """A run none of whose ranks sent anything for this long leaves memory without a ``bye``
     (its alerts resolve)."""
     keepalive_seconds: float = 15.0
-    """Interval of the keep-alive comment on ``/alerts/stream``."""
+    """Quiet time after which ``/alerts/stream`` sends a keep-alive comment (0: only FastAPI's
+    own ping, every 15 s)."""
     log_level: str = "info"
     """Console log level: debug, info, warning, error or critical."""
 
@@ -131,11 +167,34 @@ class CollectorConfig:
             url = getattr(self, name)
             if url and not url.startswith(("http://", "https://")):
                 raise ConfigError(name, f"must be an http(s) URL, got {url!r}")
+        self._check_alertmanager_transport()
         self._check_keys()
         if not self.public_url:
             shown = "localhost" if host in ("0.0.0.0", "::") else host
             object.__setattr__(self, "public_url", f"http://{shown}:{port}")
         object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
+
+    def _check_alertmanager_transport(self) -> None:
+        if self.alertmanager_timeout_seconds <= 0:
+            raise ConfigError(
+                "alertmanager_timeout_seconds",
+                f"must be positive, got {self.alertmanager_timeout_seconds}",
+            )
+        for name in ("alertmanager_retries", "alertmanager_backoff_seconds"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, f"must not be negative, got {getattr(self, name)}")
+        for name in _FILES:
+            path = getattr(self, name)
+            if path is not None and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+                raise ConfigError(name, f"cannot read file {path!r}")
+        user, password = self.alertmanager_username, self.alertmanager_password_file
+        if (user is None) != (password is None):
+            given = "alertmanager_username" if user is not None else "alertmanager_password_file"
+            raise ConfigError(given, "basic auth needs both a username and a password file")
+        if self.alertmanager_username is not None and self.alertmanager_token_file is not None:
+            raise ConfigError("alertmanager_token_file", "use basic auth or a token, not both")
+        if self.alertmanager_key_file is not None and self.alertmanager_cert_file is None:
+            raise ConfigError("alertmanager_key_file", "needs alertmanager_cert_file")
 
     def _check_keys(self) -> None:
         """The key folder and the token file must be usable now, not at the first peer."""

@@ -16,7 +16,7 @@ from .config import CollectorConfig
 from .engine import Engine
 from .exporter import GradwatchRegistry, build_registry
 from .health import IngestHealth
-from .rules import AnyRule, build_rules, load
+from .rules import AnyRule, build_rules, overrides
 from .rules.system import SilentSettings, TrainerSilent
 from .state import Fleet
 from .store import Store
@@ -79,11 +79,11 @@ def build_core(
     persist: bool = True,
     store: Store | None = None,
 ) -> Core:
-    """Wire the parts for ``config``: rules from ``config.rules_path`` unless given, SQLite at
-    ``config.db_path`` when ``persist`` (or ``store`` when given), Alertmanager pushing when a
-    URL is set."""
+    """Wire the parts for ``config``: rules from ``config.config_path`` and ``rules_path``
+    unless given, SQLite at ``config.db_path`` when ``persist`` (or ``store`` when given),
+    Alertmanager pushing when a URL is set."""
     if rules is None:
-        rules = build_rules(load(config.rules_path) if config.rules_path else None)
+        rules = build_rules(overrides(config.config_path, config.rules_path))
     if store is None and persist:
         store = Store(config.db_path)
     health = IngestHealth()
@@ -103,7 +103,7 @@ def build_core(
         recall=None if store is None else store.load_run,
     )
     engine = Engine(fleet, book, rules, config, store, health)
-    stream = AlertStream(config.keepalive_seconds)
+    stream = AlertStream(book, config.keepalive_seconds)
     book.subscribe(stream.publish)
     pusher = AlertmanagerPusher(config, book) if config.alertmanager_url else None
     health.rule_errors.update({rule.name: 0 for rule in rules})  # every rule exported at 0

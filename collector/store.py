@@ -12,6 +12,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,8 +20,18 @@ from .alert import Alert
 from .run_record import RunRecord
 from .table import Table
 
+
+@dataclass(frozen=True)
+class Counter:
+    """A named number that must survive restarts (the alert change sequence)."""
+
+    name: str
+    value: int
+
+
 ALERTS: Table[Alert] = Table(Alert, "alerts", key=("id",))
 RUNS: Table[RunRecord] = Table(RunRecord, "runs", key=("run", "rank"))
+COUNTERS: Table[Counter] = Table(Counter, "counters", key=("name",))
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS alerts_state ON alerts (state);
 CREATE INDEX IF NOT EXISTS alerts_resolved ON alerts (resolved_at);
@@ -69,6 +80,7 @@ class Store:
             with self._db:
                 ALERTS.create(self._db)
                 RUNS.create(self._db)
+                COUNTERS.create(self._db)
                 self._db.executescript(_INDEXES)
             self._db.execute("BEGIN IMMEDIATE")  # a read-only file fails here, not at first use
             self._db.execute("ROLLBACK")
@@ -185,6 +197,17 @@ class Store:
                     self._index = loaded
         with self._lock:
             return dict(self._index or {})
+
+    # -------------------------------------------------------------------- counters
+
+    def save_counter(self, name: str, value: int) -> None:
+        row = COUNTERS.row(Counter(name, value))
+        self._write(lambda db: db.execute(COUNTERS.upsert_sql(), row))
+
+    def counter(self, name: str) -> int:
+        """The counter's saved value; 0 if it was never saved."""
+        rows = self._read(COUNTERS.select_sql(where="name = ?"), (name,))
+        return COUNTERS.record(rows[0]).value if rows else 0
 
     # -------------------------------------------------------------------- health
 

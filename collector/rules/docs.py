@@ -28,9 +28,11 @@ def render() -> str:
         'clock for the collector itself: its alerts carry run `""` and rank `-1`). Each '
         "rule runs on its own: one that raises is counted in "
         "`gradwatch_rule_errors_total{rule}` and the others still judge. Override any setting "
-        "with `--rules FILE` (YAML `rules: {loss_spike: {ratio: 20}}` "
-        "or TOML `[rules.loss_spike]` / `ratio = 20`); `enabled = false` turns a rule off. "
-        "Unknown rules or fields stop the collector at startup.",
+        "in the `[rules.<name>]` tables of the config file (`--config`, docs/config.md) or with "
+        "`--rules FILE` (YAML `rules: {loss_spike: {ratio: 20}}` or TOML `[rules.loss_spike]` "
+        "/ `ratio = 20`), which applies on top; `enabled = false` turns a rule off. Unknown "
+        "rules or fields stop the collector at startup (`gradwatch rules --check FILE` checks "
+        "a file).",
         "",
         "Common settings of every rule: "
         + "; ".join(
