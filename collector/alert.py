@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, PlainSerializer, TypeAdapter
+from pydantic import BeforeValidator, ConfigDict, PlainSerializer, TypeAdapter
 
 Severity = Literal["info", "warning", "error", "critical"]
 SEVERITIES: tuple[str, ...] = ("info", "warning", "error", "critical")
@@ -30,7 +30,20 @@ def _point(pair: tuple[int, float | None]) -> HistoryPoint:
     return HistoryPoint(pair[0], pair[1])
 
 
-Point = Annotated[tuple[int, float | None], PlainSerializer(_point, return_type=HistoryPoint)]
+def _pair(value: object) -> object:
+    """The API's ``{"step", "value"}`` read back (the client validates what it receives)."""
+    if isinstance(value, dict) and set(value) == {"step", "value"}:
+        return (value["step"], value["value"])
+    if isinstance(value, HistoryPoint):
+        return (value.step, value.value)
+    return value
+
+
+Point = Annotated[
+    tuple[int, float | None],
+    BeforeValidator(_pair),
+    PlainSerializer(_point, return_type=HistoryPoint),
+]
 """A ``(step, value)`` pair in memory and in SQLite; ``{"step", "value"}`` in the API."""
 
 
