@@ -99,12 +99,12 @@ def test_store_failure_at_shutdown_is_logged_and_counted(
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs (needs the right to mount; skipped elsewhere, the injected tests cover
+    """An 8 MiB tmpfs (needs the right to mount; skipped elsewhere, the injected tests cover
     the logic)."""
     mount = tmp_path / "disk"
     mount.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
         capture_output=True, text=True,
     )  # fmt: skip
     if done.returncode != 0:
