@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
 from ..state import RankState
-from .base import Finding, Rule, RuleSettings, finite, fmt
+from .base import Finding, Rule, RuleSettings, finite, fmt, mean_std
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ class LossSpike(Rule[LossSpikeSettings, LossSpikeMemory]):
         s, history = self.settings, memory.losses
         found: list[Finding] = []
         if len(history) >= s.min_history:
-            avg = statistics.fmean(history)
+            avg, _ = mean_std(history)
             if avg > 0 and loss > s.ratio * avg:
                 found.append(
                     self.finding(
@@ -90,12 +89,11 @@ def _zscore(loss: float, history: deque[float], limit: float) -> tuple[float, fl
     (one misclassified sample turns a loss of 0.001 into 0.005), not by a fixed amount, and a
     real spike is a jump by a factor too."""
     if loss > 0 and min(history) > 0:
-        logs = [math.log(x) for x in history]
-        mean = statistics.fmean(logs)
-        std = max(statistics.pstdev(logs), 1e-3)
-        return (math.log(loss) - mean) / std, math.exp(mean + limit * std)
-    avg = statistics.fmean(history)
-    std = max(statistics.pstdev(history), 1e-3 * abs(avg), 1e-12)
+        mean, spread = mean_std([math.log(x) for x in history])
+        std = max(spread, 1e-3)
+        return (math.log(loss) - mean) / std, math.exp(min(mean + limit * std, 709.0))
+    avg, spread = mean_std(history)
+    std = max(spread, 1e-3 * abs(avg), 1e-12)
     return (loss - avg) / std, avg + limit * std
 
 
@@ -147,8 +145,8 @@ class LossPlateau(Rule[LossPlateauSettings, LossPlateauMemory]):
         if len(history) < s.lookback:
             return []
         values = list(history)
-        earlier = statistics.fmean(values[: s.window])
-        recent = statistics.fmean(values[-s.window :])
+        earlier = mean_std(values[: s.window])[0]
+        recent = mean_std(values[-s.window :])[0]
         if earlier > 0 and recent >= s.ratio * earlier:
             return [
                 self.finding(
@@ -165,7 +163,7 @@ class LossPlateau(Rule[LossPlateauSettings, LossPlateauMemory]):
         """The first step of the earliest ``window`` of frames already at the plateau's level."""
         w = self.settings.window
         for start in range(0, len(values) - w + 1):
-            if self.settings.ratio * statistics.fmean(values[start : start + w]) <= recent:
+            if self.settings.ratio * mean_std(values[start : start + w])[0] <= recent:
                 return steps[start]
         return steps[-w]
 

@@ -229,11 +229,12 @@ class MemoryGrowth(Rule[MemoryGrowthSettings, GrowthMemory]):
         memory.streak.update(bad, step, when)
         if not bad or not memory.streak.held(s, step, when):
             return []
+        base = points[0][1]
+        share = f"{growth / base:.1%}" if base > 0 else f"from {fmt(base)} bytes"
         return [
             self.finding(
                 f"memory grows {fmt(slope / 2**20)} MiB per step since step {memory.streak.onset}: "
-                f"{growth / 2**20:.0f} MiB ({growth / points[0][1]:.1%}) over the last "
-                f"{last - first} steps",
+                f"{growth / 2**20:.0f} MiB ({share}) over the last {last - first} steps",
                 value=value,
                 threshold=points[0][1] + s.min_growth_bytes,
                 onset=memory.streak.onset,
@@ -249,6 +250,11 @@ class SilentSettings(RuleSettings):
     """Silence longer than this many typical frame intervals..."""
     floor_seconds: float = 60.0
     """...and longer than this is a hang or a crash."""
+
+    def limit(self, rank: RankState) -> float:
+        """Seconds of silence after which the rank counts as hung or dead (also when another
+        process may take its run and rank over, see duplicate_rank)."""
+        return max(self.factor * (rank.typical_interval() or 0.0), self.floor_seconds)
 
 
 class TrainerSilent(Rule[SilentSettings, None]):
@@ -270,8 +276,7 @@ class TrainerSilent(Rule[SilentSettings, None]):
     def tick(self, rank: RankState, memory: None, now: float) -> list[Finding] | None:
         if rank.ended:
             return []
-        s = self.settings
-        limit = max(s.factor * (rank.typical_interval() or 0.0), s.floor_seconds)
+        limit = self.settings.limit(rank)
         silence = now - rank.last_seen
         if silence <= limit:
             return []
