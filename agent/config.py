@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
+from typing import Any
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
@@ -42,6 +43,14 @@ class AgentConfig:
     peak_flops: float | None = None
     """Peak FLOP/s of this rank's device, for ``mfu_ratio``."""
 
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The default of field ``name``: CLIs and docs read it here instead of restating it."""
+        default = cls.__dataclass_fields__[name].default
+        if default is MISSING:
+            raise KeyError(f"AgentConfig.{name} has no default")
+        return default
+
     def __post_init__(self) -> None:
         if not self.run or len(self.run) > 256:
             raise ValueError("run: must be a non-empty name of at most 256 characters")
@@ -63,7 +72,7 @@ class AgentConfig:
             raise ValueError(f"flush_seconds: must be in [0, 10], got {self.flush_seconds}")
         for name in ("flops_per_token", "peak_flops"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
+            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
                 raise ValueError(f"{name}: must be > 0 when given, got {value}")
 
 

@@ -28,11 +28,13 @@ from torch import Tensor, nn
 
 from gradwatch import wire
 from gradwatch.agent.config import AgentConfig, default_rank_world, env_default
+from gradwatch.agent.layout import Segments, StepLayout
 from gradwatch.agent.stats import GradStats
 from gradwatch.agent.step_buffer import PendingStats, heartbeat_item, to_host
 from gradwatch.agent.system import ScalerTracker, memory_metrics
 from gradwatch.agent.transport import Outgoing, Sender
 from gradwatch.agent.updates import UpdateSampler
+from gradwatch.wire import metrics as m
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -214,37 +216,43 @@ class Monitor:
             self._sender.request_hello()
 
     def _open_frame(self, step_time: float | None, recount: tuple[int, ...]) -> None:
-        tail: list[Tensor] = []
-        if self._scaler is not None:
-            tail += self._scaler.compute()
-        n_scaler = len(tail)
+        scaler = self._scaler.compute() if self._scaler is not None else []
+        tensor_lrs: list[Tensor] = []
         lrs: list[float | None] = []
         for group in self._optimizer.param_groups:
             lr = group.get("lr", math.nan)
             if isinstance(lr, Tensor):
-                tail.append(lr.detach().clone())  # schedulers update it in place
+                tensor_lrs.append(lr.detach().clone())  # schedulers update it in place
                 lrs.append(None)
             else:
                 lrs.append(float(lr))
         full = self._sampler.after_step() if self._full_now else None
         self._full_now = False
-        if full is not None:
-            updates, percentiles = full
-            tail += [torch.cat((updates, self._stats.details()), dim=1), percentiles]
-        if recount:
-            tail.append(self._stats.nonfinite_counts(recount))
         norms, nograd = self._stats.norms()
+        layout = StepLayout(
+            n=self._stats.n,
+            scaler=len(scaler),
+            lrs=len(tensor_lrs),
+            full=full is not None,
+            recount=len(recount),
+        )
+        parts = Segments(
+            norms=norms,
+            scaler=scaler,
+            lrs=tensor_lrs,
+            full=[] if full is None else [torch.cat((full[0], self._stats.details()), dim=1)],
+            percentiles=[] if full is None else [full[1]],
+            counts=[self._stats.nonfinite_counts(recount)] if recount else [],
+        )
         self._pending = PendingStats(
             config=self.config,
             session=self.session,
             step=self.step,
             wall=time.time(),
-            n=self._stats.n,
-            host=to_host(norms + tail),
+            layout=layout,
+            host=to_host(layout.pack(parts)),
             nograd=tuple(nograd),
-            n_scaler=n_scaler,
             lrs=lrs,
-            full=full is not None,
             step_time=step_time,
             memory=memory_metrics(self._stats.device),
             recount=recount,
@@ -264,7 +272,7 @@ class Monitor:
         for mark, values in self._logged:
             if before is None or mark < before:
                 for k, v in values.items():
-                    mine[k] = mine[k] + v if k in ("tokens", "samples") and k in mine else v
+                    mine[k] = mine[k] + v if k in m.SUMMED and k in mine else v
             else:
                 keep.append((mark, values))
         self._logged = keep
@@ -328,30 +336,28 @@ def watch(
     *,
     rank: int | None = None,
     world_size: int | None = None,
-    every: int = 1,
-    full_every: int = 50,
     scaler: Any = None,
-    flops_per_token: float | None = None,
-    peak_flops: float | None = None,
     config: AgentConfig | None = None,
+    **settings: Any,
 ) -> Monitor:
     """Attach gradwatch to ``optimizer`` (hooks only; the training loop needs no change).
 
     ``run``/``endpoint`` default to env ``GRADWATCH_RUN``/``GRADWATCH_ENDPOINT``; rank and
-    world size to torch.distributed, then env ``RANK``/``WORLD_SIZE``. A full ``config``
+    world size to torch.distributed, then env ``RANK``/``WORLD_SIZE``. ``settings`` are any
+    other :class:`AgentConfig` fields by name (``every=``, ``full_every=``,
+    ``flops_per_token=``, ...); those not given keep AgentConfig's defaults. A full ``config``
     overrides every other setting.
     """
     if config is None:
         d_rank, d_world = default_rank_world()
+        chosen = env_default("ENDPOINT", endpoint, None)
+        if chosen is not None:
+            settings["endpoint"] = chosen
         config = AgentConfig(
             run=env_default("RUN", run, None) or "",
-            endpoint=env_default("ENDPOINT", endpoint, None) or "tcp://127.0.0.1:5555",
             rank=d_rank if rank is None else rank,
             world_size=d_world if world_size is None else world_size,
-            every=every,
-            full_every=full_every,
-            flops_per_token=flops_per_token,
-            peak_flops=peak_flops,
+            **settings,
         )
     return Monitor(model, _unwrap(optimizer), config, scaler=scaler)
 

@@ -54,3 +54,15 @@ METRICS: dict[str, str] = {
 }
 """Every well-known key of ``Stats.metrics`` with what it means. An agent sends those it can
 measure; user values from ``monitor.log(...)`` travel in ``Stats.scalars`` instead."""
+
+# Names of ``monitor.log(...)`` values that gradwatch itself reads. ``loss`` travels in
+# ``Stats.loss``, the others in ``Stats.scalars``.
+LOSS = "loss"
+TOKENS = "tokens"
+"""Tokens trained in the step (for ``tokens_per_second`` and ``mfu_ratio``)."""
+SAMPLES = "samples"
+"""Samples trained in the step (for ``samples_per_second``)."""
+VAL_LOSS = "val_loss"
+"""A validation loss, logged with the step it was measured after."""
+SUMMED: tuple[str, ...] = (TOKENS, SAMPLES)
+"""Logged several times in one step, these add up (micro-batches); other names overwrite."""

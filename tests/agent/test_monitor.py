@@ -229,3 +229,27 @@ def test_monitor_counts_nonfinite_elements_of_flagged_parameters_exactly(
     assert math.isnan(wire.unpack_columns(wire.CHEAP_FIELDS, stats[1].rows)["grad_norm"][row])
     assert stats[3].nonfinite == ((row, 5),)
     assert stats[2].metrics["nonfinite_grads"] == 0.0
+
+
+def test_monitor_watch_takes_its_defaults_from_agent_config(
+    sink: FrameSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inspect
+
+    # watch() restates no default: every setting it does not get comes from AgentConfig.
+    params = inspect.signature(ga.watch).parameters.values()
+    assert {p.default for p in params if p.default is not p.empty} == {None}
+    monkeypatch.setenv("GRADWATCH_ENDPOINT", sink.endpoint)
+    monkeypatch.setenv("GRADWATCH_RUN", "from-env")
+    m = _model()
+    mon = ga.watch(m, torch.optim.SGD(m.parameters(), lr=0.1), heartbeat_seconds=2.5)
+    mon.close()
+    cfg = mon.config
+    assert (cfg.run, cfg.endpoint, cfg.heartbeat_seconds) == ("from-env", sink.endpoint, 2.5)
+    for name in ("every", "full_every", "sample_size", "flops_per_token"):
+        assert getattr(cfg, name) == ga.AgentConfig.default(name)
+    assert ga.AgentConfig.default("endpoint") == "tcp://127.0.0.1:5555"
+    with pytest.raises(KeyError, match="run"):
+        ga.AgentConfig.default("run")
+    with pytest.raises(TypeError, match="ful_every"):
+        ga.watch(m, torch.optim.SGD(m.parameters(), lr=0.1), ful_every=3)
