@@ -4,7 +4,6 @@ unpacking into :class:`wire.Stats` (sender thread)."""
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,17 +20,18 @@ from gradwatch.agent.transport import Outgoing
 from gradwatch.wire import metrics as m
 
 _PERCENTILES = tuple(m.grad_percentile(p) for p in m.GRAD_PERCENTILES)
+_PHASE_KEYS = tuple(m.phase_seconds(p) for p in m.STEP_PHASES)
 
 
 @dataclass
 class HostCopy:
-    """Tensors whose values the sender thread reads, and what it waits for first."""
+    """Tensors whose values the sender thread reads once ``ready`` says the copy is done."""
 
     parts: list[Tensor]
-    wait: Callable[[], Any] | None = None
+    ready: Callable[[], bool] | None = None
 
     def values(self) -> list[float]:
-        """All elements of ``parts``, flattened in order (sender thread, after ``wait``)."""
+        """All elements of ``parts``, flattened in order (sender thread, once ready)."""
         out: list[float] = []
         for t in self.parts:
             out.extend(t.reshape(-1).tolist())
@@ -53,7 +53,7 @@ def to_host(parts: list[Tensor]) -> HostCopy:
         host.copy_(buf, non_blocking=True)
         event = torch.cuda.Event()  # type: ignore[no-untyped-call]
         event.record()
-        return HostCopy([host], event.synchronize)
+        return HostCopy([host], event.query)
     return HostCopy([buf.to("cpu", non_blocking=True)])  # other backends: best effort
 
 
@@ -78,6 +78,8 @@ class PendingStats:
     lrs: list[float | None]
     """Host learning rates; None marks a tensor lr that travels in the buffer."""
     step_time: float | None
+    phases: list[float]
+    """Seconds of this step in each of ``wire.metrics.STEP_PHASES``."""
     memory: dict[str, float]
     """Memory counters read at the step (host-side, never a device sync): frames are built
     in batches later, and must still say what memory was at their own step."""
@@ -94,13 +96,13 @@ class PendingStats:
         extra: HostCopy | None = None
         if tensors:
             extra = to_host(tensors)
-        waits = [w for w in (self.host.wait, extra.wait if extra else None) if w is not None]
+        ready = [r for r in (self.host.ready, extra.ready if extra else None) if r is not None]
         slots = {id(t): i for i, t in enumerate(tensors)}
 
         def build(seq: int, dropped: int) -> wire.Frame:
             return self._build(seq, dropped, logged, extra, slots)
 
-        return Outgoing(build, waits)
+        return Outgoing(build, ready)
 
     def _build(
         self,
@@ -142,6 +144,7 @@ class PendingStats:
                 cfg.peak_flops,
             )
         )
+        metrics.update(zip(_PHASE_KEYS, self.phases, strict=True))
         metrics.update(self.memory)
         metrics = {k: v for k, v in metrics.items() if not math.isnan(v) or k == m.GRAD_NORM}
         return wire.Stats(
@@ -161,13 +164,3 @@ class PendingStats:
             dropped=dropped,
             nonfinite=nonfinite,
         )
-
-
-def heartbeat_item(run: str, rank: int, session: str, step: int) -> Outgoing:
-    """A heartbeat for a step that is not sampled (built from the training thread's path)."""
-    now = time.time()
-
-    def build(seq: int, dropped: int) -> wire.Frame:
-        return wire.Heartbeat(run, rank, session, seq, step, now, dropped)
-
-    return Outgoing(build)

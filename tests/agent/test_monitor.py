@@ -101,12 +101,10 @@ def test_monitor_log_before_step_attaches_to_the_same_step(sink: FrameSink) -> N
     assert got == pytest.approx(losses, rel=1e-6)
 
 
-def test_monitor_every_n_sends_heartbeats_and_nograd(sink: FrameSink) -> None:
+def test_monitor_every_n_samples_every_nth_step_and_lists_nograd(sink: FrameSink) -> None:
     m = _model()
     opt = torch.optim.SGD(m.parameters(), lr=0.01)
-    cfg = ga.AgentConfig(
-        run="t", endpoint=sink.endpoint, every=3, full_every=6, heartbeat_seconds=1e-6
-    )
+    cfg = ga.AgentConfig(run="t", endpoint=sink.endpoint, every=3, full_every=6)
     mon = ga.Monitor(m, opt, cfg)
     sink.drain(until=wire.Hello)
     for _ in range(6):
@@ -120,7 +118,6 @@ def test_monitor_every_n_sends_heartbeats_and_nograd(sink: FrameSink) -> None:
     assert [s.step for s in stats] == [3, 6]
     assert all(s.nograd == (2,) for s in stats)
     assert wire.unpack_columns(wire.CHEAP_FIELDS, stats[0].rows)["grad_norm"][2] == 0.0
-    assert [f.step for f in sink.of(wire.Heartbeat)] == [1, 2, 4, 5]
 
 
 def test_monitor_hook_errors_are_counted_not_raised(sink: FrameSink) -> None:
