@@ -28,7 +28,7 @@ stack-deps:
 	bash deploy/install-debian-packages.sh
 
 demo: venv
-	$(PY) scripts/demo.py
+	$(PY) -m gradwatch.cli demo
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -40,6 +40,7 @@ test: venv stack-deps lint
 
 docs: venv
 	$(PY) -m gradwatch.collector.rules.docs > docs/rules.md
+	$(PY) -m gradwatch.cli.docs > docs/config.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

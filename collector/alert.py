@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import ConfigDict, TypeAdapter
 
 Severity = Literal["info", "warning", "error", "critical"]
 SEVERITIES: tuple[str, ...] = ("info", "warning", "error", "critical")
@@ -13,37 +15,50 @@ STATES: tuple[str, ...] = ("pending", "firing", "resolved")
 
 @dataclass
 class Alert:
-    """One alert instance; identity across updates is its fingerprint."""
+    """One alert instance; identity across updates is its fingerprint. The API serves it as it
+    is (its docstrings document the fields in OpenAPI)."""
+
+    __pydantic_config__ = ConfigDict(use_attribute_docstrings=True)  # the API's schema
 
     id: int
     rule: str
+    """Canonical rule name, see docs/rules.md."""
     severity: Severity
     state: AlertStateName
     run: str
     rank: int
     parameter: str | None
+    """Offending parameter, when the rule names one."""
     step: int
     """Training step at which the condition was last seen."""
     value: float | None
+    """Observed value (null in JSON when not finite: the message says what it was)."""
     threshold: float | None
     message: str
     """What happened, in a sentence a person can act on."""
     action: str
     """What to do about it."""
     started_at: float
+    """Unix seconds."""
     updated_at: float
     resolved_at: float | None = None
     acked: bool = False
-    history: list[tuple[int, float]] = field(default_factory=list)
-    """Flight recorder: recent (step, value) pairs that led to the alert."""
+    history: list[tuple[int, float | None]] = field(default_factory=list)
+    """Flight recorder: recent (step, value) pairs that led to the alert (null: not finite)."""
     first_step: int = -1
     """Training step at which the condition was first seen: the onset."""
+    seq: int = 0
+    """Change sequence number of the alert's latest change (state or ack): rises with every
+    change of any alert, survives restarts, and is the id of the change's ``/alerts/stream``
+    event (0: unchanged since before sequences were recorded)."""
 
     @property
     def fingerprint(self) -> tuple[str, str, int, str]:
         return (self.rule, self.run, self.rank, self.parameter or "")
 
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["history"] = [list(p) for p in self.history]
-        return out
+    def to_json(self) -> bytes:
+        """The alert as the API shows it (NaN and Inf become null)."""
+        return ALERT_JSON.dump_json(self)
+
+
+ALERT_JSON: TypeAdapter[Alert] = TypeAdapter(Alert)

@@ -4,7 +4,8 @@ The alert book calls :meth:`AlertmanagerPusher.notify` on its ingest thread; tha
 A daemon thread posts changes at once, re-sends every firing alert each
 ``alertmanager_resend_seconds`` (``endsAt`` = now + 4 intervals, so Alertmanager resolves them by
 itself if the collector dies) and sends resolved ones with ``endsAt`` = the resolve time.
-Failures are counted, logged once until the next success, and retried next cycle.
+Each POST is retried with backoff (alertmanager_http.py); a batch that still fails is counted,
+logged once until the next success, and retried next cycle.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import logging
 import queue
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from .alert import Alert
+from .alertmanager_http import HttpPost
+from .config import CollectorConfig
+from .rank_ranges import compact_ranks
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +30,6 @@ QUEUE_SIZE = 10_000
 """Alert changes waiting to be sent; beyond this they are dropped and counted."""
 BATCH = 500
 """Alerts per POST."""
-TIMEOUT_SECONDS = 5.0
 ENDS_AFTER_RESENDS = 4
 """A firing alert's ``endsAt`` lies this many resend intervals ahead."""
 
@@ -35,26 +37,9 @@ Fingerprint = tuple[str, str, int, str]
 Post = Callable[[str, bytes], None]
 
 
-class PusherConfig(Protocol):
-    @property
-    def alertmanager_url(self) -> str | None: ...
-    @property
-    def alertmanager_resend_seconds(self) -> float: ...
-    @property
-    def public_url(self) -> str: ...
-
-
 class AlertBookLike(Protocol):
     def subscribe(self, callback: Callable[[Alert], None]) -> None: ...
     def alerts(self, state: str | None = None) -> list[Alert]: ...
-
-
-def _post(url: str, body: bytes) -> None:
-    request = urllib.request.Request(
-        url, data=body, method="POST", headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
-        response.read()
 
 
 def _rfc3339(t: float) -> str:
@@ -70,23 +55,25 @@ class AlertmanagerPusher:
 
     def __init__(
         self,
-        config: PusherConfig,
+        config: CollectorConfig,
         book: AlertBookLike,
         *,
-        post: Post = _post,
+        post: Post | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """``post(url, body)`` sends one request; ``clock`` stamps ``endsAt`` (tests fix both)."""
+        """``post(url, body)`` sends one request (default: an :class:`HttpPost` for the config,
+        made by ``start``); ``clock`` stamps ``endsAt`` (tests fix both)."""
         self.config, self.book = config, book
         self.endpoint = (config.alertmanager_url or "").rstrip("/") + "/api/v2/alerts"
         self.counts: dict[str, int] = {"success": 0, "failure": 0, "dropped": 0}
-        self._post, self._clock = post, clock
         self._queue: queue.Queue[Alert | None] = queue.Queue(QUEUE_SIZE)
         self._firing: dict[Fingerprint, Alert] = {}
         self._unsent: dict[Fingerprint, Alert] = {}
         self._failing = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.transport: HttpPost | None = None
+        self._post, self._clock = post, clock
 
     @property
     def enabled(self) -> bool:
@@ -98,21 +85,24 @@ class AlertmanagerPusher:
             return
         for alert in self.book.alerts("firing"):  # survive a collector restart
             self._firing.setdefault(alert.fingerprint, alert)
+        if self._post is None:
+            self._post = self.transport = HttpPost(self.config, self._stop)
         self.book.subscribe(self.notify)
         self._thread = threading.Thread(target=self._run, name="alertmanager", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = TIMEOUT_SECONDS + 1) -> None:
-        """Send what is queued, then end the thread."""
-        if self._thread is None:
-            return
-        self._stop.set()
-        try:
-            self._queue.put_nowait(None)
-        except queue.Full:
-            pass
-        self._thread.join(timeout)
-        self._thread = None
+    def stop(self, timeout: float | None = None) -> None:
+        """Send what is queued (one try, no retries), then end the thread."""
+        if self._thread is not None:
+            self._stop.set()
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                pass
+            self._thread.join(timeout or self.config.alertmanager_timeout_seconds + 1)
+            self._thread = None
+        if self.transport is not None:
+            self.transport.close()
 
     def notify(self, alert: Alert) -> None:
         """Book listener: queue the change; never blocks the ingest thread."""
@@ -160,6 +150,7 @@ class AlertmanagerPusher:
             chunk = alerts[i : i + BATCH]
             body = json.dumps([self.payload(a) for a in chunk]).encode()
             try:
+                assert self._post is not None  # set by start()
                 self._post(self.endpoint, body)
             except Exception as exc:  # network and HTTP errors alike: count, log once, retry
                 self.counts["failure"] += len(chunk)
@@ -174,9 +165,22 @@ class AlertmanagerPusher:
             self._failing = False
 
     def payload(self, alert: Alert) -> dict[str, Any]:
-        """One element of the ``POST /api/v2/alerts`` body."""
+        """One element of the ``POST /api/v2/alerts`` body.
+
+        Labels (identity, routing): ``alertname`` (the rule), ``severity``, ``run``, ``rank`` (the
+        rank it was seen on first), ``parameter`` (when there is one), ``job="gradwatch"``.
+        Annotations (text, links): ``summary``, ``description`` (at most 1,000 characters),
+        ``action``, ``value``, ``threshold``, ``step``, ``first_step``, ``ranks`` (every rank the
+        alert covers, compact: ``0-39``), ``link`` (the alert in the collector) and
+        ``runbook_url`` (the rule's section of docs/rules.md), both under ``public_url``.
+        deploy/alertmanager/templates/gradwatch.tmpl reads these names.
+        """
         base = self.config.public_url.rstrip("/")
         link = f"{base}/alerts/{alert.id}"
+        # Job-level alerts carry every rank they cover; a per-rank alert covers its own.
+        ranks = compact_ranks(getattr(alert, "ranks", None) or (alert.rank,))
+        where = f"ranks {ranks}" if ranks != str(alert.rank) else f"rank {alert.rank}"
+        message = alert.message if len(alert.message) <= 1000 else alert.message[:999] + "…"
         labels: dict[str, str] = {
             "alertname": alert.rule,
             "severity": alert.severity,
@@ -187,14 +191,17 @@ class AlertmanagerPusher:
         if alert.parameter:
             labels["parameter"] = alert.parameter
         annotations: Mapping[str, str] = {
-            "summary": f"{alert.rule} on {alert.run} rank {alert.rank}"
+            "summary": f"{alert.rule} on {alert.run} {where}"
             + (f" ({alert.parameter})" if alert.parameter else ""),
-            "description": alert.message,
+            "description": message,
             "action": alert.action,
             "value": _num(alert.value),
             "threshold": _num(alert.threshold),
             "step": str(alert.step),
+            "first_step": str(alert.first_step) if alert.first_step >= 0 else "",
+            "ranks": ranks,
             "link": link,
+            "runbook_url": f"{base}/docs/rules.md#{alert.rule}",
         }
         if alert.state == "resolved":
             ends = alert.resolved_at or alert.updated_at

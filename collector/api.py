@@ -1,4 +1,4 @@
-"""The HTTP API: alerts, runs, health and /metrics. ``create_app`` takes every dependency."""
+"""The HTTP API: alerts, runs, health and /metrics, over a :class:`Core`."""
 
 from __future__ import annotations
 
@@ -7,20 +7,16 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Annotated
 
-from fastapi import FastAPI, HTTPException, Query
-from fastapi.responses import Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from fastapi import FastAPI, Header, HTTPException, Query
+from fastapi.responses import Response
+from fastapi.sse import EventSourceResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .alert import SEVERITIES, STATES, Alert
-from .book import AlertBook
-from .config import CollectorConfig
-from .exporter import build_registry
-from .health import IngestHealth
+from .alert import SEVERITIES, STATES, Alert, AlertStateName, Severity
+from .core import Core
 from .runs import run_detail, run_list
-from .schemas import AlertList, AlertOut, Health, Ready, RunDetail, RunList, alert_json
-from .state import Fleet
-from .store import Store
-from .stream import AlertStream
+from .schemas import AlertList, Health, Ready, RunDetail, RunList
+from .stream import AlertFilter
 
 
 def parse_since(value: str) -> float:
@@ -40,36 +36,20 @@ def parse_since(value: str) -> float:
     return seconds
 
 
-def create_app(
-    fleet: Fleet,
-    book: AlertBook,
-    health: IngestHealth,
-    registry: CollectorRegistry | None = None,
-    config: CollectorConfig | None = None,
-    *,
-    store: Store | None = None,
-    stream: AlertStream | None = None,
-    ingest_alive: Callable[[], bool] = lambda: True,
-) -> FastAPI:
-    """Build the app around its dependencies; ``registry`` defaults to a fresh exporter one."""
-    config = config or CollectorConfig()
-    if stream is None:
-        stream = AlertStream(config.keepalive_seconds)
-        book.subscribe(stream.publish)
+def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> FastAPI:
+    """The HTTP API over ``core`` (built by :func:`~gradwatch.collector.core.build_core`)."""
+    fleet, book, store, config = core.fleet, core.book, core.store, core.config
     app = FastAPI(
         title="gradwatch collector",
         version="1",
         description="Training-health alerts for PyTorch runs: list, inspect, acknowledge, "
         "stream; run state; Prometheus metrics.",
     )
-    app.state.stream = stream
-    if registry is None:
-        registry = build_registry(fleet, book, health, config)
 
-    def found(alert: Alert | None, alert_id: int) -> AlertOut:
+    def found(alert: Alert | None, alert_id: int) -> Alert:
         if alert is None:
             raise HTTPException(404, f"no alert with id {alert_id}")
-        return AlertOut.model_validate(alert_json(alert))
+        return alert
 
     @app.get("/alerts", response_model=AlertList, summary="List alerts, newest first")
     def list_alerts(
@@ -98,28 +78,44 @@ def create_app(
         matches = book.alerts(
             state, run=run, rank=rank, rule=rule, severity=severity, since=since_s
         )
-        page = [AlertOut.model_validate(alert_json(a)) for a in matches[offset : offset + limit]]
+        page = matches[offset : offset + limit]
         return AlertList(alerts=page, total=len(matches), limit=limit, offset=offset)
 
     @app.get(
         "/alerts/stream",
-        summary="Server-Sent Events of alert changes",
-        response_class=StreamingResponse,
+        summary="Server-Sent Events of alert changes, resumable",
+        response_class=Response,
         responses={200: {"content": {"text/event-stream": {}}}},
     )
-    def alert_stream() -> StreamingResponse:
-        """``event: alert`` with the alert JSON on every state change or ack; a keep-alive
-        comment every ~15 s; the stream ends when the collector shuts down."""
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(stream.events(), media_type="text/event-stream", headers=headers)
+    def alert_stream(
+        last_event_id: Annotated[
+            int | None,
+            Header(ge=0, description="Resume: replay every change numbered above this first"),
+        ] = None,
+        run: str | None = None,
+        rank: Annotated[int | None, Query(ge=0)] = None,
+        rule: str | None = None,
+        severity: Severity | None = None,
+        state: AlertStateName | None = None,
+    ) -> EventSourceResponse:
+        """``event: alert``, ``id:`` the change's sequence number (``seq``) and the alert JSON
+        on every state change or ack, filtered like ``GET /alerts``. The first message is a
+        ``: connected`` comment whose id is the stream's position; a ``: keep-alive`` comment
+        with the position follows ``keepalive_seconds`` of quiet. Ends when the collector shuts
+        down; reconnect with ``Last-Event-ID`` to resume (across restarts too)."""
+        # Returned rather than yielded from the route: FastAPI's generator-route producer logs
+        # an "Exception in ASGI application" when a client leaves mid-burst (fastapi 0.165);
+        # the stream sends its own keep-alives.
+        events = core.stream.events(last_event_id, AlertFilter(run, rank, rule, severity, state))
+        return EventSourceResponse(events, headers={"X-Accel-Buffering": "no"})
 
-    @app.get("/alerts/{alert_id}", response_model=AlertOut, summary="One alert")
-    def get_alert(alert_id: int) -> AlertOut:
+    @app.get("/alerts/{alert_id}", response_model=Alert, summary="One alert")
+    def get_alert(alert_id: int) -> Alert:
         """The alert with its flight recorder (``history``); 404 if unknown."""
         return found(book.get(alert_id), alert_id)
 
-    @app.post("/alerts/{alert_id}/ack", response_model=AlertOut, summary="Acknowledge an alert")
-    def ack_alert(alert_id: int) -> AlertOut:
+    @app.post("/alerts/{alert_id}/ack", response_model=Alert, summary="Acknowledge an alert")
+    def ack_alert(alert_id: int) -> Alert:
         """Mark the alert acknowledged (it keeps its state); 404 if unknown."""
         return found(book.ack(alert_id), alert_id)
 
@@ -163,6 +159,6 @@ def create_app(
     )
     def metrics() -> Response:
         """Prometheus text exposition of runs, parameters, alerts and ingest health."""
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(core.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

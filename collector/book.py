@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -17,6 +19,9 @@ log = logging.getLogger(__name__)
 
 Fingerprint = tuple[str, str, int, str]
 Listener = Callable[[Alert], None]
+CHANGE_LOG = 1024
+"""Recent changes kept in memory: a stream client this far behind still gets every change."""
+SEQ_COUNTER = "alert_seq"
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ class AlertBook:
         self._dirty: set[int] = set()
         self._listeners: list[Listener] = []
         self._next_id = 1
+        self._seq = 0
+        self._log: deque[Alert] = deque(maxlen=CHANGE_LOG)
         if store is not None:
             self._reload(store)
 
@@ -62,6 +69,8 @@ class AlertBook:
                 self._open[alert.fingerprint] = alert
                 self._holds[alert.fingerprint] = 1 if alert.state == "pending" else 1 << 30
         self._next_id = max(store.max_alert_id(), max(self._alerts, default=0)) + 1
+        seqs = (a.seq for a in self._alerts.values())
+        self._seq = max(store.counter(SEQ_COUNTER), max(seqs, default=0))
 
     # -------------------------------------------------------------------- listeners
 
@@ -80,6 +89,44 @@ class AlertBook:
     @staticmethod
     def _copy(alert: Alert) -> Alert:
         return dataclasses.replace(alert, history=list(alert.history))
+
+    # -------------------------------------------------------------------- change sequence
+
+    def _stamp(self, changed: Iterable[Alert]) -> list[Alert]:
+        """Number each change, persist it and log it (lock held); the copies are for listeners.
+
+        Every change a listener (or stream) sees is in the store first, so its number is never
+        reused after a restart; a dropped alert's number is kept by the store's counter."""
+        out: list[Alert] = []
+        for alert in changed:
+            self._seq += 1
+            alert.seq = self._seq
+            if alert.id in self._alerts:
+                self._save(alert)
+            elif self.store is not None:
+                self.store.save_counter(SEQ_COUNTER, self._seq)
+            out.append(self._copy(alert))
+        self._log.extend(out)
+        return out
+
+    @property
+    def seq(self) -> int:
+        """The number of the latest change (0: none yet)."""
+        with self._lock:
+            return self._seq
+
+    def changes_since(self, seq: int) -> list[Alert]:
+        """Changes numbered above ``seq``, oldest first: each change while the recent log reaches
+        back that far, else the latest state of every alert changed since (what the store holds).
+        Shared copies: do not modify them."""
+        with self._lock:
+            if seq >= self._seq:
+                return []
+            if self._log and self._log[0].seq <= seq + 1:
+                return list(itertools.islice(self._log, seq + 1 - self._log[0].seq, None))
+            out = [self._copy(a) for a in self._alerts.values() if a.seq > seq]
+        out.sort(key=lambda a: a.seq)
+        return out
 
     # -------------------------------------------------------------------- lifecycle
 
@@ -119,7 +166,7 @@ class AlertBook:
                     if self._clears[fp] >= policy.clear_checks:
                         changed.append(self._resolve(fp, now))
             unique = {id(a): a for a in changed}
-            snapshot = [self._copy(a) for a in unique.values()]
+            snapshot = self._stamp(unique.values())
         self._notify(snapshot)
 
     def _create(
@@ -145,9 +192,7 @@ class AlertBook:
         self._next_id += 1
         self._alerts[alert.id] = alert
         self._open[alert.fingerprint] = alert
-        if self.store is not None:  # new alerts are written at once, updates on flush
-            self.store.save_alerts([alert])
-        return alert
+        return alert  # written with its change (_stamp); later updates on flush
 
     def _update(self, alert: Alert, step: int, f: Finding, now: float) -> None:
         alert.step, alert.value, alert.threshold = step, f.value, f.threshold
@@ -171,8 +216,7 @@ class AlertBook:
             if self.store is not None:
                 self.store.delete_alerts([alert.id])
         else:
-            self._resolved_at[fp] = now
-            self._save(alert)
+            self._resolved_at[fp] = now  # written with its change (_stamp)
         return alert
 
     def resolve_rank(self, run: str, rank: int, now: float | None = None) -> None:
@@ -180,7 +224,7 @@ class AlertBook:
         now = time.time() if now is None else now
         with self._lock:
             fps = [fp for fp in self._open if fp[1:3] == (run, rank)]
-            snapshot = [self._copy(self._resolve(fp, now)) for fp in fps]
+            snapshot = self._stamp([self._resolve(fp, now) for fp in fps])
         self._notify(snapshot)
 
     # -------------------------------------------------------------------- reads and acks
@@ -221,11 +265,12 @@ class AlertBook:
             alert = self._alerts.get(alert_id)
             if alert is None:
                 return None
+            if alert.acked:  # nothing changes
+                return self._copy(alert)
             alert.acked = True
-            self._save(alert)
-            snapshot = self._copy(alert)
-        self._notify([snapshot])
-        return snapshot
+            snapshot = self._stamp([alert])
+        self._notify(snapshot)
+        return snapshot[0]
 
     def firing_count(self, run: str, rank: int | None = None) -> int:
         with self._lock:
@@ -263,6 +308,7 @@ class AlertBook:
                 del self._alerts[i]
             if self.store is not None:
                 ids = sorted(set(ids) | set(self.store.prune(cutoff)))
+                self.store.save_counter(SEQ_COUNTER, self._seq)  # it may have been the newest
         return len(ids)
 
 

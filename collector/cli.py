@@ -1,4 +1,8 @@
-"""``gradwatch-collector`` / ``python -m gradwatch.collector``: flags and GRADWATCH_* variables."""
+"""``gradwatch collector`` / ``gradwatch-collector`` / ``python -m gradwatch.collector``.
+
+One flag, one ``GRADWATCH_*`` variable and one ``[collector]`` key of the config file per field
+of :class:`CollectorConfig`, all derived from it; precedence flag > variable > file > default.
+"""
 
 from __future__ import annotations
 
@@ -6,97 +10,112 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from .config import LOG_LEVELS, CollectorConfig, split_host_port
+from gradwatch.settings import (
+    ConfigError,
+    add_arguments,
+    build,
+    file_values,
+    gather,
+    read_toml,
+    settings_of,
+    to_toml,
+    toml_value,
+)
+
+from .config import CollectorConfig
+
+SETTINGS = settings_of(CollectorConfig)
+TABLE = "collector"
+"""The config file's table of collector settings; rules go in ``[rules.<name>]`` tables."""
+_CONFIG = next(s for s in SETTINGS if s.field == "config_path")
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"GRADWATCH_{name}", default)
-
-
-def parser() -> argparse.ArgumentParser:
-    d = CollectorConfig()
+def parser(prog: str = "gradwatch-collector") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="gradwatch-collector",
+        prog=prog,
         description="Receive gradwatch frames, run the anomaly rules, serve alerts and metrics. "
-        "Every flag can also be set with the GRADWATCH_<FLAG> environment variable.",
+        "Every flag can also be set with the GRADWATCH_* variable shown in its help, or as a "
+        f"key of the [{TABLE}] table of the --config file (the flag's name with '_' for '-'); "
+        "a flag wins over the variable, the variable over the file.",
     )
-    p.add_argument("--listen", default=_env("LISTEN", d.listen), help="ZeroMQ endpoint to bind")
+    add_arguments(p, SETTINGS)
     p.add_argument(
-        "--http",
-        default=_env("HTTP", f"{d.http_host}:{d.http_port}"),
-        help="HOST:PORT of the HTTP API and /metrics (port 0: any free port)",
-    )
-    p.add_argument("--db", default=_env("DB", d.db_path), help="SQLite file for alerts and runs")
-    p.add_argument("--rules", default=_env("RULES"), help="YAML/TOML file of rule thresholds")
-    p.add_argument("--ready-file", default=_env("READY_FILE"), help="write JSON here when serving")
-    p.add_argument("--alertmanager", default=_env("ALERTMANAGER"), help="Alertmanager base URL")
-    p.add_argument(
-        "--alertmanager-resend",
-        type=float,
-        default=float(_env("ALERTMANAGER_RESEND", str(d.alertmanager_resend_seconds)) or 0),
-        help="seconds between re-sends of firing alerts",
-    )
-    p.add_argument("--public-url", default=_env("PUBLIC_URL", ""), help="base URL in alert links")
-    p.add_argument(
-        "--retention-days",
-        type=float,
-        default=float(_env("RETENTION_DAYS", str(d.retention_days)) or 0),
-        help="delete resolved alerts older than this",
-    )
-    p.add_argument("--topk", type=int, default=int(_env("TOPK", str(d.topk)) or 0))
-    p.add_argument(
-        "--grace-seconds",
-        type=float,
-        default=float(_env("GRACE_SECONDS", str(d.grace_seconds)) or 0),
-        help="finished runs stop being exported after this",
-    )
-    p.add_argument(
-        "--log-level",
-        default=_env("LOG_LEVEL", d.log_level),
-        choices=[*LOG_LEVELS, *(x.upper() for x in LOG_LEVELS)],
+        "--print-config",
+        action="store_true",
+        help="print the effective settings as a config file (each with where it came from) "
+        "and the rule overrides, then exit",
     )
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> CollectorConfig:
-    host, port = split_host_port(args.http, "--http")
-    return CollectorConfig(
-        listen=args.listen,
-        http_host=host,
-        http_port=port,
-        db_path=args.db,
-        rules_path=args.rules or None,
-        retention_days=args.retention_days,
-        alertmanager_url=args.alertmanager or None,
-        alertmanager_resend_seconds=args.alertmanager_resend,
-        public_url=args.public_url,
-        topk=args.topk,
-        grace_seconds=args.grace_seconds,
-        log_level=args.log_level.lower(),
-    )
+def file_layer(path: str) -> dict[str, tuple[Any, str]]:
+    """The ``[collector]`` values of config file ``path``; ConfigError naming a bad key."""
+    data = read_toml(path)
+    for name in data:
+        if name not in (TABLE, "rules"):
+            raise ConfigError(f"{path}: {name}", f"unknown table; expected [{TABLE}], [rules.*]")
+    return file_values(SETTINGS, data.get(TABLE, {}), f"{path}: {TABLE}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def gather_config(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> dict[str, tuple[Any, str]]:
+    """Every set value with its origin: flags, then ``environ`` (default: the process
+    environment), then the config file that a flag or the variable names."""
+    env = os.environ if environ is None else environ
+    given = vars(args)
+    path = given.get(_CONFIG.field) or env.get(_CONFIG.env)
+    return gather(SETTINGS, given, env, file_layer(path) if path else None)
+
+
+def config_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> CollectorConfig:
+    """The config from parsed flags, the environment and the config file."""
+    return build(CollectorConfig, gather_config(args, environ))
+
+
+def render_config(
+    config: CollectorConfig, gathered: Mapping[str, tuple[Any, str]], rules: Mapping[str, Any]
+) -> str:
+    """What ``--print-config`` prints: a config file equivalent to the effective settings."""
+    origins = {name: origin for name, (_, origin) in gathered.items()}
+    head = f"# effective settings; config file: {config.config_path or 'none'}\n"
+    out = head + to_toml(SETTINGS, config, TABLE, origins)
+    for name, table in rules.items():
+        out += f"\n[rules.{name}]\n"
+        out += "".join(f"{key} = {toml_value(value)}\n" for key, value in table.items())
+    return out
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "gradwatch-collector") -> int:
+    args = parser(prog).parse_args(argv)
     try:
-        config = config_from_args(args)
-    except ValueError as exc:
-        print(f"gradwatch-collector: {exc}", file=sys.stderr)
+        gathered = gather_config(args)
+        config = build(CollectorConfig, gathered)
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from .rules import RulesError
-    from .service import Service
+    from .rules import RulesError, overrides
 
     try:
-        service = Service(config, ready_file=args.ready_file)
+        if args.print_config:
+            rules = overrides(config.config_path, config.rules_path)
+            sys.stdout.write(render_config(config, gathered, rules))
+            return 0
+        from .service import Service
+
+        service = Service(config)
     except (RulesError, OSError, ValueError) as exc:
-        print(f"gradwatch-collector: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     service.serve()
     return 0

@@ -1,20 +1,37 @@
-"""Collector configuration: a frozen dataclass filled by the CLI and ``GRADWATCH_*`` variables."""
+"""Collector configuration: one frozen dataclass; its fields are the flags and ``GRADWATCH_*``
+variables of ``gradwatch-collector`` (see :mod:`gradwatch.settings`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 from gradwatch import wire
+from gradwatch.settings import ConfigError
 
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
 
 
 def split_host_port(value: str, field_name: str) -> tuple[str, int]:
-    """``"host:port"`` → ``(host, port)``; raise ValueError naming ``field_name`` otherwise."""
+    """``"host:port"`` → ``(host, port)``; raise ConfigError naming ``field_name`` otherwise."""
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{field_name} must look like HOST:PORT, got {value!r}")
+        raise ConfigError(field_name, f"must look like HOST:PORT, got {value!r}")
     return host.strip("[]"), int(port)
+
+
+def _flag(name: str) -> dict[str, str]:
+    """Field metadata giving the flag a name other than the field's."""
+    return {"flag": name}
+
+
+_FILES = (
+    "alertmanager_ca_file",
+    "alertmanager_cert_file",
+    "alertmanager_key_file",
+    "alertmanager_password_file",
+    "alertmanager_token_file",
+)
 
 
 @dataclass(frozen=True)
@@ -23,14 +40,17 @@ class CollectorConfig:
 
     listen: str = "tcp://0.0.0.0:5555"
     """ZeroMQ endpoint the PULL socket binds (port 0 or ``*`` picks a free port)."""
-    http_host: str = "127.0.0.1"
-    """Interface the HTTP API (and /metrics) binds."""
-    http_port: int = 8000
-    """TCP port of the HTTP API; 0 picks a free port."""
-    db_path: str = "gradwatch.db"
+    http: str = "127.0.0.1:8000"
+    """HOST:PORT of the HTTP API and /metrics (port 0 picks a free port)."""
+    db_path: str = field(default="gradwatch.db", metadata=_flag("db"))
     """SQLite file holding alerts and runs (``:memory:`` keeps nothing)."""
-    rules_path: str | None = None
-    """YAML or TOML file overriding rule thresholds; None uses the defaults."""
+    rules_path: str | None = field(default=None, metadata=_flag("rules"))
+    """YAML or TOML file overriding rule thresholds; unset uses the defaults."""
+    config_path: str | None = field(default=None, metadata={"flag": "config", "file": False})
+    """TOML file with a ``[collector]`` table (these settings, by key) and ``[rules.<name>]``
+    tables (thresholds, under those of ``--rules``); flags and variables override it."""
+    ready_file: str | None = None
+    """Write a JSON line (endpoints, pid) here once serving; removed on exit."""
     retention_days: float = 30.0
     """Resolved alerts older than this are deleted."""
     max_frame_bytes: int = wire.MAX_FRAME_BYTES
@@ -39,12 +59,37 @@ class CollectorConfig:
     """ZeroMQ receive high-water mark, in frames."""
     tick_seconds: float = 1.0
     """Period of the time-based checks (silent trainers, lifecycle timeouts, DB flush)."""
-    alertmanager_url: str | None = None
-    """Alertmanager base URL (``http://host:9093``); None disables pushing."""
-    alertmanager_resend_seconds: float = 30.0
+    alertmanager_url: str | None = field(default=None, metadata=_flag("alertmanager"))
+    """Alertmanager base URL (``http://host:9093``); unset disables pushing."""
+    alertmanager_resend_seconds: float = field(default=30.0, metadata=_flag("alertmanager-resend"))
     """How often firing alerts are re-sent to Alertmanager."""
+    alertmanager_timeout_seconds: float = field(default=5.0, metadata=_flag("alertmanager-timeout"))
+    """Timeout of one POST to Alertmanager (connect, write and read each)."""
+    alertmanager_retries: int = 3
+    """Retries of a POST that failed (connection error, timeout, HTTP 408/429/5xx) before the
+    batch waits for the next resend."""
+    alertmanager_backoff_seconds: float = field(default=0.5, metadata=_flag("alertmanager-backoff"))
+    """Delay before the first retry; doubles with each retry (at most the resend interval),
+    with ±50% random jitter."""
+    alertmanager_ca_file: str | None = None
+    """PEM file of the CAs trusted for Alertmanager's certificate; unset uses the system's."""
+    alertmanager_insecure: bool = False
+    """Do not verify Alertmanager's TLS certificate (tests only)."""
+    alertmanager_cert_file: str | None = None
+    """PEM client certificate for mutual TLS (with its key unless ``alertmanager_key_file``)."""
+    alertmanager_key_file: str | None = None
+    """PEM private key of ``alertmanager_cert_file``."""
+    alertmanager_username: str | None = None
+    """User for HTTP basic auth to Alertmanager (password from ``alertmanager_password_file``)."""
+    alertmanager_password_file: str | None = None
+    """File holding the basic-auth password; read at every POST, so it can be rotated."""
+    alertmanager_token_file: str | None = None
+    """File holding a bearer token sent to Alertmanager; read at every POST."""
     public_url: str = ""
-    """Base URL of this collector used in alert links; empty derives it from the HTTP address."""
+    """Base URL at which people reach this collector (a proxy's name, not localhost, when it
+    runs elsewhere): alerts sent to Alertmanager link ``<public_url>/alerts/<id>`` (``link``) and
+    ``<public_url>/docs/rules.md#<rule>`` (``runbook_url``), which Slack and PagerDuty messages
+    show. Empty derives it from ``http``."""
     topk: int = 5
     """How many worst parameters are exported and named in messages."""
     grace_seconds: float = 300.0
@@ -52,42 +97,71 @@ class CollectorConfig:
     forget_seconds: float = 3600.0
     """Finished runs are dropped from memory after this (they stay in the database)."""
     keepalive_seconds: float = 15.0
-    """Interval of the keep-alive comment on ``/alerts/stream``."""
+    """Quiet time after which ``/alerts/stream`` sends a keep-alive comment (0: only FastAPI's
+    own ping, every 15 s)."""
     log_level: str = "info"
     """Console log level: debug, info, warning, error or critical."""
 
+    @property
+    def http_host(self) -> str:
+        return split_host_port(self.http, "http")[0]
+
+    @property
+    def http_port(self) -> int:
+        return split_host_port(self.http, "http")[1]
+
     def __post_init__(self) -> None:
         if not self.listen.startswith(("tcp://", "ipc://", "inproc://")):
-            raise ValueError(f"listen must be a ZeroMQ endpoint (tcp://...), got {self.listen!r}")
-        if not self.http_host:
-            raise ValueError("http_host must not be empty")
-        if not 0 <= self.http_port <= 65535:
-            raise ValueError(f"http_port must be in [0, 65535], got {self.http_port}")
+            raise ConfigError(
+                "listen", f"must be a ZeroMQ endpoint (tcp://...), got {self.listen!r}"
+            )
+        host, port = split_host_port(self.http, "http")
         if not self.db_path:
-            raise ValueError("db_path must not be empty")
+            raise ConfigError("db_path", "must not be empty")
         for name in ("retention_days", "tick_seconds", "alertmanager_resend_seconds"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(name, f"must be positive, got {getattr(self, name)}")
         for name in ("grace_seconds", "forget_seconds", "keepalive_seconds"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+                raise ConfigError(name, f"must not be negative, got {getattr(self, name)}")
         if self.max_frame_bytes < 1024:
-            raise ValueError(f"max_frame_bytes must be at least 1024, got {self.max_frame_bytes}")
-        if self.rcvhwm < 1:
-            raise ValueError(f"rcvhwm must be positive, got {self.rcvhwm}")
-        if self.topk < 1:
-            raise ValueError(f"topk must be positive, got {self.topk}")
-        if self.log_level.lower() not in LOG_LEVELS:
-            raise ValueError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
-        if self.alertmanager_url is not None and not self.alertmanager_url.startswith(
-            ("http://", "https://")
-        ):
-            raise ValueError(
-                f"alertmanager_url must be an http(s) URL, got {self.alertmanager_url!r}"
+            raise ConfigError(
+                "max_frame_bytes", f"must be at least 1024, got {self.max_frame_bytes}"
             )
-        if self.public_url and not self.public_url.startswith(("http://", "https://")):
-            raise ValueError(f"public_url must be an http(s) URL, got {self.public_url!r}")
+        for name in ("rcvhwm", "topk"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be positive, got {getattr(self, name)}")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ConfigError("log_level", f"must be one of {LOG_LEVELS}, got {self.log_level!r}")
+        object.__setattr__(self, "log_level", self.log_level.lower())
+        for name in ("alertmanager_url", "public_url"):
+            url = getattr(self, name)
+            if url and not url.startswith(("http://", "https://")):
+                raise ConfigError(name, f"must be an http(s) URL, got {url!r}")
+        self._check_alertmanager_transport()
         if not self.public_url:
-            host = "localhost" if self.http_host in ("0.0.0.0", "::") else self.http_host
-            object.__setattr__(self, "public_url", f"http://{host}:{self.http_port}")
+            shown = "localhost" if host in ("0.0.0.0", "::") else host
+            object.__setattr__(self, "public_url", f"http://{shown}:{port}")
         object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
+
+    def _check_alertmanager_transport(self) -> None:
+        if self.alertmanager_timeout_seconds <= 0:
+            raise ConfigError(
+                "alertmanager_timeout_seconds",
+                f"must be positive, got {self.alertmanager_timeout_seconds}",
+            )
+        for name in ("alertmanager_retries", "alertmanager_backoff_seconds"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, f"must not be negative, got {getattr(self, name)}")
+        for name in _FILES:
+            path = getattr(self, name)
+            if path is not None and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+                raise ConfigError(name, f"cannot read file {path!r}")
+        user, password = self.alertmanager_username, self.alertmanager_password_file
+        if (user is None) != (password is None):
+            given = "alertmanager_username" if user is not None else "alertmanager_password_file"
+            raise ConfigError(given, "basic auth needs both a username and a password file")
+        if self.alertmanager_username is not None and self.alertmanager_token_file is not None:
+            raise ConfigError("alertmanager_token_file", "use basic auth or a token, not both")
+        if self.alertmanager_key_file is not None and self.alertmanager_cert_file is None:
+            raise ConfigError("alertmanager_key_file", "needs alertmanager_cert_file")

@@ -11,8 +11,9 @@ from .book import AlertBook, Policy
 from .config import CollectorConfig
 from .rules import AnyRule
 from .rules.base import Finding
+from .run_record import RunRecord
 from .state import Fleet, RankState
-from .store import RunRecord, Store
+from .store import Store
 
 
 def policy_of(rule: AnyRule) -> Policy:

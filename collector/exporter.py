@@ -7,11 +7,10 @@ fixed set of aggregates, per parameter only the current top-k offenders (see doc
 
 from __future__ import annotations
 
-import heapq
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -26,9 +25,11 @@ from prometheus_client.core import (
 
 from gradwatch import __version__
 from gradwatch.wire import KINDS, REJECT_REASONS
+from gradwatch.wire import metrics as m
 
 from .alert import Alert
 from .health import IngestHealth
+from .ranking import worst
 from .state import Fleet, RankState
 
 MAX_LR_GROUPS = 16
@@ -36,24 +37,23 @@ MAX_LR_GROUPS = 16
 NOTIFICATION_RESULTS: tuple[str, ...] = ("success", "failure", "dropped")
 UPDATE_RATIO_STATS: dict[str, float] = {"min": 0.0, "p50": 0.5, "p95": 0.95, "max": 1.0}
 """Quantiles of the per-parameter update ratio exported per rank, by ``stat`` label."""
-GRAD_PERCENTILES: tuple[int, ...] = (1, 25, 50, 75, 95, 99)
 MEMORY_KINDS: dict[str, str] = {
-    "allocated": "memory_allocated_bytes",
-    "reserved": "memory_reserved_bytes",
-    "peak": "memory_peak_bytes",
-    "total": "memory_total_bytes",
-    "rss": "rss_bytes",
+    "allocated": m.MEMORY_ALLOCATED,
+    "reserved": m.MEMORY_RESERVED,
+    "peak": m.MEMORY_PEAK,
+    "total": m.MEMORY_TOTAL,
+    "rss": m.RSS,
 }
 _FROM_METRICS: dict[str, str] = {  # exported name -> key of Stats.metrics
-    "gradwatch_grad_norm": "grad_norm",
-    "gradwatch_step_time_seconds": "step_time_seconds",
-    "gradwatch_tokens_per_second": "tokens_per_second",
-    "gradwatch_samples_per_second": "samples_per_second",
-    "gradwatch_mfu_ratio": "mfu_ratio",
-    "gradwatch_grad_scale": "grad_scale",
-    "gradwatch_cuda_ooms_total": "oom_total",
-    "gradwatch_cuda_alloc_retries_total": "alloc_retries_total",
-    "gradwatch_scaler_skipped_steps_total": "scaler_skipped_total",
+    "gradwatch_grad_norm": m.GRAD_NORM,
+    "gradwatch_step_time_seconds": m.STEP_TIME,
+    "gradwatch_tokens_per_second": m.TOKENS_PER_SECOND,
+    "gradwatch_samples_per_second": m.SAMPLES_PER_SECOND,
+    "gradwatch_mfu_ratio": m.MFU,
+    "gradwatch_grad_scale": m.GRAD_SCALE,
+    "gradwatch_cuda_ooms_total": m.OOMS,
+    "gradwatch_cuda_alloc_retries_total": m.ALLOC_RETRIES,
+    "gradwatch_scaler_skipped_steps_total": m.SCALER_SKIPPED,
 }
 
 
@@ -269,11 +269,11 @@ def _export_rank(fams: _Families, r: RankState, topk: int) -> None:
     # Percentiles travel only on full steps; ``full_metrics`` holds the latest full step's
     # metrics so they do not vanish between full steps.
     full_metrics: Mapping[str, float] = r.full_metrics or metrics
-    for p in GRAD_PERCENTILES:
-        put("gradwatch_grad_abs", full_metrics.get(f"grad_p{p}"), f"p{p}")
+    for p in m.GRAD_PERCENTILES:
+        put("gradwatch_grad_abs", full_metrics.get(m.grad_percentile(p)), f"p{p}")
 
     grad = r.columns.get("grad_norm", [])
-    nonfinite = metrics.get("nonfinite_grads", sum(not math.isfinite(g) for g in grad))
+    nonfinite = metrics.get(m.NONFINITE_GRADS, sum(not math.isfinite(g) for g in grad))
     counts = {
         "tracked": len(r.names),
         "frozen": len(h.params) - len(r.names),
@@ -290,10 +290,9 @@ def _export_rank(fams: _Families, r: RankState, topk: int) -> None:
         finite = sorted(x for x in ratio if math.isfinite(x))
         for stat, q in UPDATE_RATIO_STATS.items() if finite else ():
             put("gradwatch_update_ratio", finite[round(q * (len(finite) - 1))], stat)
-    # Non-finite gradients are the worst offenders: rank them above every finite norm.
-    for name, g in _top(r.names, grad, topk, lambda g: math.inf if math.isnan(g) else abs(g)):
+    for name, g in worst(r.names, grad, topk, highest=True):
         put("gradwatch_param_grad_norm", g, name)
-    for name, u in _top(r.names, ratio, topk, lambda u: -u if math.isfinite(u) else -math.inf):
+    for name, u in worst(r.names, ratio, topk, highest=False):
         put("gradwatch_param_update_ratio", u, name)
 
 
@@ -302,10 +301,3 @@ def _count_not_updated(full: Mapping[str, Sequence[float]]) -> int:
     if "unchanged_frac" in full:
         return sum(1 for u in full["unchanged_frac"] if u >= 1.0)
     return sum(1 for u in full.get("update_norm", ()) if u == 0.0)
-
-
-def _top(
-    names: Sequence[str], values: Sequence[float], k: int, key: Callable[[float], float]
-) -> Iterable[tuple[str, float]]:
-    """The ``k`` (name, value) pairs with the largest ``key(value)``."""
-    return heapq.nlargest(k, zip(names, values, strict=False), key=lambda nv: key(nv[1]))

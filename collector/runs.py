@@ -5,18 +5,18 @@ from __future__ import annotations
 import math
 
 from .book import AlertBook
+from .ranking import worst
+from .run_record import RankSummary, RunRecord
 from .schemas import (
     ParamValue,
     RankDetail,
-    RankSummary,
     RunDetail,
     RunList,
     RunSummary,
     WorstParams,
-    clean,
 )
 from .state import Fleet, RankState
-from .store import RunRecord, Store
+from .store import Store
 
 
 def run_list(fleet: Fleet, book: AlertBook, store: Store | None) -> RunList:
@@ -24,19 +24,9 @@ def run_list(fleet: Fleet, book: AlertBook, store: Store | None) -> RunList:
     stored = store.load_runs() if store is not None else []
     live = [RunRecord.of(s) for run in list(fleet.runs.values()) for s in list(run.ranks.values())]
     for record, is_live in [(r, False) for r in stored] + [(r, True) for r in live]:
-        ranks.setdefault(record.run, {})[record.rank] = RankSummary(
-            rank=record.rank,
-            host=record.host,
-            session=record.session,
-            first_seen=record.first_seen,
-            last_seen=record.last_seen,
-            last_step=record.last_step,
-            ended=record.ended,
-            frames=record.frames,
-            dropped=record.dropped,
-            firing=book.firing_count(record.run, record.rank),
-            live=is_live,
-        )
+        firing = book.firing_count(record.run, record.rank)
+        summary = RankSummary(**vars(record), firing=firing, live=is_live)
+        ranks.setdefault(record.run, {})[record.rank] = summary
     runs = [
         RunSummary(
             run=name,
@@ -51,10 +41,9 @@ def run_list(fleet: Fleet, book: AlertBook, store: Store | None) -> RunList:
     return RunList(runs=runs)
 
 
-def _top(names: tuple[str, ...], values: list[float], k: int, reverse: bool) -> list[ParamValue]:
-    pairs = [(n, v) for n, v in zip(names, values, strict=False) if math.isfinite(v)]
-    pairs.sort(key=lambda p: p[1], reverse=reverse)
-    return [ParamValue(name=n, value=v) for n, v in pairs[:k]]
+def _top(names: tuple[str, ...], values: list[float], k: int, highest: bool) -> list[ParamValue]:
+    pairs = worst(names, values, k, highest=highest)
+    return [ParamValue(name=n, value=v) for n, v in pairs]
 
 
 def rank_detail(s: RankState, topk: int) -> RankDetail:
@@ -68,8 +57,10 @@ def rank_detail(s: RankState, topk: int) -> RankDetail:
         if not math.isfinite(x) and i < len(s.names)
     }
     worst = WorstParams(
-        by_grad_norm=_top(s.names, grads, topk, reverse=True),
-        lowest_update_ratio=_top(s.names, s.full_columns.get("update_ratio", []), topk, False),
+        by_grad_norm=_top(s.names, grads, topk, highest=True),
+        lowest_update_ratio=_top(
+            s.names, s.full_columns.get("update_ratio", []), topk, highest=False
+        ),
         non_finite=[n for n in s.names if n in bad],
         frozen_by_design=list(s.frozen_by_design),
     )
@@ -80,10 +71,10 @@ def rank_detail(s: RankState, topk: int) -> RankDetail:
         optimizer=s.hello.optimizer,
         world_size=s.hello.world_size,
         step=s.last_step,
-        loss=None if stats is None else clean(stats.loss),
-        lr=[] if stats is None else [clean(x) for x in stats.lr],
-        metrics={} if stats is None else {k: clean(v) for k, v in stats.metrics.items()},
-        scalars={} if stats is None else {k: clean(v) for k, v in stats.scalars.items()},
+        loss=None if stats is None else stats.loss,
+        lr=[] if stats is None else list(stats.lr),
+        metrics={} if stats is None else {k: v for k, v in stats.metrics.items()},
+        scalars={} if stats is None else {k: v for k, v in stats.scalars.items()},
         full_step=s.full_step,
         parameters=len(s.names),
         worst=worst,

@@ -1,73 +1,21 @@
-"""Response models of the HTTP API (they also document it in OpenAPI)."""
+"""Response models of the HTTP API (they also document it in OpenAPI). The records themselves
+(:class:`Alert`, :class:`RankSummary`) are served as they are, not written again here."""
 
 from __future__ import annotations
-
-import math
-from typing import Any
 
 from pydantic import BaseModel, Field
 
 from .alert import Alert
-
-
-def clean(x: float | None) -> float | None:
-    """JSON has no NaN/Inf: report them as null (the message says what they were)."""
-    return x if x is None or math.isfinite(x) else None
-
-
-def alert_json(alert: Alert) -> dict[str, Any]:
-    out = alert.to_dict()
-    out["value"], out["threshold"] = clean(alert.value), clean(alert.threshold)
-    out["history"] = [[s, clean(v)] for s, v in alert.history]
-    return out
-
-
-class AlertOut(BaseModel):
-    """One alert."""
-
-    id: int
-    rule: str = Field(description="Canonical rule name, see docs/rules.md")
-    severity: str = Field(description="info, warning, error or critical")
-    state: str = Field(description="pending, firing or resolved")
-    run: str
-    rank: int
-    step: int = Field(description="Training step at which the condition was last seen")
-    first_step: int = Field(description="Training step at which the condition was first seen")
-    parameter: str | None = Field(description="Offending parameter, when the rule names one")
-    value: float | None = Field(description="Observed value (null when not finite)")
-    threshold: float | None
-    message: str
-    action: str = Field(description="What to do about it")
-    started_at: float = Field(description="Unix seconds")
-    updated_at: float
-    resolved_at: float | None
-    acked: bool
-    history: list[tuple[int, float | None]] = Field(
-        description="Flight recorder: recent (step, value) pairs that led to the alert"
-    )
+from .run_record import RankSummary
 
 
 class AlertList(BaseModel):
     """A page of alerts, newest first."""
 
-    alerts: list[AlertOut]
+    alerts: list[Alert]
     total: int = Field(description="Alerts matching the filters, before paging")
     limit: int
     offset: int
-
-
-class RankSummary(BaseModel):
-    rank: int
-    host: str
-    session: str
-    first_seen: float
-    last_seen: float
-    last_step: int
-    ended: bool
-    frames: int
-    dropped: int = Field(description="Frames the agent reports it could not send")
-    firing: int = Field(description="Firing alerts on this rank")
-    live: bool = Field(description="Held in memory (false: only known from the database)")
 
 
 class RunSummary(BaseModel):

@@ -1,4 +1,5 @@
-"""Wires the collector together: store, book, rules, ingest thread, HTTP server, ready file."""
+"""The collector process: the ZeroMQ and HTTP sockets around a :class:`Core`, signals, the
+ready file."""
 
 from __future__ import annotations
 
@@ -14,18 +15,10 @@ from types import FrameType
 
 import uvicorn
 
-from .alertmanager import AlertmanagerPusher
 from .api import create_app
-from .book import AlertBook, ConsoleLog
 from .config import CollectorConfig
-from .engine import Engine
-from .exporter import build_registry
-from .health import IngestHealth
+from .core import build_core
 from .ingest import Ingest
-from .rules import build_rules, load
-from .state import Fleet
-from .store import Store
-from .stream import AlertStream
 
 log = logging.getLogger(__name__)
 
@@ -61,71 +54,53 @@ class _Server(uvicorn.Server):
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
         self.should_exit = True  # not recorded: uvicorn would re-raise it after shutdown
-        self.service.stream.close()
+        self.service.core.stream.close()
 
 
 class Service:
     """The collector process. ``serve()`` blocks until a signal, then shuts down cleanly."""
 
-    def __init__(self, config: CollectorConfig, ready_file: str | None = None) -> None:
-        overrides = load(config.rules_path) if config.rules_path else None
-        rules = build_rules(overrides)
-        self.ready_file = ready_file
-        self.store = Store(config.db_path)
-        self.book = AlertBook(self.store)
-        self.book.subscribe(ConsoleLog())
-        self.fleet = Fleet()
-        self.health = IngestHealth()
+    def __init__(self, config: CollectorConfig) -> None:
         self.http_sock = bind_http(config.http_host, config.http_port)
-        port = int(self.http_sock.getsockname()[1])
-        if config.public_url.endswith(":0"):  # derived from port 0: use the real one
-            config = dataclasses.replace(config, public_url=config.public_url[:-1] + str(port))
-        self.config = config = dataclasses.replace(config, http_port=port)
-        self.engine = Engine(self.fleet, self.book, rules, config, self.store)
-        self.ingest = Ingest(
-            config.listen,
-            self.fleet,
-            self.engine,
-            self.health,
-            max_frame_bytes=config.max_frame_bytes,
-            rcvhwm=config.rcvhwm,
-            tick_seconds=config.tick_seconds,
-        )
-        self.stream = AlertStream(config.keepalive_seconds)
-        self.book.subscribe(self.stream.publish)
-        self.pusher = AlertmanagerPusher(config, self.book) if config.alertmanager_url else None
-        registry = build_registry(
-            self.fleet, self.book, self.health, config, notifications=self.pusher
-        )
-        self.app = create_app(
-            self.fleet,
-            self.book,
-            self.health,
-            registry,
-            config,
-            store=self.store,
-            stream=self.stream,
-            ingest_alive=self.ingest.alive,
-        )
+        try:
+            port = int(self.http_sock.getsockname()[1])
+            if config.public_url.endswith(":0"):  # derived from port 0: use the real one
+                config = dataclasses.replace(config, public_url=config.public_url[:-1] + str(port))
+            self.config = config = dataclasses.replace(config, http=f"{config.http_host}:{port}")
+            self.core = core = build_core(config)
+            self.ingest = Ingest(
+                config.listen,
+                core.fleet,
+                core.engine,
+                core.health,
+                max_frame_bytes=config.max_frame_bytes,
+                rcvhwm=config.rcvhwm,
+                tick_seconds=config.tick_seconds,
+            )
+        except BaseException:
+            self.http_sock.close()
+            raise
+        self.app = create_app(core, ingest_alive=self.ingest.alive)
         host = "127.0.0.1" if config.http_host in ("0.0.0.0", "::") else config.http_host
         self.http_url = f"http://{host}:{port}"
         log.info(
             "gradwatch collector: %d rules, ingest %s, http %s, db %s",
-            len(rules), self.ingest.endpoint, self.http_url, config.db_path,
+            len(core.rules), self.ingest.endpoint, self.http_url, config.db_path,
         )  # fmt: skip
 
     def on_serving(self) -> None:
         """Both sockets are bound and uvicorn serves: announce it."""
-        if self.ready_file:
+        ready = self.config.ready_file
+        if ready:
             info = {"listen": self.ingest.endpoint, "http": self.http_url, "pid": os.getpid()}
-            tmp = Path(self.ready_file + ".tmp")
+            tmp = Path(ready + ".tmp")
             tmp.write_text(json.dumps(info))
-            tmp.replace(self.ready_file)
+            tmp.replace(ready)
 
     def serve(self) -> None:
         self.ingest.start()
-        if self.pusher is not None:
-            self.pusher.start()
+        if self.core.pusher is not None:
+            self.core.pusher.start()
         server = _Server(
             uvicorn.Config(
                 self.app,
@@ -143,13 +118,10 @@ class Service:
             self.close()
 
     def close(self) -> None:
-        self.stream.close()
-        if self.pusher is not None:
-            self.pusher.stop()
+        self.core.stream.close()
         self.ingest.stop()
-        self.engine.flush()
-        self.store.close()
+        self.core.close()
         self.http_sock.close()
-        if self.ready_file:
-            Path(self.ready_file).unlink(missing_ok=True)
+        if self.config.ready_file:
+            Path(self.config.ready_file).unlink(missing_ok=True)
         log.info("gradwatch collector stopped")

@@ -1,85 +1,53 @@
-"""SQLite persistence for alerts and runs (standard library, WAL mode, one shared connection)."""
+"""SQLite persistence for alerts and runs (standard library, WAL mode, one shared connection).
+
+Both tables are derived from their records (:class:`Alert`, :class:`RunRecord`) by
+:class:`~gradwatch.collector.table.Table`: adding a field to a record adds the column.
+"""
 
 from __future__ import annotations
 
-import json
-import math
 import sqlite3
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
 
 from .alert import Alert
-
-if TYPE_CHECKING:
-    from .state import RankState
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS alerts (
-    id INTEGER PRIMARY KEY,
-    rule TEXT NOT NULL, severity TEXT NOT NULL, state TEXT NOT NULL,
-    run TEXT NOT NULL, rank INTEGER NOT NULL, parameter TEXT,
-    step INTEGER NOT NULL, value REAL, threshold REAL,
-    message TEXT NOT NULL, action TEXT NOT NULL,
-    started_at REAL NOT NULL, updated_at REAL NOT NULL, resolved_at REAL,
-    acked INTEGER NOT NULL DEFAULT 0, history TEXT NOT NULL DEFAULT '[]',
-    first_step INTEGER NOT NULL DEFAULT -1
-);
-CREATE INDEX IF NOT EXISTS alerts_state ON alerts (state);
-CREATE INDEX IF NOT EXISTS alerts_resolved ON alerts (resolved_at);
-CREATE TABLE IF NOT EXISTS runs (
-    run TEXT NOT NULL, rank INTEGER NOT NULL, host TEXT NOT NULL, session TEXT NOT NULL,
-    first_seen REAL NOT NULL, last_seen REAL NOT NULL, last_step INTEGER NOT NULL,
-    ended INTEGER NOT NULL, frames INTEGER NOT NULL, dropped INTEGER NOT NULL,
-    PRIMARY KEY (run, rank)
-);
-"""
-
-_COLUMNS = (
-    "id rule severity state run rank parameter step value threshold message action "
-    "started_at updated_at resolved_at acked history first_step"
-).split()
+from .run_record import RunRecord
+from .table import Table
 
 
 @dataclass(frozen=True)
-class RunRecord:
-    """One rank of one run as persisted."""
+class Counter:
+    """A named number that must survive restarts (the alert change sequence)."""
 
-    run: str
-    rank: int
-    host: str
-    session: str
-    first_seen: float
-    last_seen: float
-    last_step: int
-    ended: bool
-    frames: int
-    dropped: int
-
-    @classmethod
-    def of(cls, s: RankState) -> RunRecord:
-        """The persisted view of a live rank."""
-        return cls(
-            s.run, s.rank, s.hello.host, s.hello.session, s.first_seen, s.last_seen,
-            s.last_step, s.ended, s.frames, s.dropped,
-        )  # fmt: skip
+    name: str
+    value: int
 
 
-def _num(x: float | None) -> float | None:
-    return x if x is None or math.isfinite(x) else None
+ALERTS: Table[Alert] = Table(Alert, "alerts", key=("id",))
+RUNS: Table[RunRecord] = Table(RunRecord, "runs", key=("run", "rank"))
+COUNTERS: Table[Counter] = Table(Counter, "counters", key=("name",))
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS alerts_state ON alerts (state);
+CREATE INDEX IF NOT EXISTS alerts_resolved ON alerts (resolved_at);
+"""
 
 
 class Store:
     """Alerts and runs in one SQLite file; every method is thread-safe."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        with self._db:
+            ALERTS.create(self._db)
+            RUNS.create(self._db)
+            COUNTERS.create(self._db)
+            self._db.executescript(_INDEXES)
 
     def close(self) -> None:
         with self._lock:
@@ -89,22 +57,10 @@ class Store:
 
     def save_alerts(self, alerts: Iterable[Alert]) -> None:
         """Insert or update alerts in one transaction."""
-        rows = [
-            (
-                a.id, a.rule, a.severity, a.state, a.run, a.rank, a.parameter, a.step,
-                _num(a.value), _num(a.threshold), a.message, a.action, a.started_at,
-                a.updated_at, a.resolved_at, int(a.acked),
-                json.dumps([[s, _num(v)] for s, v in a.history]), a.first_step,
-            )
-            for a in alerts
-        ]  # fmt: skip
-        if not rows:
-            return
-        marks = ",".join("?" * len(_COLUMNS))
-        with self._lock, self._db:
-            self._db.executemany(
-                f"INSERT OR REPLACE INTO alerts ({','.join(_COLUMNS)}) VALUES ({marks})", rows
-            )
+        rows = [ALERTS.row(a) for a in alerts]
+        if rows:
+            with self._lock, self._db:
+                self._db.executemany(ALERTS.upsert_sql(), rows)
 
     def delete_alerts(self, ids: Iterable[int]) -> None:
         with self._lock, self._db:
@@ -113,10 +69,8 @@ class Store:
     def load_alerts(self) -> list[Alert]:
         """Every stored alert, oldest first."""
         with self._lock:
-            rows = self._db.execute(
-                f"SELECT {','.join(_COLUMNS)} FROM alerts ORDER BY id"
-            ).fetchall()
-        return [_alert(dict(zip(_COLUMNS, row, strict=True))) for row in rows]
+            rows = self._db.execute(ALERTS.select_sql(order="id")).fetchall()
+        return [ALERTS.record(row) for row in rows]
 
     def max_alert_id(self) -> int:
         with self._lock:
@@ -125,40 +79,39 @@ class Store:
 
     def prune(self, older_than: float) -> list[int]:
         """Delete resolved alerts resolved before ``older_than``; return their ids."""
+        where = "state = 'resolved' AND resolved_at < ?"
         with self._lock, self._db:
             ids = [
                 int(r[0])
-                for r in self._db.execute(
-                    "SELECT id FROM alerts WHERE state = 'resolved' AND resolved_at < ?",
-                    (older_than,),
-                )
+                for r in self._db.execute(f"SELECT id FROM alerts WHERE {where}", (older_than,))
             ]
-            self._db.execute(
-                "DELETE FROM alerts WHERE state = 'resolved' AND resolved_at < ?", (older_than,)
-            )
+            self._db.execute(f"DELETE FROM alerts WHERE {where}", (older_than,))
         return ids
 
     # -------------------------------------------------------------------- runs
 
     def save_runs(self, records: Iterable[RunRecord]) -> None:
-        rows = [
-            (r.run, r.rank, r.host, r.session, r.first_seen, r.last_seen, r.last_step,
-             int(r.ended), r.frames, r.dropped)
-            for r in records
-        ]  # fmt: skip
+        rows = [RUNS.row(r) for r in records]
         if rows:
             with self._lock, self._db:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)", rows
-                )
+                self._db.executemany(RUNS.upsert_sql(), rows)
 
     def load_runs(self) -> list[RunRecord]:
         with self._lock:
-            rows = self._db.execute("SELECT * FROM runs ORDER BY run, rank").fetchall()
-        return [
-            RunRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], r[9])
-            for r in rows
-        ]
+            rows = self._db.execute(RUNS.select_sql(order="run, rank")).fetchall()
+        return [RUNS.record(row) for row in rows]
+
+    # -------------------------------------------------------------------- counters
+
+    def save_counter(self, name: str, value: int) -> None:
+        with self._lock, self._db:
+            self._db.execute(COUNTERS.upsert_sql(), COUNTERS.row(Counter(name, value)))
+
+    def counter(self, name: str) -> int:
+        """The counter's saved value; 0 if it was never saved."""
+        with self._lock:
+            row = self._db.execute(COUNTERS.select_sql(where="name = ?"), (name,)).fetchone()
+        return 0 if row is None else COUNTERS.record(row).value
 
     # -------------------------------------------------------------------- health
 
@@ -171,10 +124,3 @@ class Store:
             return True
         except sqlite3.Error:
             return False
-
-
-def _alert(row: dict[str, Any]) -> Alert:
-    pairs = json.loads(row.pop("history"))
-    history = [(int(s), math.nan if v is None else float(v)) for s, v in pairs]
-    row["acked"] = bool(row["acked"])
-    return Alert(history=history, **row)

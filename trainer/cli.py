@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
 
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from gradwatch.trainer.distributed import detect
 from gradwatch.trainer.faults import KINDS, Injection, parse_injection
+from gradwatch.trainer.injector import memory_capacity
 from gradwatch.trainer.model import PRESETS
 from gradwatch.trainer.optim import DEFAULT_LR, DEFAULT_WARMUP, OPTIMIZERS
-from gradwatch.trainer.train import train
+from gradwatch.trainer.train import Stop, train
 
-__all__ = ["build_parser", "parse_args", "main"]
+__all__ = ["DEFAULT_RUN", "RUN_ENV", "build_parser", "parse_args", "main"]
+
+DEFAULT_RUN = "demo"
+"""Run name when neither ``--run-name`` nor env ``GRADWATCH_RUN`` gives one."""
+RUN_ENV = "GRADWATCH_RUN"
 
 
 def _injection(text: str) -> Injection:
@@ -42,11 +51,13 @@ def _non_negative(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The trainer's argument parser (help on every flag)."""
-    kinds = "\n".join(f"  {k:8s} {v}" for k, v in KINDS.items())
+    kinds = "\n".join(f"  {k:12s} {v}" for k, v in KINDS.items())
     p = argparse.ArgumentParser(
         prog="python -m gradwatch.trainer",
         description="Train a small byte-level GPT on the shipped corpus, watched by gradwatch.",
-        epilog=f"fault kinds for --inject KIND@STEP (steps count from 1):\n{kinds}",
+        epilog="fault kinds for --inject KIND@STEP[:rank=R] (steps count from 1; without a "
+        f"rank, every rank):\n{kinds}\n\nunder torchrun: torchrun --nproc-per-node 2 -m "
+        "gradwatch.trainer --run-name NAME ... (DDP: gloo on CPU, NCCL on CUDA)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run = p.add_argument_group("run")
@@ -101,19 +112,33 @@ def build_parser() -> argparse.ArgumentParser:
         "touches a healthy run (norm ~0.1-10) and keeps exploding norms visible to the "
         "monitor, which reads gradients after clipping",
     )
+    # Flags must not be prefixes of torchrun's own options (torchrun parses the whole line):
+    # "--run" would be ambiguous with its --run-path. Defaults left None are the agent's.
     mon = p.add_argument_group("monitoring")
     mon.add_argument(
         "--endpoint",
-        default="tcp://127.0.0.1:5555",
-        help="gradwatch collector endpoint (ZMQ), e.g. tcp://127.0.0.1:5555",
+        default=None,
+        help="gradwatch collector endpoint (ZMQ), e.g. tcp://127.0.0.1:5555 (default: env "
+        "GRADWATCH_ENDPOINT, else the agent's DEFAULT_ENDPOINT)",
     )
-    mon.add_argument("--run", default="demo", help="run name shown by the collector")
-    mon.add_argument("--every", type=_positive, default=1, help="monitor: stats every N steps")
+    mon.add_argument(
+        "--run-name",
+        default=None,
+        help=f"run name shown by the collector (default: env {RUN_ENV}, else {DEFAULT_RUN!r})",
+    )
+    mon.add_argument("--run", dest="run_name", help=argparse.SUPPRESS)  # old alias, not torchrun
+    mon.add_argument(
+        "--every",
+        type=_positive,
+        default=None,
+        help="monitor: stats every N steps (default: the agent's, AgentConfig.every)",
+    )
     mon.add_argument(
         "--full-every",
         type=_positive,
-        default=50,
-        help="monitor: full per-parameter stats every N steps",
+        default=None,
+        help="monitor: full per-parameter stats every N steps (default: the agent's, "
+        "AgentConfig.full_every)",
     )
     mon.add_argument(
         "--peak-flops",
@@ -121,14 +146,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="device peak FLOP/s, for the monitor's MFU (e.g. 2e11 for two CPU cores)",
     )
+    mon.add_argument(
+        "--memory-limit",
+        type=_positive,
+        default=None,
+        metavar="BYTES",
+        help="memory capacity: mem_pressure fills up to it, and the monitor reports it as the "
+        "total (where the agent takes memory_limit_bytes; default: the host's RAM, or the "
+        "CUDA device's memory)",
+    )
     mon.add_argument("--no-monitor", action="store_true", help="train without gradwatch")
     mon.add_argument(
         "--inject",
         type=_injection,
         action="append",
         default=[],
-        metavar="KIND@STEP",
-        help=f"inject a fault at STEP (repeatable); KIND is one of {', '.join(KINDS)}",
+        metavar="KIND@STEP[:rank=R]",
+        help=f"inject a fault at STEP (repeatable), on rank R only if given; KIND is one of "
+        f"{', '.join(KINDS)}",
     )
     log = p.add_argument_group("logging")
     log.add_argument("--log-every", type=_positive, default=10, help="print a step line every N")
@@ -146,9 +181,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and cross-check the arguments (errors exit with argparse's usage message)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.run_name = args.run_name or os.environ.get(RUN_ENV) or DEFAULT_RUN
+    try:
+        where = detect()
+    except ValueError as e:
+        parser.error(f"torchrun environment: {e}")
+    world_size, launched = where.world_size, where.launched
     for inj in args.inject:
         if inj.step > args.steps:
             parser.error(f"argument --inject: {inj} is after the last step ({args.steps})")
+        if inj.rank is not None and inj.rank >= world_size:
+            parser.error(f"argument --inject: {inj} names rank {inj.rank} of {world_size}")
+        if inj.kind == "mem_pressure":
+            if args.memory_limit is None:
+                parser.error(f"argument --inject: {inj} needs --memory-limit BYTES")
+            capacity = memory_capacity(where.device)
+            if args.memory_limit > capacity:  # filling it would take the machine down
+                parser.error(
+                    f"argument --memory-limit: {args.memory_limit} bytes is more than this "
+                    f"{where.device.type} memory ({capacity:.0f} bytes)"
+                )
+        if inj.kind == "bf16" and launched:  # DDP's buckets cannot change a parameter's dtype
+            parser.error(f"argument --inject: {inj} does not work under torchrun (DDP)")
     if args.warmup is None:
         args.warmup = DEFAULT_WARMUP[args.optimizer]
     if args.lr is not None and args.lr <= 0:
@@ -156,18 +210,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-class Stop(BaseException):
-    """Raised in the main thread by SIGTERM so the loop unwinds and closes the monitor.
-
-    A BaseException, like KeyboardInterrupt: the signal may land inside any library's code
-    (a gradwatch hook, say), and a library's ``except Exception`` guard must not swallow it.
-    """
-
-
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Stop
 
 
+@record  # under torchrun, an error's message reaches torchrun's failure summary
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: exit 0 when done or stopped by SIGTERM, 130 on SIGINT."""
     args = parse_args(argv)

@@ -1,33 +1,47 @@
 """The demo training loop, nanoGPT style: read it top to bottom.
 
 ``train(args, on_step=...)`` runs the loop in-process and returns one :class:`StepRecord` per
-step, so tests drive it with a handful of steps and ``no_monitor=True``.
+step, so tests drive it with a handful of steps and ``no_monitor=True``. Under torchrun the
+same loop runs under DDP (see :mod:`gradwatch.trainer.distributed`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from gradwatch.trainer.data import Corpus, load_corpus
-from gradwatch.trainer.faults import FaultInjector
+from gradwatch.trainer.distributed import Dist, detect, weights_digest
+from gradwatch.trainer.injector import FaultInjector
 from gradwatch.trainer.model import GPT, GPTConfig
 from gradwatch.trainer.optim import build_optimizer, lr_factor, set_lrs
 
-__all__ = ["Monitor", "Run", "StepRecord", "train"]
+__all__ = ["Monitor", "Run", "StepRecord", "Stop", "train", "monitor_settings"]
+
+
+class Stop(BaseException):
+    """Raised in the main thread by SIGTERM so the loop unwinds and closes the monitor.
+
+    A BaseException, like KeyboardInterrupt: the signal may land inside any library's code
+    (a gradwatch hook, say), and a library's ``except Exception`` guard must not swallow it.
+    """
 
 
 class Monitor(Protocol):
     """What the loop needs from ``gradwatch.agent.watch(...)``."""
 
     def log(self, **kwargs: Any) -> None: ...
-    def close(self) -> None: ...
+    def close(self, reason: str = ...) -> None: ...
 
 
 class NullMonitor:
@@ -36,7 +50,7 @@ class NullMonitor:
     def log(self, **kwargs: Any) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, reason: str = "close") -> None:
         pass
 
 
@@ -67,27 +81,41 @@ class Run:
     optimizer: torch.optim.Optimizer
     faults: FaultInjector
     corpus: Corpus
+    dist: Dist = field(default_factory=Dist)
     records: list[StepRecord] = field(default_factory=list)
 
 
-def _attach_monitor(args: argparse.Namespace, model: GPT, optimizer: Any) -> Monitor:
+def monitor_settings(args: argparse.Namespace, model: GPT) -> dict[str, Any]:
+    """Keyword arguments for ``gradwatch.agent.watch``: the flags that were given, and the
+    agent's own defaults (``AgentConfig``) for those that were not."""
+    from gradwatch.agent import AgentConfig, watch  # lazy: nothing else in the trainer needs it
+
+    defaults = {f.name: f.default for f in dataclasses.fields(AgentConfig)}
+    cfg = model.config
+    # nanoGPT's estimate: 6N for the matmuls plus the attention scores.
+    flops_per_token = 6 * model.num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+    settings: dict[str, Any] = {
+        "run": args.run_name,
+        "endpoint": args.endpoint,  # None: env GRADWATCH_ENDPOINT, else the agent's default
+        "every": defaults["every"] if args.every is None else args.every,
+        "full_every": defaults["full_every"] if args.full_every is None else args.full_every,
+        "flops_per_token": flops_per_token,
+        "peak_flops": args.peak_flops,
+    }
+    limit = getattr(args, "memory_limit", None)
+    if limit is not None and "memory_limit_bytes" in inspect.signature(watch).parameters:
+        settings["memory_limit_bytes"] = limit
+    return settings
+
+
+def _attach_monitor(
+    args: argparse.Namespace, model: GPT, watched: nn.Module, optimizer: Any
+) -> Monitor:
     if getattr(args, "no_monitor", False):
         return NullMonitor()
     import gradwatch.agent  # lazy: nothing else in the trainer needs it
 
-    cfg = model.config
-    # nanoGPT's estimate: 6N for the matmuls plus the attention scores.
-    flops_per_token = 6 * model.num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
-    monitor: Monitor = gradwatch.agent.watch(
-        model,
-        optimizer,
-        run=args.run,
-        endpoint=args.endpoint,
-        every=args.every,
-        full_every=args.full_every,
-        flops_per_token=flops_per_token,
-        peak_flops=getattr(args, "peak_flops", None),
-    )
+    monitor: Monitor = gradwatch.agent.watch(watched, optimizer, **monitor_settings(args, model))
     return monitor
 
 
@@ -95,13 +123,14 @@ def _attach_monitor(args: argparse.Namespace, model: GPT, optimizer: Any) -> Mon
 def estimate_val_loss(
     model: GPT, corpus: Corpus, batch_size: int, iters: int, seed: int
 ) -> torch.Tensor:
-    """Mean loss over ``iters`` validation batches (same batches every call)."""
+    """Mean loss over ``iters`` validation batches (same batches every call, on every rank)."""
     gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
     model.eval()
     losses = []
     for _ in range(iters):
         x, y = corpus.batch("val", batch_size, model.config.block_size, gen)
-        losses.append(model(x, y)[1])
+        losses.append(model(x.to(device), y.to(device))[1])
     model.train()
     return torch.stack(losses).mean()
 
@@ -116,17 +145,23 @@ def train(
     """Train for ``args.steps`` steps; returns the per-step records.
 
     ``sleep`` and ``log`` let tests observe the ``hang``/``slow`` faults and silence output.
+    Under torchrun only rank 0 prints the step log; every rank prints its injections and its
+    summary, prefixed ``[rank R]``.
     """
-    say = log or (lambda line: print(line, flush=True))
+    dist = detect()
+    out = log or _print_line
+    say = out if not dist.launched else (lambda line: out(f"[rank {dist.rank}] {line}"))
 
     # -----------------------------------------------------------------------------
-    # setup: threads, seed, data, model, optimizer
+    # setup: process group, threads, seed, data, model, optimizer
+    dist.start()
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the same initial weights on every rank
     corpus = load_corpus()
     config = GPTConfig.preset(args.size)
-    model = GPT(config)
+    device = dist.device
+    model = GPT(config).to(device)
     optimizer = build_optimizer(
         args.optimizer,
         model,
@@ -134,40 +169,65 @@ def train(
         aux_lr=args.aux_lr,
         weight_decay=args.weight_decay,
     )
-    faults = FaultInjector(list(args.inject), model, optimizer, sleep=sleep, log=say)
-    run = Run(model, optimizer, faults, corpus)
-    batch_gen = torch.Generator().manual_seed(args.seed)  # batches depend on the seed only
+    faults = FaultInjector(
+        list(args.inject),
+        model,
+        optimizer,
+        sleep=sleep,
+        log=say,
+        rank=dist.rank,
+        memory_limit=getattr(args, "memory_limit", None),
+    )
+    # A detached module leaves parameters without gradient, which DDP must be told about.
+    ddp = dist.wrap(model, find_unused_parameters=any(i.kind == "dead" for i in args.inject))
+    run = Run(model, optimizer, faults, corpus, dist)
+    # Batches depend on the seed only; each rank draws its own.
+    batch_gen = torch.Generator().manual_seed(args.seed + dist.rank)
     tokens_per_step = args.batch_size * config.block_size
     peak = max(g["base_lr"] for g in optimizer.param_groups)
-    say(
-        f"gradwatch trainer: {args.size} {model.num_params() / 1e6:.2f}M params | "
-        f"{args.optimizer} lr {peak:.2e} | {len(corpus.train) / 1e3:.0f}k train / "
-        f"{len(corpus.val) / 1e3:.0f}k val bytes | {tokens_per_step} tok/step | "
-        f"{torch.get_num_threads()} threads"
-    )
+    if dist.rank == 0:
+        where = ""
+        if dist.launched:
+            where = f" | DDP {dist.world_size} ranks, {dist.backend} on {device.type}"
+        out(
+            f"gradwatch trainer: {args.size} {model.num_params() / 1e6:.2f}M params | "
+            f"{args.optimizer} lr {peak:.2e} | {len(corpus.train) / 1e3:.0f}k train / "
+            f"{len(corpus.val) / 1e3:.0f}k val bytes | {tokens_per_step} tok/step | "
+            f"{torch.get_num_threads()} threads{where}"
+        )
 
     # -----------------------------------------------------------------------------
-    # attach gradwatch (a do-nothing monitor under --no-monitor)
-    monitor = _attach_monitor(args, model, optimizer)
+    # attach gradwatch (a do-nothing monitor under --no-monitor); it gets the DDP wrapper
+    monitor = _attach_monitor(args, model, ddp, optimizer)
 
     # -----------------------------------------------------------------------------
     # the loop: steps count from 1, so "--inject nan@100" hits the 100th optimizer step
     t_start = time.perf_counter()
     val_loss: torch.Tensor | None = None
-    step = 0
+    close_reason = "close"
+    dt = 0.0
+
+    def draw() -> tuple[torch.Tensor, torch.Tensor]:
+        return corpus.batch("train", args.batch_size, config.block_size, batch_gen)
+
     try:
         for step in range(1, args.steps + 1):
             t0 = time.perf_counter()
-            faults.begin(step)  # may change group lr scales or dtypes, or hang right here
+            faults.begin(step)  # may change group lr scales, dtypes or weights, or raise
             set_lrs(optimizer, lr_factor(step, args.warmup, args.steps))
 
-            # forward / backward on one batch
-            x, y = corpus.batch("train", args.batch_size, config.block_size, batch_gen)
-            logits, loss = model(x, y)
+            # data (a slow loader or a repeated subset when injected)
+            x, y = faults.batch(step, draw, dt)
+            x, y = x.to(device), y.to(device)
+
+            # forward / backward on one batch (DDP all-reduces the gradients in backward)
+            logits, loss = ddp(x, y)
             assert loss is not None
             loss = faults.loss(step, logits, y, loss)
             optimizer.zero_grad(set_to_none=True)
+            faults.before_backward(step)  # a hang here leaves the other ranks in all-reduce
             loss.backward()  # type: ignore[no-untyped-call]
+            faults.after_backward(step)
 
             # The high default clip never touches a healthy run and keeps an exploding norm
             # visible to the agent, which reads the gradients after this line.
@@ -179,6 +239,7 @@ def train(
                     [p.grad for p in params if p.grad is not None]
                 )
             optimizer.step()
+            faults.end(step)  # desync, leak, memory pressure
 
             # evaluation (before the monitor's log, so val_loss travels with this step)
             scalars: dict[str, torch.Tensor] = {}
@@ -192,7 +253,6 @@ def train(
             monitor.log(
                 loss=loss.detach(), tokens=tokens_per_step, samples=args.batch_size, **scalars
             )
-            faults.end(step, time.perf_counter() - t0)  # leak / slow
             dt = time.perf_counter() - t0
 
             record = StepRecord(
@@ -209,8 +269,9 @@ def train(
             if on_step is not None:
                 on_step(record, run)
 
-            # the one-line step log (the only place .item() syncs)
-            if step % args.log_every == 0 or step == 1 or "val_loss" in scalars:
+            # the one-line step log (the only place .item() syncs), on rank 0 only
+            logged = step % args.log_every == 0 or step == 1 or "val_loss" in scalars
+            if dist.rank == 0 and logged:
                 line = (
                     f"step {step} | loss {loss.item():.4f} | lr {record.lr:.2e} | "
                     f"gnorm {grad_norm.item():.2f} | {dt * 1e3:.1f} ms | "
@@ -218,25 +279,47 @@ def train(
                 )
                 if record.val_loss is not None:
                     line += f" | val_loss {record.val_loss:.4f}"
-                say(line)
+                out(line)
+    except (Stop, KeyboardInterrupt):
+        close_reason = "terminated"
+        raise
+    except BaseException:
+        close_reason = "error"
+        raise
 
     # -----------------------------------------------------------------------------
-    # shutdown: always close the monitor and print one summary line
+    # shutdown: always close the monitor, print one summary line, leave the process group
     finally:
-        monitor.close()
+        monitor.close(close_reason)
         elapsed = time.perf_counter() - t_start
-        done = len(run.records)
-        last = run.records[-1] if run.records else None
-        summary = f"done: {done}/{args.steps} steps in {elapsed:.1f} s"
-        if done:
-            summary += f" ({done / elapsed:.1f} steps/s)"
-        if last is not None:
-            summary += f" | final loss {float(last.loss):.4f}"
-            if not math.isfinite(float(last.loss)):
-                summary += " (non-finite)"
-        if val_loss is not None:
-            summary += f" | val_loss {float(val_loss):.4f}"
-        if faults.active:
-            summary += f" | faults {', '.join(sorted(faults.active))}"
-        say(summary)
+        say(_summary(args, run, elapsed, val_loss))
+        dist.stop()
     return run.records
+
+
+def _print_line(line: str) -> None:
+    # One write per line: under torchrun every rank shares one pipe, and print()'s separate
+    # write of the newline (unbuffered, PYTHONUNBUFFERED=1) lets another rank's line in between.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _summary(
+    args: argparse.Namespace, run: Run, elapsed: float, val_loss: torch.Tensor | None
+) -> str:
+    done = len(run.records)
+    last = run.records[-1] if run.records else None
+    summary = f"done: {done}/{args.steps} steps in {elapsed:.1f} s"
+    if done:
+        summary += f" ({done / elapsed:.1f} steps/s)"
+    if last is not None:
+        summary += f" | final loss {float(last.loss):.4f}"
+        if not math.isfinite(float(last.loss)):
+            summary += " (non-finite)"
+    if val_loss is not None:
+        summary += f" | val_loss {float(val_loss):.4f}"
+    if run.faults.active:
+        summary += f" | faults {', '.join(sorted(run.faults.active))}"
+    if run.dist.launched:  # replicas in sync have equal digests
+        summary += f" | weights {weights_digest(run.model)}"
+    return summary

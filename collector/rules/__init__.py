@@ -1,14 +1,17 @@
-"""The rule catalogue: every anomaly rule by name, and loading threshold overrides."""
+"""The rule catalogue: every anomaly rule by name, and loading threshold overrides (from a rules
+file, ``--rules``, and from the ``[rules.<name>]`` tables of the config file, ``--config``)."""
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeAlias
 
-import tomllib
 import yaml
+
+from gradwatch.settings import ConfigError, read_toml
 
 from .base import Finding, Rule, RuleSettings
 from .gradients import DeadParameters, GradExplosion, VanishingGradients
@@ -29,7 +32,21 @@ from .updates import (
     WeightNormSpike,
 )
 
-__all__ = ["CATALOGUE", "Finding", "Rule", "RuleSettings", "RulesError", "build_rules", "load"]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "CATALOGUE",
+    "Finding",
+    "Rule",
+    "RuleSettings",
+    "RulesError",
+    "build_rules",
+    "load",
+    "overrides",
+]
 
 AnyRule: TypeAlias = Rule[Any, Any]
 
@@ -80,18 +97,18 @@ def _settings(cls: type[AnyRule], values: dict[str, Any]) -> RuleSettings:
     fields = {f.name: f for f in dataclasses.fields(cls.settings_type)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise RulesError(f"rule {cls.name}: unknown field(s) {unknown}; known: {sorted(fields)}")
+        raise RulesError(f"rules.{cls.name}: unknown field(s) {unknown}; known: {sorted(fields)}")
     defaults = cls.settings_type()
     for key, value in values.items():
         want = type(getattr(defaults, key))
         ok = isinstance(value, want) or (want is float and isinstance(value, int))
         if not ok or (want is not bool and isinstance(value, bool)):
-            raise RulesError(f"rule {cls.name}: {key} must be {want.__name__}, got {value!r}")
+            raise RulesError(f"rules.{cls.name}: {key} must be {want.__name__}, got {value!r}")
         values[key] = want(value)
     try:
         return dataclasses.replace(defaults, **values)
     except ValueError as exc:
-        raise RulesError(f"rule {cls.name}: {exc}") from None
+        raise RulesError(f"rules.{cls.name}: {exc}") from None
 
 
 def load(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -110,8 +127,33 @@ def load(path: str | Path) -> dict[str, dict[str, Any]]:
         raise RulesError(f"{path}: cannot parse: {exc}") from None
     if not isinstance(data, dict):
         raise RulesError(f"{path}: expected a mapping at the top level")
-    rules = data.get("rules", data)
+    return _checked(data.get("rules", data), str(path))
+
+
+def _checked(rules: Any, where: str) -> dict[str, dict[str, Any]]:
     if not isinstance(rules, dict) or not all(isinstance(v, dict) for v in rules.values()):
-        raise RulesError(f"{path}: 'rules' must map rule names to tables of thresholds")
-    build_rules(rules)  # validate now, at startup
+        raise RulesError(f"{where}: 'rules' must map rule names to tables of thresholds")
+    try:
+        build_rules(rules)  # validate now, at startup
+    except RulesError as exc:
+        raise RulesError(f"{where}: {exc}") from None
     return rules
+
+
+def overrides(
+    config_path: str | None = None, rules_path: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """A deployment's threshold overrides: the config file's ``[rules.<name>]`` tables, then
+    the rules file's on top of them (field by field); validated."""
+    merged: dict[str, dict[str, Any]] = {}
+    if config_path:
+        try:
+            data = read_toml(config_path)
+        except ConfigError as exc:
+            raise RulesError(str(exc)) from None
+        merged = {name: dict(t) for name, t in _checked(data.get("rules", {}), config_path).items()}
+    if rules_path:
+        for name, table in load(rules_path).items():
+            merged.setdefault(name, {}).update(table)
+    build_rules(merged)
+    return merged

@@ -7,6 +7,8 @@ import inspect
 import sys
 from pathlib import Path
 
+from gradwatch.settings import field_docs
+
 from . import CATALOGUE
 from .base import RuleSettings
 
@@ -21,9 +23,11 @@ def render() -> str:
         "do not edit -->",
         "",
         "Every rule runs on each stats frame of a rank (``trainer_silent`` on the collector's "
-        "clock). Override any setting with `--rules FILE` (YAML `rules: {loss_spike: {ratio: 20}}` "
-        "or TOML `[rules.loss_spike]` / `ratio = 20`); `enabled = false` turns a rule off. "
-        "Unknown rules or fields stop the collector at startup.",
+        "clock). Override any setting in the `[rules.<name>]` tables of the config file "
+        "(`--config`, docs/config.md) or with `--rules FILE` (YAML "
+        "`rules: {loss_spike: {ratio: 20}}` or TOML `[rules.loss_spike]` / `ratio = 20`), which "
+        "applies on top; `enabled = false` turns a rule off. Unknown rules or fields stop the "
+        "collector at startup (`gradwatch rules --check FILE` checks a file).",
         "",
         "Common settings of every rule: "
         + "; ".join(
@@ -55,18 +59,7 @@ def _base(name: str) -> object:
 
 
 def _doc(cls: type, field_name: str) -> str:
-    """The docstring under a dataclass field (attribute docstring), found in the source."""
-    for klass in cls.__mro__:
-        try:
-            lines = inspect.getsource(klass).splitlines()
-        except (OSError, TypeError):
-            continue
-        for i, line in enumerate(lines):
-            if line.strip().startswith(f"{field_name}:") and i + 1 < len(lines):
-                nxt = lines[i + 1].strip()
-                if nxt.startswith('"""'):
-                    return nxt.strip('"').strip()
-    return ""
+    return field_docs(cls).get(field_name, "")
 
 
 def main(argv: list[str] | None = None) -> int:

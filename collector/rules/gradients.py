@@ -6,6 +6,8 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from gradwatch.wire import metrics as m
+
 from ..state import RankState
 from .base import (
     Finding,
@@ -24,7 +26,7 @@ def global_grad_norm(rank: RankState) -> float | None:
     """The agent's global norm, else the root sum of squares of the per-parameter norms."""
     if rank.stats is None:
         return None
-    value = rank.stats.metrics.get("grad_norm")
+    value = rank.stats.metrics.get(m.GRAD_NORM)
     if value is None and rank.columns.get("grad_norm"):
         value = math.sqrt(sum(x * x for x in rank.columns["grad_norm"]))
     return value

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from gradwatch.wire import metrics as m
+
 from ..state import RankState
 from .base import Finding, Rule, RuleSettings, finite, name_list
 
@@ -56,9 +58,9 @@ class NonFinite(Rule[NonFiniteSettings, NonFiniteMemory]):
                     offenders.append(rank.names[i])
         ordered = [n for n in rank.names if n in offenders]
         loss_bad = stats.loss is not None and not math.isfinite(stats.loss)
-        global_norm = stats.metrics.get("grad_norm")
+        global_norm = stats.metrics.get(m.GRAD_NORM)
         grad_bad = global_norm is not None and not finite(global_norm)
-        grad_bad = grad_bad or stats.metrics.get("nonfinite_grads", 0.0) > 0
+        grad_bad = grad_bad or stats.metrics.get(m.NONFINITE_GRADS, 0.0) > 0
         if not (ordered or loss_bad or grad_bad):
             memory.parameter = None
             return []

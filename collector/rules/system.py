@@ -7,6 +7,8 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from gradwatch.wire import metrics as m
+
 from ..state import RankState
 from .base import Finding, Rule, RuleSettings, fmt, median, metric
 
@@ -45,7 +47,7 @@ class ThroughputDrop(Rule[SlowdownSettings, SeriesMemory]):
     severity = "warning"
     action = "check the data loader, device contention, throttling and new host syncs"
     settings_type = SlowdownSettings
-    key = "tokens_per_second"
+    key = m.TOKENS_PER_SECOND
 
     def new_memory(self) -> SeriesMemory:
         s = self.settings
@@ -92,7 +94,7 @@ class StepTimeIncrease(ThroughputDrop):
 
     name = "step_time_increase"
     settings_type = StepTimeSettings
-    key = "step_time_seconds"
+    key = m.STEP_TIME
 
     def bad(self, value: float, typical: float) -> tuple[bool, float]:
         limit = self.settings.ratio * typical
@@ -108,8 +110,8 @@ class MemoryPressureSettings(RuleSettings):
 
 def memory_used(rank: RankState) -> float | None:
     """Allocated device memory when reported, else the process RSS."""
-    value = metric(rank, "memory_allocated_bytes")
-    return metric(rank, "rss_bytes") if value is None else value
+    value = metric(rank, m.MEMORY_ALLOCATED)
+    return metric(rank, m.RSS) if value is None else value
 
 
 class MemoryPressure(Rule[MemoryPressureSettings, None]):
@@ -128,7 +130,7 @@ class MemoryPressure(Rule[MemoryPressureSettings, None]):
         return None
 
     def check(self, rank: RankState, memory: None) -> list[Finding] | None:
-        used, total = memory_used(rank), metric(rank, "memory_total_bytes")
+        used, total = memory_used(rank), metric(rank, m.MEMORY_TOTAL)
         if used is None or not total or not math.isfinite(used):
             return None
         limit = self.settings.ratio * total

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
+from gradwatch.collector.alert import SEVERITIES, Alert
 from gradwatch.collector.api import create_app, parse_since
-from gradwatch.collector.health import IngestHealth
+from gradwatch.collector.run_record import RunRecord
 from tests.helpers.fake_rank import FakeRank, Harness
 
 
@@ -24,7 +26,7 @@ def world() -> Iterator[tuple[Harness, TestClient]]:
         h.send(other.stats(step))
     h.send(r.stats(6, grad={"blocks.1.mlp.fc.weight": math.nan}, full=True))
     h.send(other.stats(6, loss=math.inf))
-    app = create_app(h.fleet, h.book, IngestHealth())
+    app = create_app(h.core)
     with TestClient(app) as client:
         yield h, client
 
@@ -36,10 +38,7 @@ def test_api_lists_alerts_newest_first_with_filters_and_paging(
     body = client.get("/alerts").json()
     assert body["total"] == 2 and body["limit"] == 100 and body["offset"] == 0
     first = body["alerts"][0]
-    for key in ("id", "rule", "severity", "state", "run", "rank", "step", "parameter", "value",
-                "threshold", "message", "action", "started_at", "updated_at", "resolved_at",
-                "acked", "history"):  # fmt: skip
-        assert key in first
+    assert set(first) == {f.name for f in dataclasses.fields(Alert)}
     assert first["run"] == "other" and first["value"] == 1.0
     assert [a["run"] for a in client.get("/alerts", params={"run": "demo"}).json()["alerts"]] == [
         "demo"
@@ -114,7 +113,7 @@ def test_api_health_ready_docs_and_metrics(world: tuple[Harness, TestClient]) ->
 
 def test_api_health_reports_a_dead_ingest_thread() -> None:
     h = Harness()
-    app = create_app(h.fleet, h.book, IngestHealth(), ingest_alive=lambda: False)
+    app = create_app(h.core, ingest_alive=lambda: False)
     with TestClient(app) as client:
         assert client.get("/healthz").status_code == 503
         assert client.get("/readyz").status_code == 503
@@ -125,3 +124,13 @@ def test_parse_since_accepts_unix_and_iso() -> None:
     assert parse_since("1970-01-01T00:01:00") == 60.0
     with pytest.raises(ValueError):
         parse_since("nan")
+
+
+def test_api_serves_the_records_as_they_are(world: tuple[Harness, TestClient]) -> None:
+    _, client = world
+    [rank] = client.get("/runs").json()["runs"][0]["ranks"]
+    assert set(rank) == {f.name for f in dataclasses.fields(RunRecord)} | {"firing", "live"}
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert set(schema["Alert"]["properties"]) == {f.name for f in dataclasses.fields(Alert)}
+    assert schema["Alert"]["properties"]["severity"]["enum"] == list(SEVERITIES)
+    assert "onset" in schema["Alert"]["properties"]["first_step"]["description"]

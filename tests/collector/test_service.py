@@ -10,23 +10,11 @@ import threading
 from pathlib import Path
 
 import httpx
-import zmq
 
-from gradwatch import wire
 from tests.helpers.fake_rank import FakeRank
+from tests.helpers.live import send_frames as _send
 from tests.helpers.processes import PYTHON, CollectorProcess
 from tests.helpers.waiting import wait_until
-
-
-def _send(endpoint: str, frames: list[wire.Frame]) -> None:
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 2000)
-    push.connect(endpoint)
-    for frame in frames:
-        push.send(wire.encode(frame))
-    push.close()
-    ctx.term()
 
 
 def test_service_ready_file_and_health(collector_process: CollectorProcess) -> None:

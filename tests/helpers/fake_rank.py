@@ -7,10 +7,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gradwatch import wire
-from gradwatch.collector.book import AlertBook
-from gradwatch.collector.engine import Engine
+from gradwatch.collector.config import CollectorConfig
+from gradwatch.collector.core import build_core
 from gradwatch.collector.rules import CATALOGUE, build_rules
-from gradwatch.collector.state import Fleet
 
 PARAMS: tuple[tuple[str, tuple[int, ...], str], ...] = (
     ("tok_emb.weight", (256, 48), "float32"),
@@ -114,7 +113,7 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 class Harness:
-    """Fleet + one rule (or all) + an in-memory alert book, fed frame by frame."""
+    """A collector core (one rule, or all) without sockets or disk, fed frame by frame."""
 
     def __init__(self, rule: str | None = None, **overrides: Any) -> None:
         if rule is not None:
@@ -123,9 +122,8 @@ class Harness:
             settings[rule] = overrides
         else:
             settings = {}
-        self.fleet = Fleet()
-        self.book = AlertBook()
-        self.engine = Engine(self.fleet, self.book, build_rules(settings))
+        self.core = build_core(CollectorConfig(), build_rules(settings), persist=False)
+        self.fleet, self.book, self.engine = self.core.fleet, self.core.book, self.core.engine
         self.now = 1000.0
 
     def send(self, frame: wire.Frame, dt: float = 1.0) -> None:

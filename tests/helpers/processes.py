@@ -134,7 +134,7 @@ def trainer_cmd(
         str(steps),
         "--endpoint",
         endpoint,
-        "--run",
+        "--run-name",
         run,
     ]
     for item in inject:

@@ -1,0 +1,50 @@
+"""What the collector sends Alertmanager: the label and annotation contract the templates read."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from gradwatch.collector.alert import Alert
+from tests.helpers.stack import job_alert, payloads
+
+PUBLIC_URL = "https://gradwatch.example/"
+
+
+def make_alert(**kw: Any) -> Alert:
+    base = Alert(7, "non_finite", "critical", "firing", "run-a", 3, "h.0.attn.weight", 20,
+                 float("nan"), 0.0, "1 parameter(s) with non-finite gradient: h.0.attn.weight",
+                 "stop the run", 1000.0, 1000.0, first_step=18)  # fmt: skip
+    return replace(base, **kw)
+
+
+def payload(alert: Alert) -> dict[str, Any]:
+    return dict(payloads([alert], public_url=PUBLIC_URL)[0])
+
+
+def test_payload_links_to_the_alert_and_the_rules_runbook_under_public_url() -> None:
+    notes = payload(make_alert())["annotations"]
+    assert notes["link"] == "https://gradwatch.example/alerts/7"
+    assert notes["runbook_url"] == "https://gradwatch.example/docs/rules.md#non_finite"
+    assert notes["first_step"] == "18" and notes["step"] == "20"
+
+
+def test_payload_of_a_per_rank_alert_names_its_rank_in_ranks() -> None:
+    sent = payload(make_alert())
+    assert sent["labels"]["rank"] == "3" and sent["annotations"]["ranks"] == "3"
+    assert sent["annotations"]["summary"] == "non_finite on run-a rank 3 (h.0.attn.weight)"
+
+
+def test_payload_of_a_job_alert_sends_its_ranks_compact_and_keeps_the_origin_rank() -> None:
+    sent = payload(job_alert(range(5, 1029)))
+    assert sent["labels"]["rank"] == "5"
+    assert sent["annotations"]["ranks"] == "5-1028"
+    assert "ranks 5-1028" in sent["annotations"]["summary"]
+
+
+def test_payload_caps_long_messages_and_leaves_out_empty_annotations() -> None:
+    sent = payload(make_alert(message="x" * 5000, first_step=-1, parameter=None, threshold=None))
+    notes = sent["annotations"]
+    assert len(notes["description"]) == 1000 and notes["description"].endswith("…")
+    assert "first_step" not in notes and "threshold" not in notes
+    assert "parameter" not in sent["labels"]
