@@ -4,6 +4,8 @@ environment, rank and world size from torch.distributed."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from typing import Any
 
 import torch
@@ -60,3 +62,23 @@ def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"gradwatch.watch needs a torch.optim.Optimizer, got {type(optimizer)}")
     return optimizer
+
+
+def _watch_signature() -> inspect.Signature:
+    """watch()'s own parameters, then every other AgentConfig field as a keyword with its
+    AgentConfig default: introspection (help(), IDEs, ``inspect.signature``) sees the settings
+    watch() takes through ``**settings`` without a second copy of their defaults."""
+    own = inspect.signature(watch).parameters.values()
+    named = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    taken = {p.name for p in named}
+    fields = [
+        inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type
+        )
+        for f in dataclasses.fields(AgentConfig)
+        if f.name not in taken and f.default is not dataclasses.MISSING
+    ]
+    return inspect.signature(watch).replace(parameters=[*named, *fields])
+
+
+watch.__signature__ = _watch_signature()  # type: ignore[attr-defined]
