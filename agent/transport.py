@@ -113,9 +113,11 @@ class Sender:
 
     def close(self, timeout: float) -> None:
         """Flush what is queued (bounded by ``timeout``) and stop the thread. A process that
-        ends before its first handshake (a crash at the first step) waits for one within
-        ``timeout``, so that its final frames, the ``bye`` above all, are not dropped."""
-        self._closing_by = time.monotonic() + timeout
+        ends before its first handshake (a crash at the first step) waits for one, so that
+        its final frames, the ``bye`` above all, are not dropped: for half of ``timeout``, so
+        the thread still closes its socket within ``timeout`` (a thread left inside ZeroMQ
+        when the interpreter exits can abort the process)."""
+        self._closing_by = time.monotonic() + timeout / 2
         self._items.append(_STOP)
         self._wake.set()
         self._thread.join(timeout)  # past it, the daemon thread dies with the process
@@ -219,8 +221,11 @@ class Sender:
                 self._send_hello(sock)
             try:
                 if not all(ready() for ready in item.ready):
-                    self._items.appendleft(item)  # the device is not done: next wakeup
-                    return True
+                    if self._closing_by is None or time.monotonic() < self._closing_by:
+                        self._items.appendleft(item)  # the device is not done: next wakeup
+                        return True
+                    self.dropped_send += 1  # closing, and the device never finished
+                    continue
                 frame = item.build(self._next_seq(), self.dropped)
             except Exception as exc:
                 self.dropped_send += 1
