@@ -29,17 +29,22 @@ def watch(
 ) -> Monitor:
     """Attach gradwatch to ``optimizer`` (hooks only; the training loop needs no change).
 
-    ``run``/``endpoint`` default to env ``GRADWATCH_RUN``/``GRADWATCH_ENDPOINT``; rank and
-    world size to torch.distributed, then env ``RANK``/``WORLD_SIZE``. ``settings`` are any
+    ``run``/``endpoint``/``curve_keys`` default to env ``GRADWATCH_RUN``/
+    ``GRADWATCH_ENDPOINT``/``GRADWATCH_CURVE_KEYS``; rank and world size to
+    torch.distributed, then env ``RANK``/``WORLD_SIZE``. ``settings`` are any
     other :class:`AgentConfig` fields by name (``every=``, ``full_every=``,
     ``flops_per_token=``, ...); those not given keep AgentConfig's defaults. A full ``config``
     overrides every other setting.
     """
     if config is None:
         d_rank, d_world = default_rank_world()
-        chosen = env_default("ENDPOINT", endpoint, None)
-        if chosen is not None:
-            settings["endpoint"] = chosen
+        for name, given in (
+            ("endpoint", endpoint),
+            ("curve_keys", settings.pop("curve_keys", None)),
+        ):
+            chosen = env_default(name.upper(), given, None)
+            if chosen is not None:
+                settings[name] = chosen
         config = AgentConfig(
             run=env_default("RUN", run, None) or "",
             rank=d_rank if rank is None else rank,
