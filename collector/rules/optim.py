@@ -46,8 +46,8 @@ class LrSanity(Rule[LrSanitySettings, LrMemory]):
     minimum once the LR stops rising (warmup over), the current LR with the maximum. A jump
     is a change by more than 3x per step (frames steps apart: per step) after warmup that
     the previous change did not announce (a smooth schedule, even a steep one, is not a
-    jump), other than a rise back to at most the peak so far (warmup, a warm restart) or a drop to exactly 0 (a freeze:
-    frozen_parameters reports it) (warning). What to do:
+    jump), other than a rise back to at most the peak so far (warmup, a warm restart) or a
+    drop to exactly 0 (a freeze: frozen_parameters reports it) (warning). What to do:
     match the LR to the optimizer (Muon 1e-3..3e-3, AdamW 3e-4..1e-3), check the scheduler
     and any code that rewrites ``param_group["lr"]``; ack the alert if the change was planned.
     """
