@@ -4,7 +4,8 @@ Only the standard library, torch, zmq and msgpack are imported here; integration
 ``gradwatch.agent.integrations`` and import their frameworks themselves.
 """
 
+from gradwatch.agent.attach import watch
 from gradwatch.agent.config import AgentConfig
-from gradwatch.agent.monitor import Monitor, watch
+from gradwatch.agent.monitor import Monitor
 
 __all__ = ["AgentConfig", "Monitor", "watch"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
+from typing import Any
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
@@ -33,14 +35,35 @@ class AgentConfig:
     flush_seconds: float = 0.1
     """The sender thread wakes at most once per this many seconds and sends all that is queued.
     One wakeup per frame would preempt the training step's compute threads every step."""
-    heartbeat_seconds: float = 1.0
-    """Least seconds between heartbeats on steps that are not sampled."""
+    heartbeat_seconds: float = 5.0
+    """The sender thread sends a heartbeat (last step, the training thread's phase) every
+    this many seconds, whatever the training thread is doing."""
+    stall_seconds: float = 60.0
+    """When no optimizer step has completed for this many seconds, heartbeats carry the
+    training thread's Python stack."""
+    connect_warn_seconds: float = 10.0
+    """Log one warning when no collector has been reached this many seconds after start."""
+    replicated: bool = False
+    """The model is replicated across ranks, so its gradients and weights must agree (DDP is
+    recognised by itself; set this for other data-parallel schemes). Sent in the hello."""
+    report_signals: bool = True
+    """Wrap SIGTERM/SIGINT handlers so the bye says ``terminated`` (see docs/agent.md). A
+    main thread blocked inside a C call runs Python signal handlers only when the call
+    returns; set False to leave signal handling exactly as it is."""
     close_timeout_seconds: float = 1.0
     """Most seconds ``close()`` waits for the sender thread to flush the final frames."""
     flops_per_token: float | None = None
     """Model FLOPs per trained token (forward + backward), for ``mfu_ratio``."""
     peak_flops: float | None = None
     """Peak FLOP/s of this rank's device, for ``mfu_ratio``."""
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The default of field ``name``: CLIs and docs read it here instead of restating it."""
+        default = cls.__dataclass_fields__[name].default
+        if default is MISSING:
+            raise KeyError(f"AgentConfig.{name} has no default")
+        return default
 
     def __post_init__(self) -> None:
         if not self.run or len(self.run) > 256:
@@ -55,15 +78,24 @@ class AgentConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {value!r}")
-        if self.heartbeat_seconds <= 0:
-            raise ValueError(f"heartbeat_seconds: must be > 0, got {self.heartbeat_seconds}")
+        for name, least in (
+            ("heartbeat_seconds", 0.01),  # the sender thread would spin below that
+            ("stall_seconds", 0.0),
+            ("connect_warn_seconds", 0.0),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not least < value < math.inf:
+                raise ValueError(f"{name}: must be a number of seconds > {least}, got {value!r}")
+        for name in ("replicated", "report_signals"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: must be True or False, got {getattr(self, name)!r}")
         if self.close_timeout_seconds < 0:
             raise ValueError("close_timeout_seconds: must be >= 0")
         if not 0 <= self.flush_seconds <= 10:
             raise ValueError(f"flush_seconds: must be in [0, 10], got {self.flush_seconds}")
         for name in ("flops_per_token", "peak_flops"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
+            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
                 raise ValueError(f"{name}: must be > 0 when given, got {value}")
 
 

@@ -1,4 +1,4 @@
-"""Optimizer hooks, the :class:`Monitor` they feed, and :func:`watch`.
+"""The optimizer and model hooks and the :class:`Monitor` they feed (:func:`watch` makes one).
 
 Frame life cycle: the post-hook of sampled step ``t`` reduces everything into one device
 buffer and starts its copy to the host; the frame stays open so that ``log()`` calls of the
@@ -7,6 +7,10 @@ post-hook (or ``close()``) seals it and hands it to the sender thread. A ``log()
 the previous step when a backward pass ran after it and before the next pre-hook (counted by a
 grad-accumulation hook on a few parameters), else to the coming step. The pre-hook only notes
 that count and, on full steps, snapshots the update sample: one hook does the work.
+
+The model's forward hooks and the optimizer hooks also move the :class:`PhaseClock`, which the
+sender thread reads for its heartbeats; the exit hooks (``exits``) note how the run ends for
+the ``bye``.
 """
 
 from __future__ import annotations
@@ -14,25 +18,32 @@ from __future__ import annotations
 import atexit
 import logging
 import math
-import os
 import secrets
-import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
+from time import perf_counter
 from types import TracebackType
 from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from gradwatch import wire
-from gradwatch.agent.config import AgentConfig, default_rank_world, env_default
+from gradwatch.agent import exits, stacks
+from gradwatch.agent.config import AgentConfig
+from gradwatch.agent.exits import ExitInfo
+from gradwatch.agent.layout import Segments, StepLayout
+from gradwatch.agent.phases import BACKWARD, FORWARD, OPTIMIZER, DeclaredPhase, PhaseClock
 from gradwatch.agent.stats import GradStats
-from gradwatch.agent.step_buffer import PendingStats, heartbeat_item, to_host
+from gradwatch.agent.step_buffer import PendingStats, to_host
 from gradwatch.agent.system import ScalerTracker, memory_metrics
+from gradwatch.agent.table import hello_builder, is_replicated, param_table
 from gradwatch.agent.transport import Outgoing, Sender
 from gradwatch.agent.updates import UpdateSampler
+from gradwatch.wire import metrics as m
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -60,7 +71,14 @@ class Monitor:
         self._logged_errors: set[str] = set()
         self._optimizer = optimizer
         self._model = model
-        tracked = self._build_tables()
+        self._replicated = config.replicated or is_replicated(model)
+        self._clock = PhaseClock()
+        self._exit: ExitInfo | None = None
+        """How the run is ending, once a hook noted it (a signal, an uncaught exception)."""
+        self._grad_hooks: list[RemovableHandle] = []
+        self._generation = 0
+        """Bumped by every table rebuild; flags from frames of an older table are ignored."""
+        self._build_tables()
         self._scaler = ScalerTracker(scaler) if scaler is not None else None
         self._pending: PendingStats | None = None
         self._logged: list[tuple[int, dict[str, Value]]] = []
@@ -69,26 +87,29 @@ class Monitor:
         """``_backwards`` at the latest pre-hook: log() calls made before it belong to the
         frame sealed by the next post-hook (a closure may run backward inside ``step()``)."""
         self._full_now = False
-        self._recount: tuple[int, ...] = ()
-        """Rows flagged non-finite by the latest built frame (set by the sender thread)."""
-        self._last_post: float | None = None
-        self._last_frame = 0.0
         self._sender = Sender(
             config.endpoint,
-            self._hello,
+            self._hello_builder(),
+            heartbeat=self._heartbeat,
+            heartbeat_seconds=config.heartbeat_seconds,
+            connect_warn_seconds=config.connect_warn_seconds,
+            who=f"run {config.run} rank {config.rank}",
             hwm=config.send_hwm,
             queue_size=config.queue_size,
             flush_seconds=config.flush_seconds,
             on_error=lambda exc: self._error("sender", exc),
         )
-        picks = {id(p): p for p in (tracked[:2] + tracked[-2:])}.values()
+        # torch.compile must run the phase hooks as they are, around the compiled forward,
+        # not trace them (a clock read is no graph op). torch.optim has imported dynamo.
+        untraced: Callable[[F], F] = torch.compiler.disable
         self._handles = [
-            p.register_post_accumulate_grad_hook(self._on_backward)  # type: ignore[no-untyped-call]
-            for p in picks
+            model.register_forward_pre_hook(untraced(self._on_forward)),
+            model.register_forward_hook(untraced(self._on_forward_end)),
+            optimizer.register_step_pre_hook(self._pre_hook),
+            optimizer.register_step_post_hook(self._post_hook),
         ]
-        self._handles.append(optimizer.register_step_pre_hook(self._pre_hook))
-        self._handles.append(optimizer.register_step_post_hook(self._post_hook))
         atexit.register(self._atexit)
+        exits.attach(self, signals=config.report_signals)
 
     # ------------------------------------------------------------------------ public API
 
@@ -114,6 +135,89 @@ class Monitor:
         run after ``optimizer.step()``, where the next backward may run inside ``step()``)."""
         self._log(values, after_step=True)
 
+    def phase(self, name: str) -> DeclaredPhase:
+        """Declare what the training thread does now (``eval``, ``checkpoint``, ...): the
+        heartbeats say so, and its time counts in none of the step's phase durations.
+
+        ``with monitor.phase("eval"):`` holds it for the block (the model's forwards inside
+        do not end it); ``monitor.phase("checkpoint")`` alone lasts until the next automatic
+        phase change (the next forward or optimizer step). A name that is empty or longer
+        than ``wire.MAX_PHASE_LEN`` raises ValueError."""
+        return self._clock.declare(name)
+
+    def close(self, reason: str | None = None) -> None:
+        """Seal the open frame, send ``bye`` and stop the sender (idempotent).
+
+        ``reason`` (one of ``wire.BYE_REASONS``) is inferred when not given: ``terminated``
+        after SIGTERM/SIGINT, ``error`` with the exception's details after an uncaught
+        exception or when called while one propagates (from a ``finally`` or ``except``
+        block), else ``close``."""
+        self._close(reason, None)
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._close(None, exc)
+
+    def note_exit(self, info: ExitInfo, thread: int | None) -> None:
+        """Called by the exit hooks: how the run is ending (``thread``: where it happened,
+        None for the whole process). The first note wins: a signal's ``Stop`` stays a signal."""
+        if self._exit is None and (thread is None or thread == self._clock.thread):
+            self._exit = info
+
+    # ------------------------------------------------------------------------ hooks
+
+    def _on_backward(self, _param: Tensor) -> None:
+        self._backwards += 1
+
+    def _on_forward(self, _module: nn.Module, _args: Any) -> None:
+        try:
+            self._clock.thread = threading.get_ident()
+            self._clock.enter(FORWARD)
+        except Exception as exc:
+            self._error("forward-hook", exc)
+
+    def _on_forward_end(self, _module: nn.Module, _args: Any, _output: Any) -> None:
+        try:
+            self._clock.enter(BACKWARD)
+        except Exception as exc:
+            self._error("forward-hook", exc)
+
+    def _pre_hook(self, _opt: Any, _args: Any, _kwargs: Any) -> None:
+        # Kept tiny: everything else happens once, in the post-hook.
+        try:
+            self._clock.thread = threading.get_ident()
+            self._clock.enter(OPTIMIZER)
+            self._mark = self._backwards
+            if (self.step + 1) % self.config.full_every == 0:
+                with torch.no_grad():
+                    self._full_now = True
+                    self._refresh_table()
+                    self._sampler.before_step()
+        except Exception as exc:
+            self._error("pre-hook", exc)
+
+    def _post_hook(self, _opt: Any, _args: Any, _kwargs: Any) -> None:
+        try:
+            step_time, phases = self._clock.end_step()
+            recount = self._recount  # before sealing: the sender may build that frame at once
+            self._seal(self._mark)
+            self.step += 1
+            if self._full_now or self.step % self.config.every == 0:
+                with torch.no_grad():
+                    self._open_frame(step_time, phases, recount)
+        except Exception as exc:
+            self._full_now = False
+            self._error("post-hook", exc)
+
+    # ------------------------------------------------------------------------ internals
+
     def _log(self, values: dict[str, Value], after_step: bool) -> None:
         try:
             for v in values.values():
@@ -126,135 +230,86 @@ class Monitor:
         except Exception as exc:
             self._error("log", exc)
 
-    def close(self, reason: str = "close") -> None:
-        """Seal the open frame, send ``bye`` and stop the sender (idempotent)."""
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            for h in self._handles:
-                h.remove()
-            with torch.no_grad():
-                self._seal(None)
-            step, session, cfg = self.step, self.session, self.config
-
-            def bye(seq: int, dropped: int) -> wire.Frame:
-                return wire.Bye(cfg.run, cfg.rank, session, seq, step, time.time(), reason, dropped)
-
-            self._sender.submit(Outgoing(bye))
-            self._sender.close(cfg.close_timeout_seconds)
-        except Exception as exc:
-            self._error("close", exc)
-        finally:
-            atexit.unregister(self._atexit)
-
-    def __enter__(self) -> Monitor:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close("error" if exc_type is not None else "close")
-
-    # ------------------------------------------------------------------------ hooks
-
-    def _on_backward(self, _param: Tensor) -> None:
-        self._backwards += 1
-
-    def _pre_hook(self, _opt: Any, _args: Any, _kwargs: Any) -> None:
-        # Kept tiny: everything else happens once, in the post-hook.
-        self._mark = self._backwards
-        if (self.step + 1) % self.config.full_every == 0:
-            try:
-                with torch.no_grad():
-                    self._full_now = True
-                    self._refresh_dtypes()
-                    self._sampler.before_step()
-            except Exception as exc:
-                self._error("pre-hook", exc)
-
-    def _post_hook(self, _opt: Any, _args: Any, _kwargs: Any) -> None:
-        try:
-            recount = self._recount  # before sealing: the sender may build that frame at once
-            self._seal(self._mark)
-            self.step += 1
-            now = time.monotonic()
-            step_time = None if self._last_post is None else now - self._last_post
-            self._last_post = now
-            if self._full_now or self.step % self.config.every == 0:
-                with torch.no_grad():
-                    self._open_frame(step_time, recount)
-            elif now - self._last_frame >= self.config.heartbeat_seconds:
-                self._last_frame = now
-                cfg = self.config
-                self._sender.submit(heartbeat_item(cfg.run, cfg.rank, self.session, self.step))
-        except Exception as exc:
-            self._full_now = False
-            self._error("post-hook", exc)
-
-    # ------------------------------------------------------------------------ internals
-
-    def _build_tables(self) -> list[Tensor]:
-        """(Re)build the parameter table and the per-dtype reducers; return tracked params."""
-        self._params = _param_table(self._model, self._optimizer)
+    def _build_tables(self) -> None:
+        """(Re)build the parameter table, the reducers and the backward counters."""
+        self._params = param_table(self._model, self._optimizer)
         tracked = [p for _, p, info in self._params if info.requires_grad]
         self._dtypes = tuple(p.dtype for p in tracked)
         self._stats = GradStats(tracked)
         self._sampler = UpdateSampler(tracked, self.config.sample_size)
-        return tracked
+        self._recount: tuple[int, ...] = ()
+        """Rows flagged non-finite by the latest built frame (set by the sender thread)."""
+        self._generation += 1
+        for handle in self._grad_hooks:
+            handle.remove()
+        picks = {id(p): p for p in (tracked[:2] + tracked[-2:])}.values()
+        self._grad_hooks = [
+            p.register_post_accumulate_grad_hook(self._on_backward)  # type: ignore[no-untyped-call]
+            for p in picks
+        ]
 
-    def _refresh_dtypes(self) -> None:
+    def _refresh_table(self) -> None:
         """A parameter cast mid-run (say to bf16) changes grouping, underflow accounting and
-        the hello's table: rebuild them and re-announce. Reading dtypes never syncs."""
+        the hello's table: rebuild them and re-announce. Reading dtypes never syncs. The open
+        frame leaves first, so that every frame fits the hello sent before it."""
         if tuple(p.dtype for _, p, info in self._params if info.requires_grad) != self._dtypes:
+            self._seal(self._mark)
             self._build_tables()
-            self._sender.request_hello()
+            self._sender.request_hello(self._hello_builder())
 
-    def _open_frame(self, step_time: float | None, recount: tuple[int, ...]) -> None:
-        tail: list[Tensor] = []
-        if self._scaler is not None:
-            tail += self._scaler.compute()
-        n_scaler = len(tail)
+    def _open_frame(
+        self, step_time: float | None, phases: list[float], recount: tuple[int, ...]
+    ) -> None:
+        scaler = self._scaler.compute() if self._scaler is not None else []
+        tensor_lrs: list[Tensor] = []
         lrs: list[float | None] = []
         for group in self._optimizer.param_groups:
             lr = group.get("lr", math.nan)
             if isinstance(lr, Tensor):
-                tail.append(lr.detach().clone())  # schedulers update it in place
+                tensor_lrs.append(lr.detach().clone())  # schedulers update it in place
                 lrs.append(None)
             else:
                 lrs.append(float(lr))
         full = self._sampler.after_step() if self._full_now else None
         self._full_now = False
-        if full is not None:
-            updates, percentiles = full
-            tail += [torch.cat((updates, self._stats.details()), dim=1), percentiles]
-        if recount:
-            tail.append(self._stats.nonfinite_counts(recount))
         norms, nograd = self._stats.norms()
+        layout = StepLayout(
+            n=self._stats.n,
+            scaler=len(scaler),
+            lrs=len(tensor_lrs),
+            full=full is not None,
+            recount=len(recount),
+        )
+        parts = Segments(
+            norms=norms,
+            scaler=scaler,
+            lrs=tensor_lrs,
+            full=[] if full is None else [torch.cat((full[0], self._stats.details()), dim=1)],
+            percentiles=[] if full is None else [full[1]],
+            counts=[self._stats.nonfinite_counts(recount)] if recount else [],
+        )
+        generation = self._generation
         self._pending = PendingStats(
             config=self.config,
             session=self.session,
             step=self.step,
             wall=time.time(),
-            n=self._stats.n,
-            host=to_host(norms + tail),
+            layout=layout,
+            host=to_host(layout.pack(parts)),
             nograd=tuple(nograd),
-            n_scaler=n_scaler,
             lrs=lrs,
-            full=full is not None,
             step_time=step_time,
+            phases=phases,
             memory=memory_metrics(self._stats.device),
             recount=recount,
-            on_flags=self._set_recount,
+            on_flags=lambda rows: self._set_recount(generation, rows),
         )
-        self._last_frame = time.monotonic()
 
-    def _set_recount(self, rows: tuple[int, ...]) -> None:
-        """Sender thread: the latest frame flagged ``rows``; count their elements next time."""
-        self._recount = rows
+    def _set_recount(self, generation: int, rows: tuple[int, ...]) -> None:
+        """Sender thread: the latest frame flagged ``rows``; count their elements next time
+        (unless the table was rebuilt since: those rows mean other parameters now)."""
+        if generation == self._generation:
+            self._recount = rows
 
     def _seal(self, before: int | None) -> None:
         """Hand the open frame to the sender with the log() values that belong to it: those
@@ -264,7 +319,7 @@ class Monitor:
         for mark, values in self._logged:
             if before is None or mark < before:
                 for k, v in values.items():
-                    mine[k] = mine[k] + v if k in ("tokens", "samples") and k in mine else v
+                    mine[k] = mine[k] + v if k in m.SUMMED and k in mine else v
             else:
                 keep.append((mark, values))
         self._logged = keep
@@ -272,24 +327,62 @@ class Monitor:
         if pending is not None:
             self._sender.submit(pending.seal(mine))
 
-    def _hello(self, seq: int, dropped: int) -> wire.Hello:
-        cfg = self.config
-        return wire.Hello(
+    def _hello_builder(self) -> Callable[[int, int], wire.Hello]:
+        """Builds hellos for the current table (a snapshot: a rebuild brings its own)."""
+        return hello_builder(
+            self.config, self.session, self._params, self._stats.device,
+            type(self._optimizer).__name__, self._replicated,
+        )  # fmt: skip
+
+    def _heartbeat(self, seq: int, dropped: int) -> wire.Heartbeat:
+        """Sender thread: the training thread's phase now, and its stack when stalled."""
+        clock, cfg = self._clock, self.config
+        phase, declared, since = clock.state
+        now = perf_counter()
+        stalled = now - clock.progress >= cfg.stall_seconds
+        return wire.Heartbeat(
             run=cfg.run,
             rank=cfg.rank,
             session=self.session,
-            world_size=cfg.world_size,
-            host=socket.gethostname()[:256],
-            pid=os.getpid(),
-            torch=torch.__version__[:64],
-            device=str(self._stats.device),
-            optimizer=type(self._optimizer).__name__[:128],
-            params=tuple(info for _, _, info in self._params),
-            every=cfg.every,
-            full_every=cfg.full_every,
             seq=seq,
+            step=self.step,
             time=time.time(),
+            dropped=dropped,
+            phase=phase,
+            phase_seconds=max(now - since, 0.0),
+            declared=declared,
+            stack=stacks.of_thread(clock.thread) if stalled else (),
         )
+
+    def _close(self, reason: str | None, exc: BaseException | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if reason is not None and reason not in wire.BYE_REASONS:
+                self._error("close", ValueError(f"reason: one of {wire.BYE_REASONS}: {reason!r}"))
+                reason = None
+            info = exits.resolve(self._exit, reason, exc)
+            for h in self._handles + self._grad_hooks:
+                h.remove()
+            with torch.no_grad():
+                self._seal(None)
+            step, session, cfg = self.step, self.session, self.config
+
+            def bye(seq: int, dropped: int) -> wire.Frame:
+                return wire.Bye(
+                    cfg.run, cfg.rank, session, seq, step, time.time(), info.reason, dropped,
+                    info.error_type, info.error_kind, info.error_message, info.stack,
+                    info.signal,
+                )  # fmt: skip
+
+            self._sender.submit(Outgoing(bye), force=True)
+            self._sender.close(cfg.close_timeout_seconds)
+        except Exception as exc:
+            self._error("close", exc)
+        finally:
+            atexit.unregister(self._atexit)
+            exits.detach(self)
 
     def _error(self, where: str, exc: BaseException) -> None:
         self.errors += 1
@@ -299,73 +392,4 @@ class Monitor:
             log.warning("gradwatch %s failed (training continues): %r", where, exc, exc_info=exc)
 
     def _atexit(self) -> None:
-        self.close("error" if getattr(sys, "last_value", None) is not None else "close")
-
-
-def _param_table(
-    model: nn.Module, optimizer: torch.optim.Optimizer
-) -> list[tuple[str, Tensor, wire.ParamInfo]]:
-    group_of = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
-    out: list[tuple[str, Tensor, wire.ParamInfo]] = []
-    for name, p in model.named_parameters():
-        info = wire.ParamInfo(
-            name=name[: wire.MAX_NAME_LEN] or "?",
-            shape=tuple(p.shape),
-            dtype=str(p.dtype).removeprefix("torch."),
-            numel=p.numel(),
-            requires_grad=p.requires_grad,
-            group=group_of.get(id(p), -1),
-        )
-        out.append((name, p, info))
-    return out
-
-
-def watch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    run: str | None = None,
-    endpoint: str | None = None,
-    *,
-    rank: int | None = None,
-    world_size: int | None = None,
-    every: int = 1,
-    full_every: int = 50,
-    scaler: Any = None,
-    flops_per_token: float | None = None,
-    peak_flops: float | None = None,
-    config: AgentConfig | None = None,
-) -> Monitor:
-    """Attach gradwatch to ``optimizer`` (hooks only; the training loop needs no change).
-
-    ``run``/``endpoint`` default to env ``GRADWATCH_RUN``/``GRADWATCH_ENDPOINT``; rank and
-    world size to torch.distributed, then env ``RANK``/``WORLD_SIZE``. A full ``config``
-    overrides every other setting.
-    """
-    if config is None:
-        d_rank, d_world = default_rank_world()
-        config = AgentConfig(
-            run=env_default("RUN", run, None) or "",
-            endpoint=env_default("ENDPOINT", endpoint, None) or "tcp://127.0.0.1:5555",
-            rank=d_rank if rank is None else rank,
-            world_size=d_world if world_size is None else world_size,
-            every=every,
-            full_every=full_every,
-            flops_per_token=flops_per_token,
-            peak_flops=peak_flops,
-        )
-    return Monitor(model, _unwrap(optimizer), config, scaler=scaler)
-
-
-def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
-    """The torch optimizer inside wrappers that delegate ``step()`` without running its hooks
-    (accelerate's ``AcceleratedOptimizer`` under ``transformers.Trainer``, Lightning's
-    ``LightningOptimizer``); hooks must go on the object whose ``step()`` really runs."""
-    seen = 0
-    while not hasattr(optimizer, "_optimizer_step_pre_hooks") and seen < 8:
-        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
-        if inner is None:
-            break
-        optimizer, seen = inner, seen + 1
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"gradwatch.watch needs a torch.optim.Optimizer, got {type(optimizer)}")
-    return optimizer
+        self._close(None, getattr(sys, "last_value", None))

@@ -4,7 +4,6 @@ unpacking into :class:`wire.Stats` (sender thread)."""
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,23 +13,25 @@ from torch import Tensor
 
 from gradwatch import wire
 from gradwatch.agent.config import AgentConfig
+from gradwatch.agent.layout import StepLayout
 from gradwatch.agent.stats import F32_EXACT
 from gradwatch.agent.system import throughput_metrics
 from gradwatch.agent.transport import Outgoing
-from gradwatch.agent.updates import QUANTILES
+from gradwatch.wire import metrics as m
 
-_PCT_NAMES = tuple(f"grad_p{round(q * 100)}" for q in QUANTILES)
+_PERCENTILES = tuple(m.grad_percentile(p) for p in m.GRAD_PERCENTILES)
+_PHASE_KEYS = tuple(m.phase_seconds(p) for p in m.STEP_PHASES)
 
 
 @dataclass
 class HostCopy:
-    """Tensors whose values the sender thread reads, and what it waits for first."""
+    """Tensors whose values the sender thread reads once ``ready`` says the copy is done."""
 
     parts: list[Tensor]
-    wait: Callable[[], Any] | None = None
+    ready: Callable[[], bool] | None = None
 
     def values(self) -> list[float]:
-        """All elements of ``parts``, flattened in order (sender thread, after ``wait``)."""
+        """All elements of ``parts``, flattened in order (sender thread, once ready)."""
         out: list[float] = []
         for t in self.parts:
             out.extend(t.reshape(-1).tolist())
@@ -52,7 +53,7 @@ def to_host(parts: list[Tensor]) -> HostCopy:
         host.copy_(buf, non_blocking=True)
         event = torch.cuda.Event()  # type: ignore[no-untyped-call]
         event.record()
-        return HostCopy([host], event.synchronize)
+        return HostCopy([host], event.query)
     return HostCopy([buf.to("cpu", non_blocking=True)])  # other backends: best effort
 
 
@@ -70,14 +71,15 @@ class PendingStats:
     session: str
     step: int
     wall: float
-    n: int
+    layout: StepLayout
     host: HostCopy
+    """The buffer packed by ``layout``."""
     nograd: tuple[int, ...]
-    n_scaler: int
     lrs: list[float | None]
     """Host learning rates; None marks a tensor lr that travels in the buffer."""
-    full: bool
     step_time: float | None
+    phases: list[float]
+    """Seconds of this step in each of ``wire.metrics.STEP_PHASES``."""
     memory: dict[str, float]
     """Memory counters read at the step (host-side, never a device sync): frames are built
     in batches later, and must still say what memory was at their own step."""
@@ -94,13 +96,13 @@ class PendingStats:
         extra: HostCopy | None = None
         if tensors:
             extra = to_host(tensors)
-        waits = [w for w in (self.host.wait, extra.wait if extra else None) if w is not None]
+        ready = [r for r in (self.host.ready, extra.ready if extra else None) if r is not None]
         slots = {id(t): i for i, t in enumerate(tensors)}
 
         def build(seq: int, dropped: int) -> wire.Frame:
             return self._build(seq, dropped, logged, extra, slots)
 
-        return Outgoing(build, waits)
+        return Outgoing(build, ready)
 
     def _build(
         self,
@@ -110,54 +112,41 @@ class PendingStats:
         extra: HostCopy | None,
         slots: dict[int, int],
     ) -> wire.Stats:
-        # Buffer layout (monitor): grad norms (n) | scaler | tensor lrs | full rows | percentiles
-        # | non-finite counts of the recount rows
-        values = self.host.values()
-        norms = values[: self.n]
+        seg = self.layout.unpack(self.host.values())
+        norms = seg.norms
         metrics: dict[str, float] = {
-            "grad_norm": math.sqrt(math.fsum(x * x for x in norms)),
-            "nonfinite_grads": float(sum(not math.isfinite(x) for x in norms)),
+            m.GRAD_NORM: math.sqrt(math.fsum(x * x for x in norms)),
+            m.NONFINITE_GRADS: float(sum(not math.isfinite(x) for x in norms)),
         }
-        pos = self.n
-        if self.n_scaler:
-            metrics["grad_scale"], metrics["scaler_skipped_total"] = values[pos : pos + 2]
-            pos += self.n_scaler
-        lrs: list[float] = []
-        for lr in self.lrs:
-            if lr is None:
-                lrs.append(values[pos])
-                pos += 1
-            else:
-                lrs.append(lr)
-        full = b""
-        if self.full:
-            width = self.n * len(wire.FULL_FIELDS)
-            full = wire.pack_floats(values[pos : pos + width])
-            pos += width
-            metrics.update(zip(_PCT_NAMES, values[pos : pos + len(_PCT_NAMES)], strict=True))
-            pos += len(_PCT_NAMES)
-        pairs = values[pos : pos + 2 * len(self.recount)]
+        if seg.scaler:
+            metrics[m.GRAD_SCALE], metrics[m.SCALER_SKIPPED] = seg.scaler
+        tensor_lrs = iter(seg.lrs)
+        lrs = tuple(next(tensor_lrs) if lr is None else lr for lr in self.lrs)
+        if seg.percentiles:
+            metrics.update(zip(_PERCENTILES, seg.percentiles, strict=True))
+        counts = seg.counts
         nonfinite = tuple(
-            (row, int(pairs[2 * k]) * F32_EXACT + int(pairs[2 * k + 1]))
+            (row, int(counts[2 * k]) * F32_EXACT + int(counts[2 * k + 1]))
             for k, row in enumerate(self.recount)
         )
         if self.on_flags is not None:
             self.on_flags(tuple(i for i, x in enumerate(norms) if not math.isfinite(x)))
         logged_values = extra.values() if extra is not None else []
-        scalars = {k: _number(logged_values, v, slots) for k, v in logged.items() if k != "loss"}
-        loss = _number(logged_values, logged["loss"], slots) if "loss" in logged else None
+        scalars = {k: _number(logged_values, v, slots) for k, v in logged.items() if k != m.LOSS}
+        loss = _number(logged_values, logged[m.LOSS], slots) if m.LOSS in logged else None
         cfg = self.config
         metrics.update(
             throughput_metrics(
                 self.step_time,
-                scalars.get("tokens"),
-                scalars.get("samples"),
+                scalars.get(m.TOKENS),
+                scalars.get(m.SAMPLES),
                 cfg.flops_per_token,
                 cfg.peak_flops,
             )
         )
+        metrics.update(zip(_PHASE_KEYS, self.phases, strict=True))
         metrics.update(self.memory)
-        metrics = {k: v for k, v in metrics.items() if not math.isnan(v) or k == "grad_norm"}
+        metrics = {k: v for k, v in metrics.items() if not math.isnan(v) or k == m.GRAD_NORM}
         return wire.Stats(
             run=cfg.run,
             rank=cfg.rank,
@@ -166,22 +155,12 @@ class PendingStats:
             step=self.step,
             time=self.wall,
             loss=loss,
-            lr=tuple(lrs),
+            lr=lrs,
             rows=wire.pack_floats(norms),
-            full=full,
+            full=wire.pack_floats(seg.full) if self.layout.full else b"",
             nograd=self.nograd,
             metrics=metrics,
             scalars=scalars,
             dropped=dropped,
             nonfinite=nonfinite,
         )
-
-
-def heartbeat_item(run: str, rank: int, session: str, step: int) -> Outgoing:
-    """A heartbeat for a step that is not sampled (built from the training thread's path)."""
-    now = time.time()
-
-    def build(seq: int, dropped: int) -> wire.Frame:
-        return wire.Heartbeat(run, rank, session, seq, step, now, dropped)
-
-    return Outgoing(build)

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradwatch.wire import metrics as m
+
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -48,20 +50,20 @@ def memory_metrics(device: torch.device) -> dict[str, float]:
     out: dict[str, float] = {}
     if device.type == "cuda":
         stats = torch.cuda.memory_stats(device)
-        out["memory_allocated_bytes"] = float(stats.get("allocated_bytes.all.current", 0))
-        out["memory_reserved_bytes"] = float(stats.get("reserved_bytes.all.current", 0))
-        out["memory_peak_bytes"] = float(stats.get("allocated_bytes.all.peak", 0))
-        out["oom_total"] = float(stats.get("num_ooms", 0))
-        out["alloc_retries_total"] = float(stats.get("num_alloc_retries", 0))
-        out["memory_total_bytes"] = _cuda_total_bytes(device.index)
+        out[m.MEMORY_ALLOCATED] = float(stats.get("allocated_bytes.all.current", 0))
+        out[m.MEMORY_RESERVED] = float(stats.get("reserved_bytes.all.current", 0))
+        out[m.MEMORY_PEAK] = float(stats.get("allocated_bytes.all.peak", 0))
+        out[m.OOMS] = float(stats.get("num_ooms", 0))
+        out[m.ALLOC_RETRIES] = float(stats.get("num_alloc_retries", 0))
+        out[m.MEMORY_TOTAL] = _cuda_total_bytes(device.index)
     else:
         try:
-            out["rss_bytes"] = _STATM.rss_bytes()
+            out[m.RSS] = _STATM.rss_bytes()
         except (OSError, ValueError, IndexError):
             import resource
 
-            out["rss_bytes"] = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-        out["memory_total_bytes"] = physical_memory_bytes()
+            out[m.RSS] = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        out[m.MEMORY_TOTAL] = physical_memory_bytes()
     return out
 
 
@@ -81,13 +83,13 @@ def throughput_metrics(
     out: dict[str, float] = {}
     if step_time is None or step_time <= 0:
         return out
-    out["step_time_seconds"] = step_time
+    out[m.STEP_TIME] = step_time
     if tokens is not None:
-        out["tokens_per_second"] = tokens / step_time
+        out[m.TOKENS_PER_SECOND] = tokens / step_time
         if flops_per_token and peak_flops:
-            out["mfu_ratio"] = tokens / step_time * flops_per_token / peak_flops
+            out[m.MFU] = tokens / step_time * flops_per_token / peak_flops
     if samples is not None:
-        out["samples_per_second"] = samples / step_time
+        out[m.SAMPLES_PER_SECOND] = samples / step_time
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,12 +23,20 @@ log = logging.getLogger(__name__)
 class Outgoing:
     """A frame handed from the training thread; ``build`` runs on the sender thread.
 
-    ``wait`` (e.g. a CUDA event's ``synchronize``) runs first so host buffers are complete.
-    ``build(seq, dropped)`` returns the wire frame.
+    ``ready`` (e.g. a CUDA event's ``query``) must all be true before ``build`` runs, so host
+    buffers are complete; the sender polls them instead of waiting, so a hung device never
+    stops its heartbeats. ``build(seq, dropped)`` returns the wire frame.
     """
 
     build: Callable[[int, int], wire.Frame]
-    wait: list[Callable[[], Any]] = field(default_factory=list)
+    ready: list[Callable[[], bool]] = field(default_factory=list)
+
+
+@dataclass
+class _NewHello:
+    """Queued by :meth:`Sender.request_hello`: from here on, hellos come from ``build``."""
+
+    build: Callable[[int, int], wire.Hello]
 
 
 _STOP = object()
@@ -41,6 +50,10 @@ class Sender:
         endpoint: str,
         hello: Callable[[int, int], wire.Hello],
         *,
+        heartbeat: Callable[[int, int], wire.Heartbeat] | None = None,
+        heartbeat_seconds: float = 5.0,
+        connect_warn_seconds: float = 10.0,
+        who: str = "",
         hwm: int = 64,
         queue_size: int = 128,
         flush_seconds: float = 0.0,
@@ -48,6 +61,10 @@ class Sender:
     ) -> None:
         self.endpoint = endpoint
         self._hello = hello
+        self._heartbeat = heartbeat
+        self._beat_every = heartbeat_seconds
+        self._warn_after = connect_warn_seconds
+        self._tag = f" ({who})" if who else ""
         self._hwm = hwm
         self._flush = flush_seconds
         self._queue_size = queue_size
@@ -61,6 +78,11 @@ class Sender:
         """Frames the socket would not take (no peer, high-water mark, errors)."""
         self.sent = 0
         self.hellos = 0
+        self.heartbeats = 0
+        """Heartbeats built (sent or not: with no collector they are dropped uncounted)."""
+        self.connected = False
+        """A handshake with the collector has succeeded at least once."""
+        self.warned = False
         self._hello_due = False
         self._seq = 0
         self._thread = threading.Thread(target=self._run, name="gradwatch-sender", daemon=True)
@@ -70,9 +92,10 @@ class Sender:
     def dropped(self) -> int:
         return self.dropped_queue + self.dropped_send
 
-    def submit(self, item: Outgoing) -> bool:
-        """Enqueue without blocking; a full queue drops the frame and counts it."""
-        if len(self._items) >= self._queue_size:
+    def submit(self, item: Outgoing, force: bool = False) -> bool:
+        """Enqueue without blocking; a full queue drops the frame and counts it (unless
+        ``force``: the final ``bye`` is never dropped here)."""
+        if len(self._items) >= self._queue_size and not force:
             self.dropped_queue += 1
             return False
         self._items.append(item)
@@ -80,9 +103,11 @@ class Sender:
             self._wake.set()
         return True
 
-    def request_hello(self) -> None:
-        """Have the sender thread send a fresh hello before the next frame (table changed)."""
-        self._hello_due = True
+    def request_hello(self, build: Callable[[int, int], wire.Hello]) -> None:
+        """The parameter table changed: frames queued before this call are sent first, then
+        a hello from ``build``, which also answers every later reconnect. Never dropped
+        (frames after it would not fit the collector's table)."""
+        self._items.append(_NewHello(build))
 
     def close(self, timeout: float) -> None:
         """Flush what is queued (bounded by ``timeout``) and stop the thread."""
@@ -134,10 +159,20 @@ class Sender:
         try:
             sock.connect(self.endpoint)
             self._send_hello(sock)
+            start = time.monotonic()
+            next_beat = start + self._beat_every
             while True:
                 self._poll_monitor(mon, sock)
-                if not self._send_batch(mon, sock):
+                window = self._flush if self._flush > 0 else 0.25
+                wait = min(window, max(next_beat - time.monotonic(), 0.0))
+                if not self._send_batch(mon, sock, wait):
                     break
+                now = time.monotonic()
+                if now >= next_beat:
+                    next_beat = now + self._beat_every
+                    self._send_heartbeat(sock)
+                if not self.connected and not self.warned and now - start >= self._warn_after:
+                    self._warn_unconnected(now - start)
         except Exception as exc:  # pragma: no cover - defensive
             self._report(exc)
         finally:
@@ -146,11 +181,11 @@ class Sender:
             sock.close(linger=200)  # a short grace so the final stats and bye leave
             ctx.term()
 
-    def _send_batch(self, mon: zmq.Socket[bytes], sock: zmq.Socket[bytes]) -> bool:
-        """Wait for the flush window (or a wakeup), then send everything queued.
+    def _send_batch(self, mon: zmq.Socket[bytes], sock: zmq.Socket[bytes], wait: float) -> bool:
+        """Wait up to ``wait`` seconds (or a wakeup), then send everything queued and ready.
 
         Returns False once the stop marker is reached (after what came before it)."""
-        self._wake.wait(self._flush if self._flush > 0 else 0.25)
+        self._wake.wait(wait)
         self._wake.clear()
         if not self._items:
             return True
@@ -159,11 +194,17 @@ class Sender:
             item = self._items.popleft()
             if item is _STOP:
                 return False
+            if isinstance(item, _NewHello):
+                self._hello = item.build
+                self._hello_due = True
+                self._send_hello(sock)
+                continue
             if self._hello_due:
                 self._send_hello(sock)
             try:
-                for wait in item.wait:
-                    wait()
+                if not all(ready() for ready in item.ready):
+                    self._items.appendleft(item)  # the device is not done: next wakeup
+                    return True
                 frame = item.build(self._next_seq(), self.dropped)
             except Exception as exc:
                 self.dropped_send += 1
@@ -172,6 +213,33 @@ class Sender:
             self._send(sock, frame)
         return True
 
+    def _send_heartbeat(self, sock: zmq.Socket[bytes]) -> None:
+        """A heartbeat (timer-driven, so it goes whatever the training thread does). One that
+        finds no collector is not counted as dropped: it carries no data."""
+        if self._heartbeat is None:
+            return
+        try:
+            frame = self._heartbeat(self._next_seq(), self.dropped)
+        except Exception as exc:
+            self._report(exc)
+            return
+        self.heartbeats += 1
+        if self._hello_due:
+            self._send_hello(sock)
+        self._send(sock, frame, count=False)
+
+    def _warn_unconnected(self, waited: float) -> None:
+        self.warned = True
+        log.warning(
+            "gradwatch%s: no collector reachable at %s after %.0f s; training goes on, but "
+            "gradwatch frames are being dropped and counted (monitor.dropped). Is the "
+            "collector running and reachable from this host? Point GRADWATCH_ENDPOINT (or "
+            "watch(endpoint=...)) at its --listen address.",
+            self._tag,
+            self.endpoint,
+            waited,
+        )
+
     def _poll_monitor(self, mon: zmq.Socket[bytes], sock: zmq.Socket[bytes]) -> None:
         """Re-send the hello after every (re)connect, so a restarted collector learns the table."""
         while mon.poll(0):
@@ -179,6 +247,9 @@ class Sender:
             event = int.from_bytes(parts[0][:2], "little")
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._hello_due = True
+                if self.warned and not self.connected:
+                    log.info("gradwatch%s: connected to %s after all", self._tag, self.endpoint)
+                self.connected = True
             elif event == zmq.EVENT_DISCONNECTED:
                 self._hello_due = False  # no peer to tell; the next handshake makes it due
         if self._hello_due:

@@ -19,8 +19,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from gradwatch.wire.metrics import GRAD_PERCENTILES
+
 NCOLS = 4  # update_norm, update_ratio, unchanged_frac, underflow_frac (wire.FULL_FIELDS order)
-QUANTILES = (0.01, 0.25, 0.50, 0.75, 0.95, 0.99)
+QUANTILES = tuple(p / 100 for p in GRAD_PERCENTILES)
+"""The |g| quantiles sent on full steps (``wire.metrics.GRAD_PERCENTILES`` as fractions)."""
 _MAX_QUANTILE_INPUT = 1 << 24  # torch.quantile's input limit
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 

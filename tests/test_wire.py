@@ -43,18 +43,94 @@ def make_stats(**kw: object) -> Stats:
     return Stats(**base)  # type: ignore[arg-type]
 
 
+STACK = ("/w/train.py:88 in wait_for_batch", "/w/train.py:120 in main")
 FRAMES = [
     make_hello(),
+    make_hello(replicated=True, sharded=(0, 2), device_uuid="GPU-3b5c1a2e-0d1f-4c2b-9e8f"),
     make_stats(),
     make_stats(loss=None, full=b"", nograd=(), metrics={}, scalars={}, nonfinite=()),
     Heartbeat("r", 1, "ab12", 9, 12, 1700000002.0, dropped=1),
-    Bye("r", 0, "ab12", 10, 99, 1700000003.0, reason="error", dropped=0),
+    Heartbeat("r", 1, "ab12", 9, 12, 1700000002.0, 1, "backward", 0.25),
+    Heartbeat("r", 1, "ab12", 9, 12, 1.7e9, 0, "eval", 75.5, declared=True, stack=STACK),
+    Bye("r", 0, "ab12", 10, 99, 1700000003.0, reason="close", dropped=0),
+    Bye(
+        "r",
+        0,
+        "ab12",
+        10,
+        99,
+        1700000003.0,
+        "error",
+        2,
+        "torch.OutOfMemoryError",
+        "oom",
+        "CUDA out of memory. Tried to allocate 2.00 GiB",
+        STACK,
+    ),  # fmt: skip
+    Bye("r", 0, "ab12", 10, 99, 1700000003.0, "terminated", stack=STACK, signal=15),
 ]
 
 
 @pytest.mark.parametrize("frame", FRAMES, ids=lambda f: type(f).__name__)
 def test_wire_round_trips_every_frame_kind(frame: wire.Frame) -> None:
     assert wire.decode(wire.encode(frame)) == frame
+
+
+def _without(frame: wire.Frame, *keys: str) -> bytes:
+    obj = msgpack.unpackb(wire.encode(frame), raw=False)
+    for key in keys:
+        obj.pop(key, None)
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def test_wire_frames_of_older_agents_decode_with_the_new_fields_at_their_defaults() -> None:
+    hello = wire.decode(_without(FRAMES[1], "replicated", "sharded", "device_uuid"))
+    assert hello == make_hello()
+    beat = wire.decode(_without(FRAMES[6], "phase", "phase_seconds", "declared", "stack"))
+    assert isinstance(beat, Heartbeat)
+    assert (beat.phase, beat.phase_seconds, beat.declared, beat.stack) == ("", 0.0, False, ())
+    bye = wire.decode(
+        _without(FRAMES[8], "reason", "error_type", "error_kind", "error_message", "stack")
+    )
+    assert isinstance(bye, Bye) and (bye.reason, bye.error_kind, bye.stack) == ("close", "", ())
+
+
+def _with(frame: wire.Frame, **overrides: object) -> bytes:
+    obj = msgpack.unpackb(wire.encode(frame), raw=False)
+    obj.update(overrides)
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+BAD_NEW_FIELDS = {
+    "replicated not a bool": (FRAMES[0], {"replicated": 1}),
+    "sharded not a list": (FRAMES[0], {"sharded": 2}),
+    "sharded beyond params": (FRAMES[0], {"sharded": [0, 3]}),
+    "sharded not ascending": (FRAMES[0], {"sharded": [2, 0]}),
+    "sharded repeated": (FRAMES[0], {"sharded": [1, 1]}),
+    "device_uuid too long": (FRAMES[0], {"device_uuid": "G" * 65}),
+    "unknown automatic phase": (FRAMES[5], {"phase": "napping"}),
+    "phase too long": (FRAMES[6], {"phase": "e" * (wire.MAX_PHASE_LEN + 1)}),
+    "phase not a string": (FRAMES[5], {"phase": 3}),
+    "negative phase_seconds": (FRAMES[5], {"phase_seconds": -1.0}),
+    "infinite phase_seconds": (FRAMES[5], {"phase_seconds": math.inf}),
+    "declared not a bool": (FRAMES[6], {"declared": "yes"}),
+    "stack too deep": (FRAMES[6], {"stack": ["f.py:1 in f"] * (wire.MAX_STACK + 1)}),
+    "stack entry too long": (FRAMES[6], {"stack": ["x" * (wire.MAX_STACK_ENTRY + 1)]}),
+    "stack of numbers": (FRAMES[9], {"stack": [1, 2]}),
+    "unknown bye reason": (FRAMES[7], {"reason": "bored"}),
+    "unknown error kind": (FRAMES[8], {"error_kind": "gremlins"}),
+    "error message too long": (FRAMES[8], {"error_message": "m" * 1025}),
+    "signal out of range": (FRAMES[9], {"signal": 999}),
+    "signal negative": (FRAMES[9], {"signal": -15}),
+}
+
+
+@pytest.mark.parametrize("name", BAD_NEW_FIELDS)
+def test_wire_decode_rejects_bad_liveness_and_crash_fields(name: str) -> None:
+    frame, overrides = BAD_NEW_FIELDS[name]
+    with pytest.raises(WireError) as err:
+        wire.decode(_with(frame, **overrides))
+    assert err.value.reason == "schema"
 
 
 def test_wire_hello_tracked_skips_params_without_grad() -> None:

@@ -2,6 +2,9 @@
 
 HF logs the loss every ``logging_steps`` (averaged over them), so ``loss`` reaches gradwatch
 at that cadence; per-parameter statistics still arrive every ``every`` steps via the hooks.
+Evaluation and checkpointing are declared as the phases ``eval`` and ``checkpoint``: the
+trainer decides on them in ``on_step_end``/``on_epoch_end`` (``control.should_evaluate``,
+``control.should_save``) and reports them done in ``on_evaluate``/``on_save``.
 """
 
 from __future__ import annotations
@@ -10,7 +13,12 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from gradwatch.agent.monitor import Monitor, watch
+from gradwatch.agent.attach import watch
+from gradwatch.agent.monitor import Monitor
+from gradwatch.agent.phases import DeclaredPhase
+
+EVAL = "eval"
+CHECKPOINT = "checkpoint"
 
 
 class GradwatchCallback(TrainerCallback):
@@ -21,6 +29,7 @@ class GradwatchCallback(TrainerCallback):
         self.endpoint = endpoint
         self.watch_kwargs = watch_kwargs
         self.monitor: Monitor | None = None
+        self._held: dict[str, DeclaredPhase] = {}
 
     def _attach(self, args: Any, model: Any, optimizer: Any) -> None:
         if self.monitor is not None or model is None or optimizer is None:
@@ -30,11 +39,41 @@ class GradwatchCallback(TrainerCallback):
         kwargs.setdefault("world_size", getattr(args, "world_size", 1))
         self.monitor = watch(model, optimizer, self.run, self.endpoint, **kwargs)
 
+    def _hold(self, name: str) -> None:
+        if self.monitor is not None and name not in self._held:
+            self._held[name] = self.monitor.phase(name).__enter__()
+
+    def _release(self, name: str) -> None:
+        held = self._held.pop(name, None)
+        if held is not None:
+            held.__exit__(None, None, None)
+
+    def _declare_coming(self, control: Any) -> None:
+        """Checkpoint first, evaluation on top: HF evaluates, then saves."""
+        if getattr(control, "should_save", False):
+            self._hold(CHECKPOINT)
+        if getattr(control, "should_evaluate", False):
+            self._hold(EVAL)
+
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self._attach(args, kw.get("model"), kw.get("optimizer"))
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self._attach(args, kw.get("model"), kw.get("optimizer"))
+        for name in (EVAL, CHECKPOINT):  # one that HF skipped after all ends here
+            self._release(name)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self._declare_coming(control)
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self._declare_coming(control)
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self._release(EVAL)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self._release(CHECKPOINT)
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
@@ -47,4 +86,6 @@ class GradwatchCallback(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         if self.monitor is not None:
+            for name in (EVAL, CHECKPOINT):
+                self._release(name)
             self.monitor.close()

@@ -1,4 +1,9 @@
-"""Lightning callback. lightning is imported only here."""
+"""Lightning callback. lightning is imported only here.
+
+Validation is declared as the phase ``eval`` (``on_validation_start`` to ``on_validation_end``)
+and checkpointing as ``checkpoint`` (from ``on_save_checkpoint`` until training resumes: the
+file is written after that hook returns, and Lightning has no hook for the end of it).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,9 @@ from typing import Any
 
 from lightning.pytorch import Callback
 
-from gradwatch.agent.monitor import Monitor, watch
+from gradwatch.agent.attach import watch
+from gradwatch.agent.monitor import Monitor
+from gradwatch.agent.phases import DeclaredPhase
 
 
 class GradwatchCallback(Callback):
@@ -18,6 +25,7 @@ class GradwatchCallback(Callback):
         self.endpoint = endpoint
         self.watch_kwargs = watch_kwargs
         self.monitor: Monitor | None = None
+        self._eval: DeclaredPhase | None = None
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if self.monitor is None and trainer.optimizers:
@@ -37,6 +45,20 @@ class GradwatchCallback(Callback):
         if loss is not None:
             self.monitor.log_step(loss=loss)
 
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.monitor is not None and self._eval is None:
+            self._eval = self.monitor.phase("eval").__enter__()
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        held, self._eval = self._eval, None
+        if held is not None:
+            held.__exit__(None, None, None)
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: Any) -> None:
+        if self.monitor is not None:
+            self.monitor.phase("checkpoint")
+
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if self.monitor is not None:
+            self.on_validation_end(trainer, pl_module)
             self.monitor.close()

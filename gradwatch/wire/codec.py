@@ -8,11 +8,20 @@ from typing import Any
 import msgpack
 
 from .frames import (
+    BYE_REASONS,
+    ERROR_KINDS,
     KINDS,
+    MAX_ERROR_MESSAGE,
+    MAX_ERROR_TYPE,
     MAX_FRAME_BYTES,
     MAX_MAP_LEN,
     MAX_NAME_LEN,
     MAX_PARAMS,
+    MAX_PHASE_LEN,
+    MAX_SIGNAL,
+    MAX_STACK,
+    MAX_STACK_ENTRY,
+    PHASES,
     VERSION,
     Bye,
     Frame,
@@ -62,7 +71,11 @@ def encode(frame: Frame) -> bytes:
                 [p.name, list(p.shape), p.dtype, p.numel, p.requires_grad, p.group]
                 for p in frame.params
             ],
+            replicated=frame.replicated,
+            device_uuid=frame.device_uuid,
         )
+        if frame.sharded:
+            base["sharded"] = list(frame.sharded)
     elif isinstance(frame, Stats):
         base.update(
             kind="stats",
@@ -83,9 +96,28 @@ def encode(frame: Frame) -> bytes:
         if frame.scalars:
             base["scalars"] = dict(frame.scalars)
     elif isinstance(frame, Heartbeat):
-        base.update(kind="heartbeat", step=frame.step, dropped=frame.dropped)
+        base.update(
+            kind="heartbeat",
+            step=frame.step,
+            dropped=frame.dropped,
+            phase=frame.phase,
+            phase_seconds=frame.phase_seconds,
+            declared=frame.declared,
+        )
+        if frame.stack:
+            base["stack"] = list(frame.stack)
     else:
         base.update(kind="bye", step=frame.step, reason=frame.reason, dropped=frame.dropped)
+        if frame.error_type or frame.error_kind or frame.error_message:
+            base.update(
+                error_type=frame.error_type,
+                error_kind=frame.error_kind,
+                error_message=frame.error_message,
+            )
+        if frame.stack:
+            base["stack"] = list(frame.stack)
+        if frame.signal:
+            base["signal"] = frame.signal
     return msgpack.packb(base, use_bin_type=True)  # type: ignore[no-any-return]
 
 
@@ -120,11 +152,42 @@ def decode(data: bytes) -> Frame:
         return _decode_hello(r, common)
     if kind == "stats":
         return _decode_stats(r, common)
-    step = r.integer("step", -1, 1 << 62)
-    dropped = r.integer("dropped", 0, 1 << 62, default=0)
+    common["step"] = r.integer("step", -1, 1 << 62)
+    common["dropped"] = r.integer("dropped", 0, 1 << 62, default=0)
     if kind == "heartbeat":
-        return Heartbeat(step=step, dropped=dropped, **common)
-    return Bye(step=step, reason=r.text("reason", 64, default="close"), dropped=dropped, **common)
+        return _decode_heartbeat(r, common)
+    return _decode_bye(r, common)
+
+
+def _decode_heartbeat(r: _Reader, common: dict[str, Any]) -> Heartbeat:
+    phase = r.text("phase", MAX_PHASE_LEN, default="")
+    declared = r.flag("declared")
+    if not declared and phase not in ("", *PHASES):
+        raise WireError("schema", f"phase {phase!r} is neither automatic nor declared")
+    seconds = r.real("phase_seconds", default=0.0)
+    if seconds < 0:
+        raise WireError("schema", "phase_seconds is negative")
+    return Heartbeat(
+        phase=phase, phase_seconds=seconds, declared=declared, stack=r.stack(), **common
+    )
+
+
+def _decode_bye(r: _Reader, common: dict[str, Any]) -> Bye:
+    reason = r.text("reason", 64, default="close")
+    if reason not in BYE_REASONS:
+        raise WireError("schema", f"reason {reason!r} is not one of {BYE_REASONS}")
+    kind = r.text("error_kind", 32, default="")
+    if kind not in ERROR_KINDS:
+        raise WireError("schema", f"error_kind {kind!r} is not one of {ERROR_KINDS}")
+    return Bye(
+        reason=reason,
+        error_type=r.text("error_type", MAX_ERROR_TYPE, default=""),
+        error_kind=kind,
+        error_message=r.text("error_message", MAX_ERROR_MESSAGE, default=""),
+        stack=r.stack(),
+        signal=r.integer("signal", 0, MAX_SIGNAL, default=0),
+        **common,
+    )
 
 
 def _decode_hello(r: _Reader, common: dict[str, Any]) -> Hello:
@@ -145,6 +208,11 @@ def _decode_hello(r: _Reader, common: dict[str, Any]) -> Hello:
         if not (_is_int(group) and group >= -1):
             raise WireError("schema", f"params[{i}] group is not an index")
         params.append(ParamInfo(name, tuple(shape), dtype, numel, requires_grad, group))
+    sharded = r.array("sharded", MAX_PARAMS, default=[])
+    if not all(_is_int(i) and 0 <= i < len(params) for i in sharded) or any(
+        a >= b for a, b in zip(sharded, sharded[1:], strict=False)
+    ):
+        raise WireError("schema", "sharded is not an ascending list of indices into params")
     return Hello(
         world_size=r.integer("world_size", 1, 1 << 20),
         host=r.text("host", 256),
@@ -157,6 +225,9 @@ def _decode_hello(r: _Reader, common: dict[str, Any]) -> Hello:
         full_fields=r.names("full_fields"),
         every=r.integer("every", 1, 1 << 30),
         full_every=r.integer("full_every", 1, 1 << 30),
+        replicated=r.flag("replicated"),
+        sharded=tuple(sharded),
+        device_uuid=r.text("device_uuid", 64, default=""),
         **common,
     )
 
@@ -229,11 +300,25 @@ class _Reader:
             raise WireError("schema", f"{key} is not an integer in [{lo}, {hi}]")
         return int(value)
 
-    def real(self, key: str) -> float:
-        value = self._get(key, _MISSING)
+    def real(self, key: str, default: Any = _MISSING) -> float:
+        value = self._get(key, default)
         if not _is_real(value) or not math.isfinite(value):
             raise WireError("schema", f"{key} is not a finite number")
         return float(value)
+
+    def flag(self, key: str) -> bool:
+        """An optional boolean, False when absent."""
+        value = self._get(key, False)
+        if not isinstance(value, bool):
+            raise WireError("schema", f"{key} is not a boolean")
+        return value
+
+    def stack(self) -> tuple[str, ...]:
+        """The optional ``stack``: at most MAX_STACK short strings."""
+        value = self.array("stack", MAX_STACK, default=[])
+        if not all(isinstance(v, str) and len(v) <= MAX_STACK_ENTRY for v in value):
+            raise WireError("schema", f"stack entries are not strings of <= {MAX_STACK_ENTRY}")
+        return tuple(value)
 
     def array(self, key: str, max_len: int, default: Any = _MISSING) -> list[Any]:
         value = self._get(key, default)

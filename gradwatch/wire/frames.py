@@ -42,6 +42,28 @@ REJECT_REASONS: tuple[str, ...] = (
 )
 """Reasons a frame is dropped; the collector counts each (``no_hello`` is decided there)."""
 
+PHASES: tuple[str, ...] = ("init", "data", "forward", "backward", "optimizer")
+"""What the training thread is doing, as the agent's hooks see it without a sync: ``init``
+before the first forward, ``data`` from the end of an optimizer step to the next forward,
+``forward`` inside the watched model's forward, ``backward`` from the end of a forward to the
+next forward or optimizer step (loss, backward, DDP all-reduce waits), ``optimizer`` inside
+``optimizer.step()``. A heartbeat may also carry a name declared by the user or an
+integration (``eval``, ``checkpoint``), flagged ``declared``."""
+BYE_REASONS: tuple[str, ...] = ("close", "error", "terminated")
+"""Why a rank ended: closed normally, an uncaught exception, a signal (SIGTERM, SIGINT)."""
+ERROR_KINDS: tuple[str, ...] = ("", "oom", "distributed", "exception")
+"""Classes of the error in a ``bye`` with reason ``error`` ("" when there is none): ``oom``
+(torch.OutOfMemoryError, CUDA or host out of memory), ``distributed`` (torch.distributed
+errors, NCCL/gloo failures, collective timeouts), ``exception`` (anything else)."""
+MAX_STACK = 20
+"""Most frames in a stack (heartbeat of a stalled rank, bye of a crashed one), innermost first."""
+MAX_STACK_ENTRY = 256
+"""Longest stack entry, ``path/file.py:LINE in function``."""
+MAX_PHASE_LEN = 64
+MAX_ERROR_TYPE = 256
+MAX_ERROR_MESSAGE = 1024
+MAX_SIGNAL = 128
+
 
 class WireError(ValueError):
     """A frame that cannot be accepted; ``reason`` is one of :data:`REJECT_REASONS`."""
@@ -85,6 +107,14 @@ class Hello:
     full_every: int = 50
     seq: int = 0
     time: float = 0.0
+    replicated: bool = False
+    """The model is replicated across ranks (DDP, or ``watch(..., replicated=True)``): per
+    parameter gradient norms of a step, and weight norms on full steps, must agree."""
+    sharded: tuple[int, ...] = ()
+    """Indices into ``params`` of sharded parameters (FSDP flat params, DTensors, ZeRO),
+    ascending; each rank holds a different part, so cross-rank comparison skips them."""
+    device_uuid: str = ""
+    """The CUDA device UUID (``GPU-...``, as nvidia-smi and DCGM name it); "" off CUDA."""
 
     @property
     def tracked(self) -> tuple[int, ...]:
@@ -123,20 +153,32 @@ class Stats:
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """Proof of life on steps that are not sampled (sent from the training thread's path)."""
+    """Proof of life, sent by the agent's sender thread every ``heartbeat_seconds`` whatever
+    the training thread does; says what that thread is doing and, when no step has completed
+    for ``stall_seconds``, where it is stuck."""
 
     run: str
     rank: int
     session: str
     seq: int
     step: int
+    """The last completed optimizer step."""
     time: float
     dropped: int = 0
+    phase: str = ""
+    """One of :data:`PHASES`, or a declared name when ``declared``; "" from older agents."""
+    phase_seconds: float = 0.0
+    """Seconds the training thread has been in ``phase``."""
+    declared: bool = False
+    """``phase`` was declared by ``monitor.phase(...)`` or an integration."""
+    stack: tuple[str, ...] = ()
+    """The training thread's Python stack when stalled (innermost first, at most
+    :data:`MAX_STACK` entries ``path/file.py:LINE in function``); empty otherwise."""
 
 
 @dataclass(frozen=True)
 class Bye:
-    """The run ended on this rank (``reason``: ``close`` or ``error``)."""
+    """The run ended on this rank; ``reason`` is one of :data:`BYE_REASONS`."""
 
     run: str
     rank: int
@@ -146,6 +188,17 @@ class Bye:
     time: float
     reason: str = "close"
     dropped: int = 0
+    error_type: str = ""
+    """The exception's type, ``module.Name`` (``ValueError``, ``torch.OutOfMemoryError``)."""
+    error_kind: str = ""
+    """One of :data:`ERROR_KINDS`; "" without an error."""
+    error_message: str = ""
+    """The exception's message, at most :data:`MAX_ERROR_MESSAGE` characters."""
+    stack: tuple[str, ...] = ()
+    """``error``: the innermost frames of the traceback, innermost first; ``terminated``:
+    where the main thread was when the signal arrived. Entries as in ``Heartbeat.stack``."""
+    signal: int = 0
+    """The signal number for ``terminated`` (15: SIGTERM, 2: SIGINT), else 0."""
 
 
 Frame = Hello | Stats | Heartbeat | Bye

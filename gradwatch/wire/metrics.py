@@ -6,6 +6,8 @@ docs/wire-protocol.md lists them; tests check all three against :data:`METRICS`.
 
 from __future__ import annotations
 
+from .frames import PHASES
+
 GRAD_NORM = "grad_norm"
 NONFINITE_GRADS = "nonfinite_grads"
 STEP_TIME = "step_time_seconds"
@@ -22,6 +24,23 @@ ALLOC_RETRIES = "alloc_retries_total"
 GRAD_SCALE = "grad_scale"
 SCALER_SKIPPED = "scaler_skipped_total"
 
+STEP_PHASES: tuple[str, ...] = PHASES[1:]
+"""The phases timed in every step (all but ``init``)."""
+
+
+def phase_seconds(phase: str) -> str:
+    """The metric key of the time a step spent in ``phase`` (``phase_data_seconds``)."""
+    return f"phase_{phase}_seconds"
+
+
+_PHASE_MEANINGS = (
+    "time from the end of the previous optimizer step to this step's first forward "
+    "(data loading, host work)",
+    "time in the watched model's forward passes",
+    "time from the end of each forward to the next forward or the optimizer step (loss, "
+    "backward, DDP all-reduce waits)",
+    "time inside optimizer.step()",
+)
 GRAD_PERCENTILES: tuple[int, ...] = (1, 25, 50, 75, 95, 99)
 """Percentiles of the sampled |g| across parameters, sent on full steps."""
 
@@ -47,6 +66,7 @@ METRICS: dict[str, str] = {
     ALLOC_RETRIES: "CUDA allocator cudaMalloc retries so far",
     GRAD_SCALE: "GradScaler scale, when a scaler is given",
     SCALER_SKIPPED: "optimizer steps the GradScaler skipped so far",
+    **{phase_seconds(p): meaning for p, meaning in zip(STEP_PHASES, _PHASE_MEANINGS, strict=True)},
     **{
         grad_percentile(p): f"percentile {p} of the sampled absolute gradients (full steps)"
         for p in GRAD_PERCENTILES
@@ -54,3 +74,15 @@ METRICS: dict[str, str] = {
 }
 """Every well-known key of ``Stats.metrics`` with what it means. An agent sends those it can
 measure; user values from ``monitor.log(...)`` travel in ``Stats.scalars`` instead."""
+
+# Names of ``monitor.log(...)`` values that gradwatch itself reads. ``loss`` travels in
+# ``Stats.loss``, the others in ``Stats.scalars``.
+LOSS = "loss"
+TOKENS = "tokens"
+"""Tokens trained in the step (for ``tokens_per_second`` and ``mfu_ratio``)."""
+SAMPLES = "samples"
+"""Samples trained in the step (for ``samples_per_second``)."""
+VAL_LOSS = "val_loss"
+"""A validation loss, logged with the step it was measured after."""
+SUMMED: tuple[str, ...] = (TOKENS, SAMPLES)
+"""Logged several times in one step, these add up (micro-batches); other names overwrite."""

@@ -101,12 +101,10 @@ def test_monitor_log_before_step_attaches_to_the_same_step(sink: FrameSink) -> N
     assert got == pytest.approx(losses, rel=1e-6)
 
 
-def test_monitor_every_n_sends_heartbeats_and_nograd(sink: FrameSink) -> None:
+def test_monitor_every_n_samples_every_nth_step_and_lists_nograd(sink: FrameSink) -> None:
     m = _model()
     opt = torch.optim.SGD(m.parameters(), lr=0.01)
-    cfg = ga.AgentConfig(
-        run="t", endpoint=sink.endpoint, every=3, full_every=6, heartbeat_seconds=1e-6
-    )
+    cfg = ga.AgentConfig(run="t", endpoint=sink.endpoint, every=3, full_every=6)
     mon = ga.Monitor(m, opt, cfg)
     sink.drain(until=wire.Hello)
     for _ in range(6):
@@ -120,7 +118,6 @@ def test_monitor_every_n_sends_heartbeats_and_nograd(sink: FrameSink) -> None:
     assert [s.step for s in stats] == [3, 6]
     assert all(s.nograd == (2,) for s in stats)
     assert wire.unpack_columns(wire.CHEAP_FIELDS, stats[0].rows)["grad_norm"][2] == 0.0
-    assert [f.step for f in sink.of(wire.Heartbeat)] == [1, 2, 4, 5]
 
 
 def test_monitor_hook_errors_are_counted_not_raised(sink: FrameSink) -> None:
@@ -229,3 +226,27 @@ def test_monitor_counts_nonfinite_elements_of_flagged_parameters_exactly(
     assert math.isnan(wire.unpack_columns(wire.CHEAP_FIELDS, stats[1].rows)["grad_norm"][row])
     assert stats[3].nonfinite == ((row, 5),)
     assert stats[2].metrics["nonfinite_grads"] == 0.0
+
+
+def test_monitor_watch_takes_its_defaults_from_agent_config(
+    sink: FrameSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inspect
+
+    # watch() restates no default: every setting it does not get comes from AgentConfig.
+    params = inspect.signature(ga.watch).parameters.values()
+    assert {p.default for p in params if p.default is not p.empty} == {None}
+    monkeypatch.setenv("GRADWATCH_ENDPOINT", sink.endpoint)
+    monkeypatch.setenv("GRADWATCH_RUN", "from-env")
+    m = _model()
+    mon = ga.watch(m, torch.optim.SGD(m.parameters(), lr=0.1), heartbeat_seconds=2.5)
+    mon.close()
+    cfg = mon.config
+    assert (cfg.run, cfg.endpoint, cfg.heartbeat_seconds) == ("from-env", sink.endpoint, 2.5)
+    for name in ("every", "full_every", "sample_size", "flops_per_token"):
+        assert getattr(cfg, name) == ga.AgentConfig.default(name)
+    assert ga.AgentConfig.default("endpoint") == "tcp://127.0.0.1:5555"
+    with pytest.raises(KeyError, match="run"):
+        ga.AgentConfig.default("run")
+    with pytest.raises(TypeError, match="ful_every"):
+        ga.watch(m, torch.optim.SGD(m.parameters(), lr=0.1), ful_every=3)

@@ -41,11 +41,15 @@ def test_nosync_hooks_make_no_host_reads_on_training_thread(
     for name in _SYNCING:
         monkeypatch.setattr(torch.Tensor, name, spy(name, getattr(torch.Tensor, name)))
     for _ in range(4):
-        loss = m(torch.randn(4, 8)).pow(2).mean()
+        x = torch.randn(4, 8)
+        armed[0] = True
+        out = m(x)  # the forward hooks (phases) run here
+        armed[0] = False
+        loss = out.pow(2).mean()
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
         armed[0] = True
-        # Everything gradwatch does on the training thread: both hooks and log().
+        # Everything else gradwatch does on the training thread: both hooks and log().
         mon._pre_hook(opt, (), {})
         mon._post_hook(opt, (), {})
         mon.log(loss=loss, tokens=torch.tensor(32))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 import torch
 import zmq
 
@@ -122,3 +125,43 @@ def test_transport_retries_a_hello_the_socket_refused_after_a_handshake(
     assert len(refused) == 2
     assert sink.of(wire.Hello), "no hello reached the collector after refused sends"
     assert [f.step for f in sink.of(wire.Stats)] == [1, 2, 3]
+
+
+def test_transport_unreachable_collector_is_warned_about_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    endpoint = free_endpoint()
+    caplog.set_level(logging.WARNING, logger="gradwatch.agent.transport")
+    m, opt, mon = _setup(endpoint, connect_warn_seconds=0.05, heartbeat_seconds=0.05)
+    try:
+        _steps(m, opt, 3)
+
+        def warnings() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if r.name == "gradwatch.agent.transport"]
+
+        wait_until(warnings)
+        seen = mon.sender.heartbeats
+        wait_until(lambda: mon.sender.heartbeats >= seen + 5)  # the sender thread went on
+        assert len(warnings()) == 1
+        text = warnings()[0].getMessage()
+        assert endpoint in text and "GRADWATCH_ENDPOINT" in text and "dropped" in text
+        assert "rank 0" in text
+        # Heartbeats that found no collector carry no data: they are not counted as dropped.
+        assert mon.dropped == 2  # the two sealed stats frames
+    finally:
+        mon.close()
+
+
+def test_transport_heartbeats_arrive_while_the_training_thread_is_idle(
+    sink: FrameSink,
+) -> None:
+    m, opt, mon = _setup(sink.endpoint, heartbeat_seconds=0.05)
+    try:
+        _steps(m, opt, 2)
+        beats = [
+            sink.wait_for(lambda f: isinstance(f, wire.Heartbeat) and f.step == 2) for _ in range(3)
+        ]
+        assert all(isinstance(b, wire.Heartbeat) and b.phase == "data" for b in beats)
+        assert [b.seq for b in beats] == sorted({b.seq for b in beats})
+    finally:
+        mon.close()

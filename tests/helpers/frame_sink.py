@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import zmq
 
@@ -36,6 +37,21 @@ class FrameSink:
             if isinstance(frame, until):
                 return self.frames
         raise TimeoutError(f"no {until.__name__} frame within {timeout:.0f} s")
+
+    def wait_for(
+        self, predicate: Callable[[wire.Frame], bool], timeout: float = 30.0
+    ) -> wire.Frame:
+        """Receive frames until one satisfies ``predicate`` and return it (all are kept in
+        ``frames``). Raises TimeoutError after ``timeout`` (a bound, not a measurement)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.sock.poll(50):
+                continue
+            frame = wire.decode(self.sock.recv())
+            self.frames.append(frame)
+            if predicate(frame):
+                return frame
+        raise TimeoutError(f"no matching frame within {timeout:.0f} s")
 
     def of(self, kind: type) -> list[wire.Frame]:
         return [f for f in self.frames if isinstance(f, kind)]
