@@ -5,23 +5,41 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .alert import SEVERITIES, Alert, Severity
+from .rank_ranges import compact_ranks
 from .rules.base import Finding
 from .store import Store
 
 log = logging.getLogger(__name__)
 
-Fingerprint = tuple[str, str, int, str]
+Fingerprint = tuple[str, str, str]
+"""(rule, run, parameter or ""): one open alert each, whatever ranks it covers."""
 Listener = Callable[[Alert], None]
 CHANGE_LOG = 1024
 """Recent changes kept in memory: a stream client this far behind still gets every change."""
 SEQ_COUNTER = "alert_seq"
+CLEARED = 1 << 30
+"""A rank's clear count once its run ended: cleared for good."""
+
+
+@dataclass
+class RankTrack:
+    """How one open alert stands on each rank it covers (in memory only)."""
+
+    holds: dict[int, int] = field(default_factory=dict)
+    """Checks that found the condition, per rank (it fires once one reaches ``for_checks``)."""
+    clears: dict[int, int] = field(default_factory=dict)
+    """Checks in a row that did not, per rank (it resolves once all reach ``clear_checks``)."""
+    claim: float | None = None
+    """The origin's claim, the step its condition started at (an earlier one takes over);
+    None: the origin is only the first rank seen; -inf: fixed (reloaded)."""
 
 
 @dataclass(frozen=True)
@@ -43,14 +61,16 @@ class AlertBook:
     must not block (queue work elsewhere).
     """
 
-    def __init__(self, store: Store | None = None, history_len: int = 32) -> None:
+    def __init__(
+        self, store: Store | None = None, history_len: int = 32, origin_seconds: float = 60.0
+    ) -> None:
         self.store = store
         self.history_len = history_len
+        self.origin_seconds = origin_seconds
         self._lock = threading.RLock()
         self._alerts: dict[int, Alert] = {}
         self._open: dict[Fingerprint, Alert] = {}
-        self._holds: dict[Fingerprint, int] = {}
-        self._clears: dict[Fingerprint, int] = {}
+        self._ranks: dict[Fingerprint, RankTrack] = {}
         self._resolved_at: dict[Fingerprint, float] = {}
         self._dirty: set[int] = set()
         self._listeners: list[Listener] = []
@@ -63,11 +83,16 @@ class AlertBook:
     def _reload(self, store: Store) -> None:
         for alert in store.load_alerts():
             self._alerts[alert.id] = alert
+            fp = alert.fingerprint
+            if alert.state != "resolved" and fp in self._open:  # per-rank alerts of old
+                alert.state, alert.resolved_at = "resolved", alert.updated_at
+                store.save_alerts([alert])
             if alert.state == "resolved":
-                self._resolved_at[alert.fingerprint] = alert.resolved_at or alert.updated_at
+                self._resolved_at[fp] = alert.resolved_at or alert.updated_at
             else:
-                self._open[alert.fingerprint] = alert
-                self._holds[alert.fingerprint] = 1 if alert.state == "pending" else 1 << 30
+                self._open[fp] = alert
+                held = 1 if alert.state == "pending" else 1 << 30
+                self._ranks[fp] = RankTrack({r: held for r in alert.covers}, claim=-math.inf)
         self._next_id = max(store.max_alert_id(), max(self._alerts, default=0)) + 1
         seqs = (a.seq for a in self._alerts.values())
         self._seq = max(store.counter(SEQ_COUNTER), max(seqs, default=0))
@@ -139,32 +164,61 @@ class AlertBook:
         findings: list[Finding],
         now: float | None = None,
     ) -> None:
-        """Fold one check's findings for (rule, run, rank); open fingerprints not found clear."""
+        """Fold one check of one rank (a per-rank rule): each finding opens the alert of its
+        rule, run and parameter, or joins it; the rank clears from the run's alerts of the rule
+        it is no longer found in."""
+        self._fold(policy, run, [(rank, step, f) for f in findings], {rank}, False, now)
+
+    def observe_run(
+        self,
+        policy: Policy,
+        run: str,
+        findings: list[tuple[int, int, Finding]],
+        now: float | None = None,
+    ) -> None:
+        """Fold one check of a whole run (a run-level rule): ``(rank, step, finding)`` each;
+        every rank of the rule's open alerts on the run not found clears. The rule names the
+        origin (``Finding.origin``): it takes over the alert's ``rank`` while the alert is
+        young."""
+        self._fold(policy, run, findings, None, True, now)
+
+    def _fold(
+        self,
+        policy: Policy,
+        run: str,
+        items: list[tuple[int, int, Finding]],
+        judged: set[int] | None,
+        authoritative: bool,
+        now: float | None,
+    ) -> None:
         now = time.time() if now is None else now
         changed: list[Alert] = []
         with self._lock:
-            seen: set[Fingerprint] = set()
-            for f in findings:
-                fp = (policy.rule, run, rank, f.parameter or "")
-                seen.add(fp)
+            seen: dict[Fingerprint, set[int]] = {}
+            for rank, step, f in items:
+                fp = (policy.rule, run, f.parameter or "")
                 alert = self._open.get(fp)
                 if alert is None:
                     if now < self._resolved_at.get(fp, -1e18) + policy.cooldown_seconds:
                         continue
                     alert = self._create(policy, run, rank, step, f, now)
-                    self._holds[fp] = 0
                     changed.append(alert)
-                self._update(alert, step, f, now)
-                self._clears[fp] = 0
-                self._holds[fp] += 1
-                if alert.state == "pending" and self._holds[fp] >= policy.for_checks:
+                seen.setdefault(fp, set()).add(rank)
+                track = self._ranks[fp]
+                if self._join(alert, track, rank, step, f, now, authoritative):
+                    changed.append(alert)
+                track.clears[rank] = 0
+                track.holds[rank] = track.holds.get(rank, 0) + 1
+                if alert.state == "pending" and track.holds[rank] >= policy.for_checks:
                     alert.state = "firing"
                     changed.append(alert)
-            for fp in [fp for fp in self._open if fp[:3] == (policy.rule, run, rank)]:
-                if fp not in seen:
-                    self._clears[fp] = self._clears.get(fp, 0) + 1
-                    if self._clears[fp] >= policy.clear_checks:
-                        changed.append(self._resolve(fp, now))
+            for fp in [fp for fp in self._open if fp[:2] == (policy.rule, run)]:
+                track, covers = self._ranks[fp], self._open[fp].covers
+                for r in covers:
+                    if r not in seen.get(fp, ()) and (judged is None or r in judged):
+                        track.clears[r] = track.clears.get(r, 0) + 1
+                if all(track.clears.get(r, 0) >= policy.clear_checks for r in covers):
+                    changed.append(self._resolve(fp, now))
             unique = {id(a): a for a in changed}
             snapshot = self._stamp(unique.values())
         self._notify(snapshot)
@@ -188,26 +242,64 @@ class AlertBook:
             action=f.action,
             started_at=now,
             updated_at=now,
+            ranks=[rank],
         )
         self._next_id += 1
         self._alerts[alert.id] = alert
         self._open[alert.fingerprint] = alert
+        self._ranks[alert.fingerprint] = RankTrack()
         return alert  # written with its change (_stamp); later updates on flush
+
+    def _join(
+        self,
+        alert: Alert,
+        track: RankTrack,
+        rank: int,
+        step: int,
+        f: Finding,
+        now: float,
+        authoritative: bool,
+    ) -> bool:
+        """Fold ``rank``'s finding into ``alert``; True when its ranks or origin changed."""
+        changed = False
+        if rank not in alert.covers:
+            alert.ranks = sorted({*alert.covers, rank})
+            changed = True
+        if f.origin:
+            claim = step if f.claim_step is None else f.claim_step
+            young = now - alert.started_at <= self.origin_seconds
+            if rank == alert.rank:
+                track.claim = claim if track.claim is None else min(track.claim, claim)
+            elif young and (authoritative or track.claim is None or claim < track.claim):
+                alert.rank, track.claim = rank, claim
+                alert.first_step = min(alert.first_step, claim)
+                changed = True
+        origin_clear = track.clears.get(alert.rank, 0) > 0
+        if rank == alert.rank or origin_clear:
+            self._update(alert, step, f, now)
+        else:
+            alert.updated_at = now
+            self._raise_severity(alert, f)
+            self._dirty.add(alert.id)
+        return changed
 
     def _update(self, alert: Alert, step: int, f: Finding, now: float) -> None:
         alert.step, alert.value, alert.threshold = step, f.value, f.threshold
         alert.message, alert.updated_at = f.message, now
-        if f.severity and SEVERITIES.index(f.severity) > SEVERITIES.index(alert.severity):
-            alert.severity = f.severity
+        self._raise_severity(alert, f)
         if f.value is not None:
             alert.history.append((step, f.value))
             del alert.history[: -self.history_len]
         self._dirty.add(alert.id)
 
+    @staticmethod
+    def _raise_severity(alert: Alert, f: Finding) -> None:
+        if f.severity and SEVERITIES.index(f.severity) > SEVERITIES.index(alert.severity):
+            alert.severity = f.severity
+
     def _resolve(self, fp: Fingerprint, now: float) -> Alert:
         alert = self._open.pop(fp)
-        self._holds.pop(fp, None)
-        self._clears.pop(fp, None)
+        self._ranks.pop(fp, None)
         was_pending = alert.state == "pending"
         alert.state, alert.resolved_at, alert.updated_at = "resolved", now, now
         if was_pending:  # it never fired: forget it rather than keep a false alarm
@@ -220,11 +312,19 @@ class AlertBook:
         return alert
 
     def resolve_rank(self, run: str, rank: int, now: float | None = None) -> None:
-        """Resolve every open alert of one rank (its run ended long enough ago)."""
+        """Clear one rank from every open alert of its run (it ended long enough ago); alerts
+        whose ranks have all cleared resolve."""
         now = time.time() if now is None else now
         with self._lock:
-            fps = [fp for fp in self._open if fp[1:3] == (run, rank)]
-            snapshot = self._stamp([self._resolve(fp, now) for fp in fps])
+            resolved = []
+            for fp, alert in list(self._open.items()):
+                if alert.run != run or rank not in alert.covers:
+                    continue
+                track = self._ranks[fp]
+                track.clears[rank] = CLEARED
+                if all(track.clears.get(r, 0) >= CLEARED for r in alert.covers):
+                    resolved.append(self._resolve(fp, now))
+            snapshot = self._stamp(resolved)
         self._notify(snapshot)
 
     # -------------------------------------------------------------------- reads and acks
@@ -246,7 +346,7 @@ class AlertBook:
                 for a in self._alerts.values()
                 if (state is None or a.state == state)
                 and (run is None or a.run == run)
-                and (rank is None or a.rank == rank)
+                and (rank is None or rank in a.covers)
                 and (rule is None or a.rule == rule)
                 and (severity is None or a.severity == severity)
                 and (since is None or a.updated_at >= since)
@@ -277,7 +377,7 @@ class AlertBook:
             return sum(
                 1
                 for a in self._open.values()
-                if a.state == "firing" and a.run == run and (rank is None or a.rank == rank)
+                if a.state == "firing" and a.run == run and (rank is None or rank in a.covers)
             )
 
     # -------------------------------------------------------------------- persistence
@@ -315,6 +415,8 @@ class AlertBook:
 def describe(alert: Alert) -> str:
     """One console line for a person."""
     where = f"run={alert.run} rank={alert.rank} step={alert.step}"
+    if len(alert.covers) > 1:
+        where += f" ranks={compact_ranks(alert.covers)}"
     if alert.parameter:
         where += f" param={alert.parameter}"
     if alert.state == "resolved":

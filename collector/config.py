@@ -96,6 +96,11 @@ class CollectorConfig:
     """Finished runs stop being exported (and their open alerts resolve) after this."""
     forget_seconds: float = 3600.0
     """Finished runs are dropped from memory after this (they stay in the database)."""
+    origin_window_seconds: float = 60.0
+    """A rule firing on several ranks of a run for the same cause raises one alert (``ranks``:
+    every rank, ``rank``: the origin). For this long after the alert opens, a rank with an
+    earlier claim to be the origin (the first whose loss went non-finite, the first to crash, a
+    hang's culprit once its stack arrives) takes over ``rank``; then the origin is fixed."""
     keepalive_seconds: float = 15.0
     """Quiet time after which ``/alerts/stream`` sends a keep-alive comment (0: only FastAPI's
     own ping, every 15 s)."""
@@ -121,7 +126,12 @@ class CollectorConfig:
         for name in ("retention_days", "tick_seconds", "alertmanager_resend_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, f"must be positive, got {getattr(self, name)}")
-        for name in ("grace_seconds", "forget_seconds", "keepalive_seconds"):
+        for name in (
+            "grace_seconds",
+            "forget_seconds",
+            "keepalive_seconds",
+            "origin_window_seconds",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must not be negative, got {getattr(self, name)}")
         if self.max_frame_bytes < 1024:

@@ -56,7 +56,7 @@ def build_core(
     if rules is None:
         rules = build_rules(overrides(config.config_path, config.rules_path))
     store = Store(config.db_path) if persist else None
-    book = AlertBook(store)
+    book = AlertBook(store, origin_seconds=config.origin_window_seconds)
     book.subscribe(ConsoleLog())
     fleet, health = Fleet(), IngestHealth()
     engine = Engine(fleet, book, rules, config, store)

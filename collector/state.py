@@ -1,10 +1,13 @@
-"""Per-run, per-rank state built from decoded frames: the latest statistics by name."""
+"""Per-run, per-rank state built from decoded frames: the latest statistics by name, what
+each rank is doing (phase, last step, how it ended), and the recent steps of every rank side
+by side for cross-rank comparisons."""
 
 from __future__ import annotations
 
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from gradwatch.wire import (
     Bye,
@@ -51,6 +54,27 @@ class RankState:
     """A bye arrived; the rank is done and not expected to send more."""
     intervals: deque[float] = field(default_factory=lambda: deque(maxlen=64))
     """Recent wall-clock seconds between frames, for judging silence."""
+    progress_at: float = 0.0
+    """Collector wall clock when ``last_step`` last rose (or the session's first frame)."""
+    phase: str = ""
+    """The training thread's phase in the latest heartbeat ("" before one, or from an agent
+    that does not send phases)."""
+    phase_seconds: float = 0.0
+    """Seconds it had spent in ``phase`` when that heartbeat was sent."""
+    declared: bool = False
+    """``phase`` was declared (``eval``, ``checkpoint``): a pause the user expects."""
+    stack: tuple[str, ...] = ()
+    """The training thread's stack in the latest heartbeat (sent only while stalled),
+    innermost first."""
+    beat_at: float = 0.0
+    """Collector wall clock of the latest heartbeat (0: none yet)."""
+    beat_every: float = 0.0
+    """Seconds between the two latest heartbeats (0: fewer than two yet)."""
+    declared_at: float = 0.0
+    """Collector wall clock of the latest heartbeat in a declared phase (0: none yet): time in
+    a declared phase is not time stalled."""
+    bye: Bye | None = None
+    """The bye, once it arrived: how the rank ended (reason, error, signal)."""
 
     @property
     def frozen_by_design(self) -> tuple[str, ...]:
@@ -75,6 +99,24 @@ class RankState:
             return self.full_columns.get(name)
         return None
 
+    @property
+    def heartbeats(self) -> bool:
+        """The agent sends heartbeats with phases from its own thread (newer agents): silence
+        then means the process is gone, and a rank can be alive but stalled."""
+        return bool(self.phase)
+
+    def in_phase(self, now: float) -> float:
+        """Seconds in ``phase`` by now (estimated from the latest heartbeat)."""
+        return self.phase_seconds + max(0.0, now - self.beat_at)
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds without a completed step, outside declared phases."""
+        return now - max(self.progress_at, self.declared_at)
+
+    def beating(self, now: float) -> bool:
+        """Heartbeats still arrive: the latest is at most three heartbeat intervals old."""
+        return self.heartbeats and now - self.beat_at <= 3 * max(self.beat_every, 1.0)
+
     def typical_interval(self) -> float | None:
         """Median seconds between frames, or None before there are a few."""
         if len(self.intervals) < 3:
@@ -83,16 +125,72 @@ class RankState:
         return ordered[len(ordered) // 2]
 
 
+StepRanks = dict[int, tuple[Hello, Stats]]
+"""One step as each rank reported it: its hello (the table its rows follow) and stats frame."""
+
+
+class StepBuffer:
+    """The latest steps' stats frames of every rank of a run, held until each rank that is
+    still running has reported the step; then the step is handed out once, for cross-rank
+    rules. A step some rank never reports (a dropped frame, a dead rank) is handed out with the
+    ranks it has once ``depth`` newer steps are waiting. Frames of steps already handed out are
+    ignored."""
+
+    def __init__(self, depth: int = 8) -> None:
+        self.depth = depth
+        self.pending: dict[int, StepRanks] = {}
+        self.done = -1
+        """The latest step handed out."""
+
+    def add(self, hello: Hello, stats: Stats, expected: set[int]) -> list[tuple[int, StepRanks]]:
+        """Hold ``stats`` of rank ``stats.rank``; return the steps now complete (or given up),
+        oldest first. ``expected``: the ranks still running."""
+        if stats.step <= self.done:
+            return []
+        self.pending.setdefault(stats.step, {})[stats.rank] = (hello, stats)
+        return self.ready(expected)
+
+    def ready(self, expected: set[int]) -> list[tuple[int, StepRanks]]:
+        """The steps every rank of ``expected`` has reported, and those given up; they leave
+        the buffer, and every older step with them."""
+        out: list[tuple[int, StepRanks]] = []
+        for step in sorted(self.pending):
+            ranks = self.pending[step]
+            complete = bool(ranks) and expected <= set(ranks)
+            if complete or len(self.pending) > self.depth:
+                out.append((step, self.pending.pop(step)))
+                self.done = step
+                for older in [s for s in self.pending if s < step]:
+                    del self.pending[older]
+        return out
+
+
 @dataclass
 class RunState:
     """All ranks of one run."""
 
     name: str
     ranks: dict[int, RankState] = field(default_factory=dict)
+    first_seen: float = 0.0
+    """Collector wall clock of the run's first hello."""
+    memory: dict[str, Any] = field(default_factory=dict)
+    """Run-level rules' memory, by rule name."""
+    steps: StepBuffer = field(default_factory=StepBuffer)
+    """Recent steps of every rank side by side."""
 
     @property
     def ended(self) -> bool:
         return bool(self.ranks) and all(r.ended for r in self.ranks.values())
+
+    @property
+    def world_size(self) -> int:
+        """The largest world size any rank's hello gave (0 before any)."""
+        return max((r.hello.world_size for r in self.ranks.values()), default=0)
+
+    @property
+    def running(self) -> set[int]:
+        """Ranks that have not said bye."""
+        return {r for r, s in self.ranks.items() if not s.ended}
 
     @property
     def last_seen(self) -> float:
@@ -124,32 +222,49 @@ class Fleet:
         if isinstance(frame, Stats):
             check_shape(state.hello, frame)
             self._stats(state, frame)
+        elif isinstance(frame, Heartbeat):
+            self._heartbeat(state, frame, now)
         elif isinstance(frame, Bye):
             state.ended = True
+            state.bye = frame
         if not isinstance(frame, Bye):
             state.intervals.append(now - state.last_seen)
         state.last_seen = now
         state.frames += 1
-        if isinstance(frame, (Stats, Heartbeat, Bye)):
-            state.last_step = max(state.last_step, frame.step)
-            if state.first_step < 0:
-                state.first_step = frame.step
-            state.dropped = max(state.dropped, frame.dropped)
+        if frame.step > state.last_step:
+            state.last_step = frame.step
+            state.progress_at = now
+        if state.first_step < 0:
+            state.first_step = frame.step
+        state.dropped = max(state.dropped, frame.dropped)
         return state
 
+    @staticmethod
+    def _heartbeat(state: RankState, beat: Heartbeat, now: float) -> None:
+        if state.beat_at:
+            state.beat_every = now - state.beat_at
+        state.phase, state.phase_seconds = beat.phase, beat.phase_seconds
+        state.declared, state.stack, state.beat_at = beat.declared, beat.stack, now
+        if beat.declared:
+            state.declared_at = now
+
     def _hello(self, hello: Hello, now: float) -> RankState:
-        run = self.runs.setdefault(hello.run, RunState(hello.run))
+        run = self.runs.get(hello.run)
+        if run is None:
+            run = self.runs[hello.run] = RunState(hello.run, first_seen=now)
         old = run.ranks.get(hello.rank)
         if old is not None and old.hello.session == hello.session:
             old.hello = hello  # a reconnect: same process, keep what we know
             old.last_seen = now
-            old.ended = False
+            old.ended, old.bye = False, None
             old.frames += 1
             return old
         if old is not None:
             self._sessions.pop(old.hello.session, None)
         names = tuple(hello.params[i].name for i in hello.tracked)
-        state = RankState(hello.run, hello.rank, hello, now, now, names=names, frames=1)
+        state = RankState(
+            hello.run, hello.rank, hello, now, now, names=names, frames=1, progress_at=now
+        )
         run.ranks[hello.rank] = state
         self._sessions[hello.session] = state
         return state

@@ -15,9 +15,11 @@ from gradwatch.settings import ConfigError, read_toml
 
 from .base import Finding, Rule, RuleSettings
 from .gradients import DeadParameters, GradExplosion, VanishingGradients
+from .liveness import RankCrashed, RankMissing, RankStalled
 from .loss import LossPlateau, LossSpike, ValDivergence
 from .numeric import NonFinite
 from .optim import LrSanity
+from .replicas import ReplicaDivergence, Straggler
 from .system import (
     MemoryGrowth,
     MemoryPressure,
@@ -69,6 +71,11 @@ CATALOGUE: dict[str, type[AnyRule]] = {
         MemoryPressure,
         MemoryGrowth,
         TrainerSilent,
+        RankStalled,
+        RankCrashed,
+        RankMissing,
+        Straggler,
+        ReplicaDivergence,
         ValDivergence,
     )
 }
