@@ -132,7 +132,8 @@ class TrainerJob:
         """Wait until a line containing ``text`` was printed; return when it was read."""
 
         def seen() -> float | None:
-            return next((t for t, x in zip(self.stamps, self.lines, strict=False) if text in x), None)
+            read = zip(self.stamps, self.lines, strict=False)  # the reader may be mid-line
+            return next((t for t, x in read if text in x), None)
 
         return float(wait_until(seen, timeout))
 
