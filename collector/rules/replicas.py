@@ -29,7 +29,9 @@ class StragglerSettings(RuleSettings):
     min_share: float = 0.1
     """...by at least this fraction of its step time (a gap that costs the job less is noise)..."""
     for_seconds: float = 60.0
-    """...for this long (collector clock)."""
+    """...for this long (collector clock)..."""
+    for_steps: int = 10
+    """...and over at least this many compared steps (a pause with no steps is no evidence)."""
     window: int = 5
     """A rank's time is the median of its latest this many compared steps (a slow step is
     jitter, not a straggler)."""
@@ -38,19 +40,24 @@ class StragglerSettings(RuleSettings):
         super().__post_init__()
         if self.ratio <= 1 or not 0 <= self.min_share < 1 or self.for_seconds < 0:
             raise ValueError("ratio must be > 1, min_share in [0, 1), for_seconds >= 0")
-        if self.window < 1:
-            raise ValueError("window must be at least 1")
+        if self.window < 1 or self.for_steps < 0:
+            raise ValueError("window must be at least 1 and for_steps not negative")
 
 
 @dataclass
 class StragglerMemory:
     own: dict[int, deque[float]] = field(default_factory=dict)
     """Per rank: its latest seconds per step outside collectives."""
-    parts: dict[int, dict[str, float]] = field(default_factory=dict)
+    parts: dict[int, deque[dict[str, float]]] = field(default_factory=dict)
     """Per rank: its latest seconds per phase."""
     step_time: dict[int, deque[float]] = field(default_factory=dict)
-    since: dict[int, float] = field(default_factory=dict)
-    """Per rank: when it was first seen slower (collector clock)."""
+    since: dict[int, tuple[float, int]] = field(default_factory=dict)
+    """Per rank: when it was first seen slower (collector clock) and how many compared steps
+    it has stayed slower since."""
+
+    def phase(self, rank: int, name: str) -> float:
+        """The rank's median seconds in phase ``name`` over the window."""
+        return median(p[name] for p in self.parts[rank])
 
 
 def own_phases(hello: Hello) -> tuple[str, ...]:
@@ -63,7 +70,8 @@ def _ms(seconds: float) -> str:
 
 class Straggler(Rule[StragglerSettings, StragglerMemory]):
     """One rank's own work per step (data + forward, and backward when no all-reduce runs in
-    it) exceeds ``ratio`` x the median of the other ranks, for ``for_seconds``.
+    it) exceeds ``ratio`` x the median of the other ranks, for ``for_seconds`` and
+    ``for_steps``.
 
     Compared from the per-step phase durations every agent sends (``phase_*_seconds``), on each
     step all ranks reported. Under DDP every rank shows the same step time (the fast ones wait
@@ -93,7 +101,7 @@ class Straggler(Rule[StragglerSettings, StragglerMemory]):
             values = {p: float(v) for p, v in parts.items() if v is not None}
             own = sum(values[p] for p in own_phases(hello))
             memory.own.setdefault(rank, deque(maxlen=s.window)).append(own)
-            memory.parts[rank] = values
+            memory.parts.setdefault(rank, deque(maxlen=s.window)).append(values)
             total = stats.metrics.get(m.STEP_TIME) or sum(values.values())
             memory.step_time.setdefault(rank, deque(maxlen=s.window)).append(total)
         typical = {r: median(v) for r, v in memory.own.items() if r in step}
@@ -107,8 +115,9 @@ class Straggler(Rule[StragglerSettings, StragglerMemory]):
             if not slow:
                 memory.since.pop(rank, None)
                 continue
-            since = memory.since.setdefault(rank, now)
-            if now - since >= s.for_seconds:
+            since, steps = memory.since.get(rank, (now, -1))
+            memory.since[rank] = (since, steps + 1)
+            if now - since >= s.for_seconds and steps + 1 >= s.for_steps:
                 found.append((own / ref if ref > 0 else math.inf, rank, ref, now - since))
         if not found:
             return []
@@ -140,8 +149,8 @@ class Straggler(Rule[StragglerSettings, StragglerMemory]):
         def breakdown(parts: dict[str, float]) -> str:
             return ", ".join(f"{p} {_ms(parts[p])}" for p in names)
 
-        mid = {p: median(memory.parts[r][p] for r in others) for p in names}
-        mine = memory.parts[rank]
+        mid = {p: median(memory.phase(r, p) for r in others) for p in names}
+        mine = {p: memory.phase(rank, p) for p in names}
         who = f"rank {others[0]}" if len(others) == 1 else "the other ranks' median"
         text = (
             f"rank {rank} spends {_ms(median(memory.own[rank]))} a step outside collectives "
@@ -149,7 +158,7 @@ class Straggler(Rule[StragglerSettings, StragglerMemory]):
             f"for {held:.0f} s"
         )
         if "backward" not in names:  # under DDP the others' backward is mostly waiting
-            wait = median(memory.parts[r]["backward"] for r in others)
+            wait = median(memory.phase(r, "backward") for r in others)
             text += f"; the others wait for it in backward (all-reduce: {_ms(wait)})"
         return text
 

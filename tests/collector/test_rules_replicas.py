@@ -36,7 +36,7 @@ def run_steps(
 
 
 def test_straggler_names_the_ddp_rank_slow_outside_collectives_with_its_breakdown() -> None:
-    h, ranks = Harness("straggler", for_seconds=5.0), job(2)
+    h, ranks = Harness("straggler", for_seconds=5.0, for_steps=5), job(2)
     for r in ranks:
         h.send(r.hello(), dt=0.0)
     run_steps(h, ranks, 1, 10, slow=None)
@@ -47,7 +47,7 @@ def test_straggler_names_the_ddp_rank_slow_outside_collectives_with_its_breakdow
     assert (alert.rank, alert.ranks, alert.severity) == (1, [1], "warning")
     assert alert.message.startswith(
         "rank 1 spends 63 ms a step outside collectives (data 60 ms, forward 3 ms) vs 4 ms for "
-        "rank 0 (data 1 ms, forward 3 ms)"
+        "rank 0 (data 1 ms, forward 3 ms), 15.8x, for 5 s"
     ), alert.message
     assert "the others wait for it in backward (all-reduce: 69 ms)" in alert.message
     run_steps(h, ranks, 19, 30, slow=None)
@@ -55,13 +55,25 @@ def test_straggler_names_the_ddp_rank_slow_outside_collectives_with_its_breakdow
 
 
 def test_straggler_among_four_ranks_compares_with_the_others_median() -> None:
-    h, ranks = Harness("straggler", for_seconds=2.0), job(4, replicated=False)
+    h, ranks = Harness("straggler", for_seconds=2.0, for_steps=3), job(4, replicated=False)
     for r in ranks:
         h.send(r.hello(), dt=0.0)
     run_steps(h, ranks, 1, 10, slow=2, wait=False)
     [alert] = h.firing()
     assert alert.rank == 2 and "the other ranks' median" in alert.message
     assert "backward" in alert.message.split(" vs ")[0]  # no all-reduce: backward is its own
+
+
+def test_straggler_needs_steps_as_well_as_time() -> None:
+    h, ranks = Harness("straggler", for_seconds=5.0, for_steps=5), job(2)
+    for r in ranks:
+        h.send(r.hello(), dt=0.0)
+    run_steps(h, ranks, 1, 3, slow=1)
+    h.now += 100.0  # the job pauses (a hang, a checkpoint): no evidence either way
+    run_steps(h, ranks, 4, 5, slow=1)
+    assert h.book.alerts() == []
+    run_steps(h, ranks, 6, 7, slow=1)
+    assert h.firing("straggler")
 
 
 def test_straggler_stays_silent_for_equal_ranks_and_small_gaps() -> None:
