@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import itertools
 import logging
@@ -34,7 +35,8 @@ class RankTrack:
     """How one open alert stands on each rank it covers (in memory only)."""
 
     holds: dict[int, int] = field(default_factory=dict)
-    """Checks that found the condition, per rank (it fires once one reaches ``for_checks``)."""
+    """Checks that found the condition, per rank (it fires once one reaches ``for_checks``);
+    its keys are the ranks the alert covers."""
     clears: dict[int, int] = field(default_factory=dict)
     """Checks in a row that did not, per rank (it resolves once all reach ``clear_checks``)."""
     claim: float | None = None
@@ -220,7 +222,7 @@ class AlertBook:
                 if all(track.clears.get(r, 0) >= policy.clear_checks for r in covers):
                     changed.append(self._resolve(fp, now))
             unique = {id(a): a for a in changed}
-            snapshot = self._stamp(unique.values())
+            snapshot = self._stamp(unique.values()) if unique else []
         self._notify(snapshot)
 
     def _create(
@@ -262,8 +264,10 @@ class AlertBook:
     ) -> bool:
         """Fold ``rank``'s finding into ``alert``; True when its ranks or origin changed."""
         changed = False
-        if rank not in alert.covers:
-            alert.ranks = sorted({*alert.covers, rank})
+        if rank not in track.holds and rank not in alert.covers:
+            if not alert.ranks:
+                alert.ranks = [alert.rank]
+            bisect.insort(alert.ranks, rank)
             changed = True
         if f.origin:
             claim = step if f.claim_step is None else f.claim_step

@@ -142,7 +142,9 @@ class StepBuffer:
         self.done = -1
         """The latest step handed out."""
 
-    def add(self, hello: Hello, stats: Stats, expected: set[int]) -> list[tuple[int, StepRanks]]:
+    def add(
+        self, hello: Hello, stats: Stats, expected: frozenset[int]
+    ) -> list[tuple[int, StepRanks]]:
         """Hold ``stats`` of rank ``stats.rank``; return the steps now complete (or given up),
         oldest first. ``expected``: the ranks still running."""
         if stats.step <= self.done:
@@ -150,13 +152,13 @@ class StepBuffer:
         self.pending.setdefault(stats.step, {})[stats.rank] = (hello, stats)
         return self.ready(expected)
 
-    def ready(self, expected: set[int]) -> list[tuple[int, StepRanks]]:
+    def ready(self, expected: frozenset[int]) -> list[tuple[int, StepRanks]]:
         """The steps every rank of ``expected`` has reported, and those given up; they leave
         the buffer, and every older step with them."""
         out: list[tuple[int, StepRanks]] = []
         for step in sorted(self.pending):
             ranks = self.pending[step]
-            complete = bool(ranks) and expected <= set(ranks)
+            complete = len(ranks) >= len(expected) and expected <= ranks.keys()
             if complete or len(self.pending) > self.depth:
                 out.append((step, self.pending.pop(step)))
                 self.done = step
@@ -187,10 +189,19 @@ class RunState:
         """The largest world size any rank's hello gave (0 before any)."""
         return max((r.hello.world_size for r in self.ranks.values()), default=0)
 
+    changes: int = 0
+    """Bumped whenever a rank joins, restarts or ends (``running`` is cached between)."""
+    _running: tuple[int, frozenset[int]] = (-1, frozenset())
+
     @property
-    def running(self) -> set[int]:
+    def running(self) -> frozenset[int]:
         """Ranks that have not said bye."""
-        return {r for r, s in self.ranks.items() if not s.ended}
+        if self._running[0] != self.changes:
+            self._running = (
+                self.changes,
+                frozenset(r for r, s in self.ranks.items() if not s.ended),
+            )
+        return self._running[1]
 
     @property
     def last_seen(self) -> float:
@@ -227,6 +238,7 @@ class Fleet:
         elif isinstance(frame, Bye):
             state.ended = True
             state.bye = frame
+            self.runs[state.run].changes += 1
         if not isinstance(frame, Bye):
             state.intervals.append(now - state.last_seen)
         state.last_seen = now
@@ -252,6 +264,7 @@ class Fleet:
         run = self.runs.get(hello.run)
         if run is None:
             run = self.runs[hello.run] = RunState(hello.run, first_seen=now)
+        run.changes += 1
         old = run.ranks.get(hello.rank)
         if old is not None and old.hello.session == hello.session:
             old.hello = hello  # a reconnect: same process, keep what we know

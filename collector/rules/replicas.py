@@ -3,6 +3,7 @@ slower than the others') and replica_divergence (replicas whose statistics disag
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -60,6 +61,19 @@ class StragglerMemory:
         return median(p[name] for p in self.parts[rank])
 
 
+def median_without(ordered: list[float], value: float) -> float:
+    """The median of sorted ``ordered`` with one occurrence of ``value`` left out, in O(log n)
+    (every rank of a thousand compared with the others' median, every step)."""
+    i = bisect.bisect_left(ordered, value)
+    n = len(ordered) - 1
+
+    def at(j: int) -> float:
+        return ordered[j if j < i else j + 1]
+
+    mid = n // 2
+    return at(mid) if n % 2 else (at(mid - 1) + at(mid)) / 2
+
+
 def own_phases(hello: Hello) -> tuple[str, ...]:
     return OWN_PHASES if hello.replicated else (*OWN_PHASES, "backward")
 
@@ -107,9 +121,10 @@ class Straggler(Rule[StragglerSettings, StragglerMemory]):
         typical = {r: median(v) for r, v in memory.own.items() if r in step}
         if len(typical) < 2:
             return None
+        ordered = sorted(typical.values())
         found = []
         for rank, own in typical.items():
-            ref = median(v for r, v in typical.items() if r != rank)
+            ref = median_without(ordered, own)
             gap = own - ref
             slow = own > s.ratio * ref and gap >= s.min_share * median(memory.step_time[rank])
             if not slow:

@@ -201,3 +201,19 @@ def test_rank_missing_is_silent_when_every_rank_said_hello() -> None:
     start(h, ranks)
     h.tick(60.0)
     assert h.book.alerts() == []
+
+
+def test_older_agents_without_phases_raise_no_job_level_alert() -> None:
+    job_rules = ("rank_stalled", "straggler", "replica_divergence", "rank_crashed", "rank_missing")
+    h = Harness(rules={name: {} for name in job_rules})
+    ranks = [FakeRank("old", r) for r in range(2)]  # world size 1 each, not replicated
+    start(h, ranks)
+    for t in range(400):  # heartbeats without phases from the training thread
+        h.now += 1.0
+        for r in ranks:
+            h.send(r.heartbeat(5), dt=0.0)
+        h.tick()
+    for r in ranks:
+        h.send(r.bye(5))  # reason: close, as older agents say nothing else
+    h.tick(1.0)
+    assert h.book.alerts() == []

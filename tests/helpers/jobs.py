@@ -146,7 +146,7 @@ def scenarios(nproc: int) -> dict[str, Scenario]:
     missing = Scenario(
         "missing", nproc, "rank_missing", 1, (1,),
         (f"1 of {nproc} ranks never said hello", "rank 1 (seen: "),
-        "", ("--steps", "5000"), UNREACHABLE, {"GRADWATCH_UNREACHABLE_RANK": "1"},
+        "", ("--steps", "5000"), module=UNREACHABLE, env={"GRADWATCH_UNREACHABLE_RANK": "1"},
     )  # fmt: skip
     killed = Scenario(
         "killed", nproc, "trainer_silent", 1, (1,),
