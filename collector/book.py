@@ -26,8 +26,6 @@ Listener = Callable[[Alert], None]
 CHANGE_LOG = 1024
 """Recent changes kept in memory: a stream client this far behind still gets every change."""
 SEQ_COUNTER = "alert_seq"
-CLEARED = 1 << 30
-"""A rank's clear count once its run ended: cleared for good."""
 
 
 @dataclass
@@ -38,7 +36,9 @@ class RankTrack:
     """Checks that found the condition, per rank (it fires once one reaches ``for_checks``);
     its keys are the ranks the alert covers."""
     clears: dict[int, int] = field(default_factory=dict)
-    """Checks in a row that did not, per rank (it resolves once all reach ``clear_checks``)."""
+    """Checks in a row that did not, per rank."""
+    done: set[int] = field(default_factory=set)
+    """Ranks clear for ``clear_checks`` checks, or ended: it resolves once all are."""
     claim: float | None = None
     """The origin's claim, the step its condition started at (an earlier one takes over);
     None: the origin is only the first rank seen; -inf: fixed (reloaded)."""
@@ -210,16 +210,19 @@ class AlertBook:
                 if self._join(alert, track, rank, step, f, now, authoritative):
                     changed.append(alert)
                 track.clears[rank] = 0
+                track.done.discard(rank)
                 track.holds[rank] = track.holds.get(rank, 0) + 1
                 if alert.state == "pending" and track.holds[rank] >= policy.for_checks:
                     alert.state = "firing"
                     changed.append(alert)
             for fp in [fp for fp in self._open if fp[:2] == (policy.rule, run)]:
-                track, covers = self._ranks[fp], self._open[fp].covers
-                for r in covers:
-                    if r not in seen.get(fp, ()) and (judged is None or r in judged):
+                track, found = self._ranks[fp], seen.get(fp, set())
+                for r in track.holds if judged is None else judged & track.holds.keys():
+                    if r not in found:
                         track.clears[r] = track.clears.get(r, 0) + 1
-                if all(track.clears.get(r, 0) >= policy.clear_checks for r in covers):
+                        if track.clears[r] >= policy.clear_checks:
+                            track.done.add(r)
+                if len(track.done) >= len(track.holds):
                     changed.append(self._resolve(fp, now))
             unique = {id(a): a for a in changed}
             snapshot = self._stamp(unique.values()) if unique else []
@@ -249,7 +252,7 @@ class AlertBook:
         self._next_id += 1
         self._alerts[alert.id] = alert
         self._open[alert.fingerprint] = alert
-        self._ranks[alert.fingerprint] = RankTrack()
+        self._ranks[alert.fingerprint] = RankTrack({rank: 0})
         return alert  # written with its change (_stamp); later updates on flush
 
     def _join(
@@ -264,7 +267,7 @@ class AlertBook:
     ) -> bool:
         """Fold ``rank``'s finding into ``alert``; True when its ranks or origin changed."""
         changed = False
-        if rank not in track.holds and rank not in alert.covers:
+        if rank not in track.holds:  # its keys are the ranks covered
             if not alert.ranks:
                 alert.ranks = [alert.rank]
             bisect.insort(alert.ranks, rank)
@@ -322,11 +325,11 @@ class AlertBook:
         with self._lock:
             resolved = []
             for fp, alert in list(self._open.items()):
-                if alert.run != run or rank not in alert.covers:
+                if alert.run != run or rank not in self._ranks[fp].holds:
                     continue
                 track = self._ranks[fp]
-                track.clears[rank] = CLEARED
-                if all(track.clears.get(r, 0) >= CLEARED for r in alert.covers):
+                track.done.add(rank)
+                if len(track.done) >= len(track.holds):
                     resolved.append(self._resolve(fp, now))
             snapshot = self._stamp(resolved)
         self._notify(snapshot)

@@ -73,6 +73,11 @@ class RankStalled(Rule[StalledSettings, None]):
         declared = [s for s in live if s.declared and s not in stalled]
         culprit = find_culprit(stalled, declared)
         message = self._message(culprit, stalled, now)
+        gone = [s for s in run.ranks.values() if _gone(s, now)]
+        if culprit is None and gone:
+            message += "; they may wait for " + ", ".join(
+                f"rank {s.rank} ({'crashed' if s.ended else 'silent'})" for s in gone[:5]
+            )
         involved = stalled + ([culprit] if culprit is not None and culprit not in stalled else [])
         return [
             self.finding(
@@ -113,6 +118,13 @@ class RankStalled(Rule[StalledSettings, None]):
             text += f"; {_ranks(s.rank for s in followers)} {verb} in {phase or 'an unknown phase'}"
             text += f" ({frame})" if frame else ""
         return text
+
+
+def _gone(rank: RankState, now: float) -> bool:
+    """The rank crashed, or its heartbeats stopped without a bye."""
+    if rank.ended:
+        return rank.bye is not None and rank.bye.reason == "error"
+    return rank.heartbeats and not rank.beating(now)
 
 
 def _ranks(ranks: Iterable[int]) -> str:

@@ -107,6 +107,13 @@ def test_book_resolve_rank_clears_one_rank_at_a_time() -> None:
     assert book.alerts()[0].state == "firing"
     book.resolve_rank("job", 1, now=3)
     assert book.alerts()[0].state == "resolved" and book.alerts()[0].resolved_at == 3
+    again = AlertBook()
+    for rank in (0, 1):
+        again.observe(NAN, "job", rank, 1, [finding()], now=1)
+    again.observe(NAN, "job", 0, 2, [], now=2)
+    again.observe(NAN, "job", 0, 3, [], now=3)  # rank 0 clear for clear_checks
+    again.resolve_rank("job", 1, now=4)  # rank 1 ended
+    assert again.alerts()[0].state == "resolved"
 
 
 def test_book_job_alert_survives_a_restart_with_its_ranks(tmp_path: Path) -> None:

@@ -88,6 +88,15 @@ def test_rank_stalled_without_a_culprit_says_no_rank_stands_out() -> None:
     )
 
 
+def test_rank_stalled_without_a_culprit_points_at_a_crashed_rank() -> None:
+    h, ranks = Harness("rank_stalled", seconds=3.0), job(3)
+    start(h, ranks)
+    h.send(ranks[2].bye(5, "error", error_type="RuntimeError", error_kind="exception"))
+    beat(h, {r: ("backward", COLLECTIVE) for r in range(2)}, ranks[:2], 5)
+    [alert] = h.firing()
+    assert alert.ranks == [0, 1] and "they may wait for rank 2 (crashed)" in alert.message
+
+
 def test_rank_stalled_leaves_a_declared_phase_alone_until_its_own_limit() -> None:
     h, ranks = Harness("rank_stalled", seconds=3.0, phase_seconds=8.0), job(2)
     start(h, ranks)
@@ -208,7 +217,7 @@ def test_older_agents_without_phases_raise_no_job_level_alert() -> None:
     h = Harness(rules={name: {} for name in job_rules})
     ranks = [FakeRank("old", r) for r in range(2)]  # world size 1 each, not replicated
     start(h, ranks)
-    for t in range(400):  # heartbeats without phases from the training thread
+    for _ in range(400):  # heartbeats without phases from the training thread
         h.now += 1.0
         for r in ranks:
             h.send(r.heartbeat(5), dt=0.0)

@@ -162,10 +162,12 @@ def _list(ranks: tuple[int, ...]) -> str:
     return compact_ranks(ranks)
 
 
-def collector_for_jobs(workdir: Path) -> CollectorProcess:
-    """A collector with :data:`RULES` (the others at their defaults)."""
+def collector_for_jobs(
+    workdir: Path, rules_: Mapping[str, Mapping[str, float]] = RULES
+) -> CollectorProcess:
+    """A collector with ``rules_`` settings (default :data:`RULES`; the others at defaults)."""
     rules = workdir / "rules.yaml"
-    rules.write_text(yaml.safe_dump({"rules": RULES}))
+    rules.write_text(yaml.safe_dump({"rules": {k: dict(v) for k, v in rules_.items()}}))
     return CollectorProcess(workdir, "--rules", str(rules))
 
 
