@@ -214,9 +214,15 @@ class Disagreement:
 
 
 def compare(
-    column: str, rows: dict[int, np.ndarray], names: tuple[str, ...], skip: set[int], rtol: float
+    column: str,
+    rows: dict[int, np.ndarray],
+    names: tuple[str, ...],
+    skip: set[int],
+    rtol: float,
+    topk: int = 3,
 ) -> Disagreement | None:
-    """Ranks whose ``column`` values (one per parameter row) disagree with the majority's."""
+    """Ranks whose ``column`` values (one per parameter row) disagree with the majority's; the
+    detail names the first ``topk`` parameters with the odd value beside the majority's."""
     ranks = sorted(rows)
     matrix = np.stack([rows[r] for r in ranks]).astype(np.float64)
     finite = np.isfinite(matrix).all(axis=0)
@@ -224,7 +230,8 @@ def compare(
     scale = np.abs(matrix).max(axis=0)
     bad = np.flatnonzero(finite & (spread > rtol * scale))
     odd: dict[int, list[str]] = {}
-    first: tuple[str, list[int], float, float] | None = None
+    shown: list[str] = []
+    first: list[int] = []
     for i in bad.tolist():
         if i in skip:
             continue
@@ -233,18 +240,15 @@ def compare(
         outliers = [r for r, ok in zip(ranks, agree, strict=True) if not ok]
         for r in outliers:
             odd.setdefault(r, []).append(names[i])
-        if first is None:
+        first = first or outliers
+        if len(shown) < topk:
             ref = float(np.median(values[agree])) if agree.any() else float(np.median(values))
             worst = max(range(len(ranks)), key=lambda j: abs(values[j] - ref))
-            first = (names[i], outliers, float(values[worst]), ref)
-    if first is None:
+            shown.append(f"{names[i]} {values[worst]:.7g} vs {ref:.7g}")
+    if not odd:
         return None
-    name, outliers, value, ref = first
     count = len({n for ps in odd.values() for n in ps})
-    detail = (
-        f"{column} of {_who(outliers, ranks)} on {count} parameter(s), first {name}: "
-        f"{value:.7g} vs {ref:.7g}"
-    )
+    detail = f"{column} of {_who(first, ranks)} on {count} parameter(s): {'; '.join(shown)}"
     return Disagreement(odd, detail)
 
 
@@ -323,17 +327,18 @@ class ReplicaDivergence(Rule[DivergenceSettings, DivergenceMemory]):
         for _, stats in replicas.values():
             skip.update(stats.nograd)
         number = next(iter(replicas.values()))[1].step
+        rtol, topk = self.settings.rtol, self.settings.topk
         found: dict[int, list[str]] = {}
         details = []
         grads = {r: _rows(h, s, "grad_norm") for r, (h, s) in replicas.items()}
         if all(v is not None for v in grads.values()):
-            got = compare("gradient norms", _present(grads), names, skip, self.settings.rtol)
+            got = compare("gradient norms", _present(grads), names, skip, rtol, topk)
             if got is not None:
                 found.update(got.odd)
                 details.append(got.detail)
         weights = {r: _rows(h, s, "weight_norm") for r, (h, s) in replicas.items()}
         if all(v is not None for v in weights.values()):
-            got = compare("weight norms", _present(weights), names, skip, self.settings.rtol)
+            got = compare("weight norms", _present(weights), names, skip, rtol, topk)
             memory.weights = got.odd if got is not None else {}
             memory.weight_detail = got.detail if got is not None else ""
             memory.weight_step = number

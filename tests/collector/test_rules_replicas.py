@@ -99,8 +99,8 @@ def test_replica_divergence_names_the_odd_rank_of_three_on_a_full_step() -> None
     [alert] = h.firing("replica_divergence")
     assert (alert.rank, alert.ranks, alert.parameter) == (2, [2], NAMES[3])
     assert alert.message == (
-        "step 2: weight norms of rank 2 disagree with ranks 0-1 on 1 parameter(s), first "
-        "blocks.0.mlp.fc.weight: 5.2 vs 5 (full step 2) (rtol 1e-05)"
+        "step 2: weight norms of rank 2 disagree with ranks 0-1 on 1 parameter(s): "
+        "blocks.0.mlp.fc.weight 5.2 vs 5 (full step 2) (rtol 1e-05)"
     )
     h.step(ranks, 3)  # gradients agree; the weights' verdict holds until the next full step
     assert h.firing()
@@ -148,3 +148,15 @@ def test_non_finite_under_ddp_is_one_alert_naming_the_rank_whose_loss_went_nan_f
     [alert] = h.book.alerts()
     assert (alert.rank, alert.ranks, alert.first_step) == (1, [0, 1], 60)
     assert alert.message.startswith("loss is nan")
+
+
+def test_replica_divergence_names_topk_parameters_and_counts_the_rest() -> None:
+    h, ranks = Harness("replica_divergence", topk=2), job(4)
+    for r in ranks:
+        h.send(r.hello(), dt=0.0)
+    h.step([ranks[0], ranks[2], ranks[3]], 1, full=True, dt=0.0)
+    h.send(ranks[1].stats(1, weight={n: 6.0 for n in NAMES}))
+    [alert] = h.firing()
+    assert (alert.rank, alert.ranks) == (1, [1])
+    assert "rank 1 disagree with ranks 0,2-3 on 8 parameter(s): " in alert.message
+    assert f"{NAMES[0]} 6 vs 5; {NAMES[1]} 6 vs 5 (full step 1)" in alert.message
