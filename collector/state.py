@@ -19,6 +19,7 @@ from gradwatch.wire import (
     check_shape,
     unpack_columns,
 )
+from gradwatch.wire.metrics import STEP_PHASES, phase_seconds
 
 
 @dataclass
@@ -101,9 +102,11 @@ class RankState:
 
     @property
     def heartbeats(self) -> bool:
-        """The agent sends heartbeats with phases from its own thread (newer agents): silence
-        then means the process is gone, and a rank can be alive but stalled."""
-        return bool(self.phase)
+        """The agent sends heartbeats with phases from its own thread (newer agents, which also
+        time each step's phases): silence then means the process is gone, and a rank can be
+        alive but stalled."""
+        stats = self.stats
+        return bool(self.phase) or (stats is not None and _TIMED in stats.metrics)
 
     def in_phase(self, now: float) -> float:
         """Seconds in ``phase`` by now (estimated from the latest heartbeat)."""
@@ -124,6 +127,9 @@ class RankState:
         ordered = sorted(self.intervals)
         return ordered[len(ordered) // 2]
 
+
+_TIMED = phase_seconds(STEP_PHASES[0])
+"""A metric only agents with phase heartbeats send."""
 
 StepRanks = dict[int, tuple[Hello, Stats]]
 """One step as each rank reported it: its hello (the table its rows follow) and stats frame."""

@@ -215,6 +215,12 @@ class RankCrashed(Rule[CrashedSettings, None]):
         message = self._describe(first)
         if followers:
             message += "; after it: " + ", ".join(self._follower(s) for s in followers)
+        running = sorted(run.running)
+        if error_kind(first) == "distributed" and running:
+            message += (
+                f"; no bye from {_ranks(running)}: a peer that died without one (killed, "
+                "segfault, node lost) fails the others' collectives first (see trainer_silent)"
+            )
         return [
             self.finding(message, value=float(len(crashed)), rank=s.rank, origin=s is first)
             for s in sorted([first, *followers], key=lambda s: s.rank)

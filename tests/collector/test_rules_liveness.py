@@ -131,6 +131,17 @@ def test_trainer_silent_fires_after_seconds_of_no_heartbeat_and_groups_ranks() -
     assert "after step 5 in forward, host testhost" in alert.message
 
 
+def test_trainer_silent_knows_a_newer_agent_from_its_phase_times_before_a_heartbeat() -> None:
+    h, ranks = Harness("trainer_silent", seconds=10.0), job(2)
+    for r in ranks:
+        h.send(r.hello(), dt=0.0)
+    timed = {"phase_data_seconds": 0.001, "phase_forward_seconds": 0.003,
+             "phase_backward_seconds": 0.01, "phase_optimizer_seconds": 0.001}  # fmt: skip
+    h.step(ranks, 1, metrics=timed)  # killed before its first heartbeat
+    h.tick(11.0)
+    assert [a.ranks for a in h.firing()] == [[0, 1]]
+
+
 def test_trainer_silent_gives_older_agents_without_phases_the_old_floor() -> None:
     h, r = Harness("trainer_silent", seconds=10.0, floor_seconds=60.0), FakeRank()
     start(h, [r])
@@ -165,6 +176,16 @@ def test_rank_crashed_names_the_first_rank_and_its_followers_in_one_alert() -> N
     )
     assert "rank 0 distributed error torch.distributed.DistBackendError" in alert.message
     assert "rank 2 terminated (SIGTERM), rank 3 terminated (SIGTERM)" in alert.message
+    assert "no bye from" not in alert.message
+
+
+def test_rank_crashed_of_a_collective_points_at_ranks_without_a_bye() -> None:
+    h, ranks = Harness("rank_crashed"), job(2)
+    start(h, ranks)  # rank 1 is killed: no bye; rank 0's all-reduce fails
+    h.send(crash(ranks[0], "distributed", "Connection reset by peer"))  # type: ignore[arg-type]
+    [alert] = h.firing()
+    assert alert.message.startswith("rank 0 failed in a collective at step 6")
+    assert "; no bye from rank 1: a peer that died without one" in alert.message
 
 
 def test_rank_crashed_names_out_of_memory_also_from_the_cpu_allocators_message() -> None:

@@ -75,6 +75,7 @@ def test_alertmanager_inhibits_what_non_finite_explains_and_all_runs_while_colle
         "alertname=throughput_drop severity=warning run=r1",  # not explained by NaN
         "alertname=rank_crashed severity=critical run=r3",
         "alertname=rank_stalled severity=error run=r3",  # ranks waiting for the crashed one
+        "alertname=trainer_silent severity=error run=r3",  # may be why the others crashed
         "alertname=straggler severity=warning run=r4",
         "alertname=step_time_increase severity=warning run=r4",  # the job waits for it
         "alertname=rank_stalled severity=error run=r4",  # a straggler does not explain a hang
@@ -91,6 +92,7 @@ def test_alertmanager_inhibits_what_non_finite_explains_and_all_runs_while_colle
     every_run = caused | {
         ("non_finite", "r1"), ("loss_spike", "r2"), ("throughput_drop", "r1"),
         ("rank_crashed", "r3"), ("straggler", "r4"), ("rank_stalled", "r4"),
+        ("trainer_silent", "r3"),
     }  # fmt: skip
     assert wait_until(lambda: inhibited(alertmanager) == every_run, 30)
     active = json.loads(amtool(alertmanager, "alert", "query", "-o", "json"))
