@@ -27,7 +27,8 @@ def watch(
 ) -> Monitor:
     """Attach gradwatch to ``optimizer`` (hooks only; the training loop needs no change).
 
-    ``run``/``endpoint`` default to env ``GRADWATCH_RUN``/``GRADWATCH_ENDPOINT``; rank and
+    ``run``/``endpoint``/``curve_keys`` default to env ``GRADWATCH_RUN``/
+    ``GRADWATCH_ENDPOINT``/``GRADWATCH_CURVE_KEYS``; rank and
     world size to torch.distributed, then env ``RANK``/``WORLD_SIZE``. ``settings`` are any
     other :class:`AgentConfig` fields by name (``every=``, ``full_every=``,
     ``flops_per_token=``, ...); those not given keep AgentConfig's defaults. A full ``config``
@@ -38,6 +39,9 @@ def watch(
         chosen = env_default("ENDPOINT", endpoint, None)
         if chosen is not None:
             settings["endpoint"] = chosen
+        keys = env_default("CURVE_KEYS", settings.pop("curve_keys", None), None)
+        if keys is not None:
+            settings["curve_keys"] = keys
         config = AgentConfig(
             run=env_default("RUN", run, None) or "",
             rank=d_rank if rank is None else rank,

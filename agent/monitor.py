@@ -98,6 +98,7 @@ class Monitor:
             queue_size=config.queue_size,
             flush_seconds=config.flush_seconds,
             on_error=lambda exc: self._error("sender", exc),
+            curve_keys=config.curve_keys,
         )
         # torch.compile must run the phase hooks as they are, around the compiled forward,
         # not trace them (a clock read is no graph op). torch.optim has imported dynamo.

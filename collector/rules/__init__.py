@@ -13,7 +13,9 @@ import yaml
 
 from gradwatch.settings import ConfigError, read_toml
 
+from .admission import CollectorLimit, DuplicateRank
 from .base import Finding, Rule, RuleSettings
+from .frozen import FrozenParameters
 from .gradients import DeadParameters, GradExplosion, VanishingGradients
 from .liveness import RankCrashed, RankMissing, RankStalled
 from .loss import LossPlateau, LossSpike, ValDivergence
@@ -28,7 +30,6 @@ from .system import (
     TrainerSilent,
 )
 from .updates import (
-    FrozenParameters,
     UpdateRatioHigh,
     UpdateRatioLow,
     WeightNormSpike,
@@ -77,6 +78,8 @@ CATALOGUE: dict[str, type[AnyRule]] = {
         Straggler,
         ReplicaDivergence,
         ValDivergence,
+        DuplicateRank,
+        CollectorLimit,
     )
 }
 """Rule classes by their canonical name, in documentation order."""
@@ -124,7 +127,10 @@ def load(path: str | Path) -> dict[str, dict[str, Any]]:
     YAML: ``rules: {loss_spike: {ratio: 20}}``; TOML: ``[rules.loss_spike]`` / ``ratio = 20``.
     """
     path = Path(path)
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RulesError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     try:
         if path.suffix == ".toml":
             data: Any = tomllib.loads(text)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Generic, Literal, TypeVar
 
 from ..alert import Severity
+from ..health import IngestHealth
 from ..state import RankState, RunState, StepRanks
 
 
@@ -47,6 +48,9 @@ class Finding:
     action: str
     severity: Severity | None = None
     """Overrides the rule's severity (e.g. loss_spike: error for 10x, warning for a z-score)."""
+    onset: int | None = None
+    """Step at which the condition began, when the rule waited before reporting it (a streak,
+    a window); the alert's ``first_step``. None: the step of the frame that raised it."""
     rank: int | None = None
     """The rank it is about: set by run-level rules (a missing rank has no state of its own);
     None for per-rank rules, whose findings are about the rank judged."""
@@ -71,9 +75,11 @@ class Rule(Generic[S, M]):
     (``scope = "run"``) judge all ranks of a run together, with memory per run: ``check_run``
     on the clock and when a rank says hello or bye, ``check_step`` once every live rank has
     reported a step (or it can no longer be completed); their findings name their ``rank``.
+    ``tick_collector`` runs on the clock once for the collector itself.
 
     Each returns a list of findings (empty: the condition is clear, on every rank) or None (no
     judgement this time, e.g. not a full step), so that the book only counts real checks.
+    Values may be any float64 (NaN, Inf, 1e308): a rule must not raise on them.
     """
 
     name: ClassVar[str]
@@ -81,6 +87,8 @@ class Rule(Generic[S, M]):
     action: ClassVar[str]
     settings_type: ClassVar[type[RuleSettings]]
     scope: ClassVar[Literal["rank", "run"]] = "rank"
+    collector_settings: ClassVar[tuple[str, ...]] = ()
+    """Fields of ``CollectorConfig`` (flags) that this rule reports on (docs/rules.md)."""
 
     def __init__(self, settings: S) -> None:
         self.settings = settings
@@ -108,6 +116,11 @@ class Rule(Generic[S, M]):
         """Compare the ranks' stats frames of one step (run-level rules)."""
         return None
 
+    def tick_collector(self, health: IngestHealth, memory: M, now: float) -> list[Finding] | None:
+        """Judge the collector itself on its clock (collector-level rules only); findings
+        become alerts of run ``COLLECTOR_RUN``, rank ``COLLECTOR_RANK``."""
+        return None
+
     def finding(
         self,
         message: str,
@@ -116,15 +129,61 @@ class Rule(Generic[S, M]):
         value: float | None = None,
         threshold: float | None = None,
         severity: Severity | None = None,
+        onset: int | None = None,
         rank: int | None = None,
         step: int | None = None,
         origin: bool = False,
         claim_step: int | None = None,
     ) -> Finding:
         return Finding(
-            self.name, parameter, value, threshold, message, self.action, severity,
+            self.name, parameter, value, threshold, message, self.action, severity, onset,
             rank, step, origin, claim_step,
         )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SustainedSettings(RuleSettings):
+    """Settings of rules about rates and durations, which must hold a while before they fire."""
+
+    for_seconds: float = 60.0
+    """The condition must hold this long (wall time between the frames' own clocks)..."""
+    for_steps: int = 20
+    """...and over at least this many steps, whichever is longer: slow steps of a busy machine
+    and scheduler hiccups of tiny steps are not trends."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.for_seconds < 0 or self.for_steps < 0:
+            raise ValueError("for_seconds and for_steps must not be negative")
+
+
+@dataclass
+class Streak:
+    """A condition that holds from frame to frame: when it was first seen, and where it began."""
+
+    onset: int = -1
+    """Step at which the condition began (-1: it does not hold)."""
+    since_step: int = -1
+    """Step at which it was first seen to hold (a window may see it after its onset)."""
+    since_time: float = 0.0
+    """Frame time of that step."""
+
+    def update(self, bad: bool, step: int, time: float, onset: int | None = None) -> None:
+        """Extend the streak while ``bad`` (it began at ``onset``, default this step), or end
+        it."""
+        if not bad:
+            self.onset = -1
+        elif self.onset < 0:
+            self.onset = step if onset is None else min(onset, step)
+            self.since_step, self.since_time = step, time
+
+    def held(self, s: SustainedSettings, step: int, time: float) -> bool:
+        """True once it has held for ``for_seconds`` and ``for_steps`` since first seen."""
+        return (
+            self.onset >= 0
+            and step - self.since_step >= s.for_steps
+            and time - self.since_time >= s.for_seconds
+        )
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -141,6 +200,18 @@ def median(values: Iterable[float]) -> float:
         raise ValueError("median of nothing")
     mid = n // 2
     return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation of finite ``values``, for any float64 magnitude
+    (``statistics.fmean`` overflows at 1e308: the values are scaled into range first)."""
+    if not values:
+        raise ValueError("mean of nothing")
+    scale = max(abs(v) for v in values) or 1.0
+    scaled = [v / scale for v in values]
+    mid = math.fsum(scaled) / len(scaled)
+    var = math.fsum((x - mid) * (x - mid) for x in scaled) / len(scaled)
+    return mid * scale, math.sqrt(var) * scale
 
 
 def fmt(x: float | None) -> str:

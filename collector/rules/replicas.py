@@ -52,9 +52,9 @@ class StragglerMemory:
     parts: dict[int, deque[dict[str, float]]] = field(default_factory=dict)
     """Per rank: its latest seconds per phase."""
     step_time: dict[int, deque[float]] = field(default_factory=dict)
-    since: dict[int, tuple[float, int]] = field(default_factory=dict)
-    """Per rank: when it was first seen slower (collector clock) and how many compared steps
-    it has stayed slower since."""
+    since: dict[int, tuple[float, int, int]] = field(default_factory=dict)
+    """Per rank: when it was first seen slower (collector clock), how many compared steps it
+    has stayed slower since, and the step it began at."""
 
     def phase(self, rank: int, name: str) -> float:
         """The rank's median seconds in phase ``name`` over the window."""
@@ -130,10 +130,12 @@ class Straggler(Rule[StragglerSettings, StragglerMemory]):
             if not slow:
                 memory.since.pop(rank, None)
                 continue
-            since, steps = memory.since.get(rank, (now, -1))
-            memory.since[rank] = (since, steps + 1)
+            number = step[rank][1].step
+            since, steps, onset = memory.since.get(rank, (now, -1, number))
+            memory.since[rank] = (since, steps + 1, onset)
             if now - since >= s.for_seconds and steps + 1 >= s.for_steps:
-                found.append((own / ref if ref > 0 else math.inf, rank, ref, now - since))
+                ratio = own / ref if ref > 0 else math.inf
+                found.append((ratio, rank, ref, now - since, onset))
         if not found:
             return []
         worst = max(found)[1]
@@ -144,8 +146,9 @@ class Straggler(Rule[StragglerSettings, StragglerMemory]):
                 threshold=s.ratio,
                 rank=rank,
                 origin=rank == worst,
+                onset=onset,
             )
-            for ratio, rank, ref, held in sorted(found, key=lambda f: f[1])
+            for ratio, rank, ref, held, onset in sorted(found, key=lambda f: f[1])
         ]
 
     def _message(

@@ -28,7 +28,7 @@ def test_book_joins_ranks_of_one_run_into_one_alert_that_resolves_when_all_clear
     assert (alert.rank, alert.ranks, alert.state) == (2, [0, 2, 3], "firing")
     assert changes == [("firing", 2, [2]), ("firing", 2, [0, 2]), ("firing", 2, [0, 2, 3])]
     assert [a.id for a in book.alerts(rank=3)] == [alert.id] and book.alerts(rank=1) == []
-    assert book.firing_count("job", 0) == 1 and book.firing_count("job", 1) == 0
+    assert book.firing_at([("job", 0), ("job", 1)]) == {("job", 0): 1}
     for _ in range(2):  # ranks 0 and 2 clear; rank 3 is still affected
         book.observe(NAN, "job", 0, 11, [], now=2)
         book.observe(NAN, "job", 2, 11, [], now=2)

@@ -15,7 +15,7 @@ NAMES = {
     "update_ratio_low", "frozen_parameters", "lr_sanity", "loss_plateau", "weight_norm_spike",
     "dead_parameters", "throughput_drop", "step_time_increase", "memory_pressure",
     "memory_growth", "trainer_silent", "rank_stalled", "rank_crashed", "rank_missing",
-    "straggler", "replica_divergence", "val_divergence",
+    "straggler", "replica_divergence", "val_divergence", "duplicate_rank", "collector_limit",
 }  # fmt: skip
 
 

@@ -49,7 +49,7 @@ def test_rank_stalled_names_the_rank_that_holds_up_a_ddp_job_with_its_frame() ->
     assert h.open() == []  # 2 s without a step: within the limit
     beat(h, {0: ("backward", WAIT), 1: ("backward", SLEEP)}, ranks, 3)
     [alert] = h.firing("rank_stalled")
-    assert (alert.rank, alert.ranks, alert.step) == (1, [0, 1], 5)
+    assert (alert.rank, alert.ranks, alert.step, alert.first_step) == (1, [0, 1], 5, 5)
     assert alert.message.startswith("rank 1 stuck in backward for ")
     assert "at step 6 (last completed 5), host testhost pid 101" in alert.message
     assert "injector.py:221 in FaultInjector.before_backward < train.py:236 in train" in (
@@ -170,6 +170,7 @@ def test_rank_crashed_names_the_first_rank_and_its_followers_in_one_alert() -> N
         h.send(r.bye(5, "terminated", signal=15))
     [alert] = h.firing("rank_crashed")
     assert (alert.rank, alert.ranks, alert.severity) == (1, [0, 1, 2, 3], "critical")
+    assert alert.first_step == 5  # the last step it completed
     assert alert.message.startswith(
         "rank 1 crashed at step 6 (host testhost pid 101): RuntimeError: injected fault: rank 1 "
         "crashed on purpose at injector.py:170 in FaultInjector._start < train.py:210 in train"

@@ -45,6 +45,7 @@ def test_straggler_names_the_ddp_rank_slow_outside_collectives_with_its_breakdow
     run_steps(h, ranks, 16, 18, slow=1)
     [alert] = h.firing("straggler")
     assert (alert.rank, alert.ranks, alert.severity) == (1, [1], "warning")
+    assert alert.first_step == 13  # slow from 11: the median of 5 steps turns at the third
     assert alert.message.startswith(
         "rank 1 spends 63 ms a step outside collectives (data 60 ms, forward 3 ms) vs 4 ms for "
         "rank 0 (data 1 ms, forward 3 ms), 15.8x, for 5 s"
@@ -97,7 +98,7 @@ def test_replica_divergence_names_the_odd_rank_of_three_on_a_full_step() -> None
     h.step(ranks[:2], 2, full=True, dt=0.0)
     h.send(ranks[2].stats(2, weight={NAMES[3]: 5.2}))
     [alert] = h.firing("replica_divergence")
-    assert (alert.rank, alert.ranks, alert.parameter) == (2, [2], NAMES[3])
+    assert (alert.rank, alert.ranks, alert.parameter, alert.first_step) == (2, [2], NAMES[3], 2)
     assert alert.message == (
         "step 2: weight norms of rank 2 disagree with ranks 0-1 on 1 parameter(s): "
         "blocks.0.mlp.fc.weight 5.2 vs 5 (full step 2) (rtol 1e-05)"
