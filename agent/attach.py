@@ -4,6 +4,8 @@ environment, rank and world size from torch.distributed."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from typing import Any
 
 import torch
@@ -28,20 +30,21 @@ def watch(
     """Attach gradwatch to ``optimizer`` (hooks only; the training loop needs no change).
 
     ``run``/``endpoint``/``curve_keys`` default to env ``GRADWATCH_RUN``/
-    ``GRADWATCH_ENDPOINT``/``GRADWATCH_CURVE_KEYS``; rank and
-    world size to torch.distributed, then env ``RANK``/``WORLD_SIZE``. ``settings`` are any
+    ``GRADWATCH_ENDPOINT``/``GRADWATCH_CURVE_KEYS``; rank and world size to
+    torch.distributed, then env ``RANK``/``WORLD_SIZE``. ``settings`` are any
     other :class:`AgentConfig` fields by name (``every=``, ``full_every=``,
     ``flops_per_token=``, ...); those not given keep AgentConfig's defaults. A full ``config``
     overrides every other setting.
     """
     if config is None:
         d_rank, d_world = default_rank_world()
-        chosen = env_default("ENDPOINT", endpoint, None)
-        if chosen is not None:
-            settings["endpoint"] = chosen
-        keys = env_default("CURVE_KEYS", settings.pop("curve_keys", None), None)
-        if keys is not None:
-            settings["curve_keys"] = keys
+        for name, given in (
+            ("endpoint", endpoint),
+            ("curve_keys", settings.pop("curve_keys", None)),
+        ):
+            chosen = env_default(name.upper(), given, None)
+            if chosen is not None:
+                settings[name] = chosen
         config = AgentConfig(
             run=env_default("RUN", run, None) or "",
             rank=d_rank if rank is None else rank,
@@ -64,3 +67,23 @@ def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"gradwatch.watch needs a torch.optim.Optimizer, got {type(optimizer)}")
     return optimizer
+
+
+def _watch_signature() -> inspect.Signature:
+    """watch()'s own parameters, then every other AgentConfig field as a keyword with its
+    AgentConfig default: introspection (help(), IDEs, ``inspect.signature``) sees the settings
+    watch() takes through ``**settings`` without a second copy of their defaults."""
+    own = inspect.signature(watch).parameters.values()
+    named = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    taken = {p.name for p in named}
+    fields = [
+        inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type
+        )
+        for f in dataclasses.fields(AgentConfig)
+        if f.name not in taken and f.default is not dataclasses.MISSING
+    ]
+    return inspect.signature(watch).replace(parameters=[*named, *fields])
+
+
+watch.__signature__ = _watch_signature()  # type: ignore[attr-defined]

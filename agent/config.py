@@ -56,6 +56,10 @@ class AgentConfig:
     returns; set False to leave signal handling exactly as it is."""
     close_timeout_seconds: float = 1.0
     """Most seconds ``close()`` waits for the sender thread to flush the final frames."""
+    memory_limit_bytes: int | None = None
+    """The memory this rank may use, reported as ``memory_total_bytes`` (the collector's
+    memory_pressure rule compares use against it): a container or job limit below the device
+    capacity (CUDA) or physical RAM (CPU), which are reported when None."""
     flops_per_token: float | None = None
     """Model FLOPs per trained token (forward + backward), for ``mfu_ratio``."""
     peak_flops: float | None = None
@@ -97,6 +101,11 @@ class AgentConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not least < value < math.inf:
                 raise ValueError(f"{name}: must be a number of seconds > {least}, got {value!r}")
+        limit = self.memory_limit_bytes
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
+        ):
+            raise ValueError(f"memory_limit_bytes: a positive integer or None, got {limit!r}")
         for name in ("replicated", "report_signals"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: must be True or False, got {getattr(self, name)!r}")

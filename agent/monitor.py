@@ -40,7 +40,7 @@ from gradwatch.agent.phases import BACKWARD, FORWARD, OPTIMIZER, DeclaredPhase, 
 from gradwatch.agent.stats import GradStats
 from gradwatch.agent.step_buffer import PendingStats, to_host
 from gradwatch.agent.system import ScalerTracker, memory_metrics
-from gradwatch.agent.table import hello_builder, is_replicated, param_table
+from gradwatch.agent.table import hello_builder, is_replicated, param_table, table_signature
 from gradwatch.agent.transport import Outgoing, Sender
 from gradwatch.agent.updates import UpdateSampler
 from gradwatch.wire import metrics as m
@@ -196,10 +196,12 @@ class Monitor:
             self._clock.thread = threading.get_ident()
             self._clock.enter(OPTIMIZER)
             self._mark = self._backwards
-            if (self.step + 1) % self.config.full_every == 0:
+            full = (self.step + 1) % self.config.full_every == 0
+            if full or self._stale or len(self._optimizer.param_groups) != self._n_groups:
+                self._refresh_table(thorough=full)
+            if full:
                 with torch.no_grad():
                     self._full_now = True
-                    self._refresh_table()
                     self._sampler.before_step()
         except Exception as exc:
             self._error("pre-hook", exc)
@@ -234,8 +236,12 @@ class Monitor:
     def _build_tables(self) -> None:
         """(Re)build the parameter table, the reducers and the backward counters."""
         self._params = param_table(self._model, self._optimizer)
+        self._tensors = [p for _, p, _ in self._params]
+        self._signature = table_signature(self._tensors, self._optimizer)
+        self._n_groups = len(self._optimizer.param_groups)
+        self._stale = False
+        """Set when a frame shows a tracked parameter that stopped requiring grad."""
         tracked = [p for _, p, info in self._params if info.requires_grad]
-        self._dtypes = tuple(p.dtype for p in tracked)
         self._stats = GradStats(tracked)
         self._sampler = UpdateSampler(tracked, self.config.sample_size)
         self._recount: tuple[int, ...] = ()
@@ -249,11 +255,18 @@ class Monitor:
             for p in picks
         ]
 
-    def _refresh_table(self) -> None:
-        """A parameter cast mid-run (say to bf16) changes grouping, underflow accounting and
-        the hello's table: rebuild them and re-announce. Reading dtypes never syncs. The open
-        frame leaves first, so that every frame fits the hello sent before it."""
-        if tuple(p.dtype for _, p, info in self._params if info.requires_grad) != self._dtypes:
+    def _refresh_table(self, thorough: bool) -> None:
+        """Rebuild the table and re-announce it when it changed: a parameter frozen or made
+        trainable, cast to another dtype (bf16 changes grouping and underflow accounting),
+        moved between param groups, or a group added. Cheap signs are checked every step (a
+        group count; a frame showing a tracked parameter that no longer requires grad, set
+        by ``_open_frame``); the whole signature, one pass over the parameters, only when
+        ``thorough`` (full steps). Nothing here syncs. The open frame leaves first, so that
+        every frame fits the hello sent before it."""
+        changed = self._stale or len(self._optimizer.param_groups) != self._n_groups
+        if not changed and thorough:
+            changed = table_signature(self._tensors, self._optimizer) != self._signature
+        if changed:
             self._seal(self._mark)
             self._build_tables()
             self._sender.request_hello(self._hello_builder())
@@ -274,6 +287,8 @@ class Monitor:
         full = self._sampler.after_step() if self._full_now else None
         self._full_now = False
         norms, nograd = self._stats.norms()
+        if nograd and any(not self._stats.params[i].requires_grad for i in nograd):
+            self._stale = True  # frozen since the table was built: re-announce next step
         layout = StepLayout(
             n=self._stats.n,
             scaler=len(scaler),
@@ -301,7 +316,7 @@ class Monitor:
             lrs=lrs,
             step_time=step_time,
             phases=phases,
-            memory=memory_metrics(self._stats.device),
+            memory=memory_metrics(self._stats.device, self.config.memory_limit_bytes),
             recount=recount,
             on_flags=lambda rows: self._set_recount(generation, rows),
         )

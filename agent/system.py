@@ -45,8 +45,9 @@ class _Statm:
 _STATM = _Statm()
 
 
-def memory_metrics(device: torch.device) -> dict[str, float]:
-    """Allocator counters (CUDA) or resident set size (CPU); never synchronises the device."""
+def memory_metrics(device: torch.device, limit: float | None = None) -> dict[str, float]:
+    """Allocator counters (CUDA) or resident set size (CPU); never synchronises the device.
+    ``memory_total_bytes`` is ``limit`` when given, else the device's or the host's capacity."""
     out: dict[str, float] = {}
     if device.type == "cuda":
         stats = torch.cuda.memory_stats(device)
@@ -64,6 +65,8 @@ def memory_metrics(device: torch.device) -> dict[str, float]:
 
             out[m.RSS] = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         out[m.MEMORY_TOTAL] = physical_memory_bytes()
+    if limit is not None:
+        out[m.MEMORY_TOTAL] = float(limit)
     return out
 
 

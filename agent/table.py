@@ -36,6 +36,17 @@ def param_table(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[Row]
     return out
 
 
+Signature = list[tuple[bool, torch.dtype, int]]
+
+
+def table_signature(params: Sequence[Tensor], optimizer: torch.optim.Optimizer) -> Signature:
+    """What the table of ``params`` depends on: each one's requires_grad, dtype and param
+    group. Reading it never syncs. It walks the known parameters, not the model: walking the
+    modules costs ~10x more, and parameters added to a model mid-run are not followed."""
+    group_of = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
+    return [(p.requires_grad, p.dtype, group_of.get(id(p), -1)) for p in params]
+
+
 def is_replicated(model: nn.Module) -> bool:
     """DistributedDataParallel replicates the model: every rank holds the same parameters."""
     return isinstance(model, nn.parallel.DistributedDataParallel)

@@ -87,6 +87,8 @@ class Sender:
         self.connected = False
         """A handshake with the collector has succeeded at least once."""
         self.warned = False
+        self._closing_by: float | None = None
+        """When close() gives up (monotonic), once it was called."""
         self._hello_due = False
         self._seq = 0
         self._thread = threading.Thread(target=self._run, name="gradwatch-sender", daemon=True)
@@ -114,7 +116,12 @@ class Sender:
         self._items.append(_NewHello(build))
 
     def close(self, timeout: float) -> None:
-        """Flush what is queued (bounded by ``timeout``) and stop the thread."""
+        """Flush what is queued (bounded by ``timeout``) and stop the thread. A process that
+        ends before its first handshake (a crash at the first step) waits for one, so that
+        its final frames, the ``bye`` above all, are not dropped: for half of ``timeout``, so
+        the thread still closes its socket within ``timeout`` (a thread left inside ZeroMQ
+        when the interpreter exits can abort the process)."""
+        self._closing_by = time.monotonic() + timeout / 2
         self._items.append(_STOP)
         self._wake.set()
         self._thread.join(timeout)  # past it, the daemon thread dies with the process
@@ -137,6 +144,15 @@ class Sender:
             self.dropped_send += count
             self._report(exc)
         return False
+
+    def _send_final(self, sock: zmq.Socket[bytes], frame: wire.Frame, deadline: float) -> None:
+        """Closing: a frame the socket refuses (a pipe just handshaken may not take messages
+        yet) is retried until ``deadline`` before it counts as dropped."""
+        while not self._send(sock, frame, count=False):
+            if time.monotonic() >= deadline:
+                self.dropped_send += 1
+                return
+            time.sleep(0.005)
 
     def _send_hello(self, sock: zmq.Socket[bytes]) -> None:
         """Send a hello; while one is due (after a handshake or a table change), a failed
@@ -196,6 +212,8 @@ class Sender:
         if not self._items:
             return True
         self._poll_monitor(mon, sock)
+        if self._closing_by is not None and not self.connected:
+            self._await_handshake(mon, sock, self._closing_by)
         while self._items:
             item = self._items.popleft()
             if item is _STOP:
@@ -209,14 +227,20 @@ class Sender:
                 self._send_hello(sock)
             try:
                 if not all(ready() for ready in item.ready):
-                    self._items.appendleft(item)  # the device is not done: next wakeup
-                    return True
+                    if self._closing_by is None or time.monotonic() < self._closing_by:
+                        self._items.appendleft(item)  # the device is not done: next wakeup
+                        return True
+                    self.dropped_send += 1  # closing, and the device never finished
+                    continue
                 frame = item.build(self._next_seq(), self.dropped)
             except Exception as exc:
                 self.dropped_send += 1
                 self._report(exc)
                 continue
-            self._send(sock, frame)
+            if self._closing_by is None:
+                self._send(sock, frame)
+            else:
+                self._send_final(sock, frame, self._closing_by)
         return True
 
     def _send_heartbeat(self, sock: zmq.Socket[bytes]) -> None:
@@ -245,6 +269,16 @@ class Sender:
             self.endpoint,
             waited,
         )
+
+    def _await_handshake(
+        self, mon: zmq.Socket[bytes], sock: zmq.Socket[bytes], deadline: float
+    ) -> None:
+        """Closing before any handshake: wait for one until ``deadline`` (never later)."""
+        while not self.connected:
+            left = deadline - time.monotonic()
+            if left <= 0 or not mon.poll(int(left * 1000) + 1):
+                return
+            self._poll_monitor(mon, sock)
 
     def _poll_monitor(self, mon: zmq.Socket[bytes], sock: zmq.Socket[bytes]) -> None:
         """Re-send the hello after every (re)connect, so a restarted collector learns the table."""

@@ -60,7 +60,8 @@ METRICS: dict[str, str] = {
     MEMORY_ALLOCATED: "CUDA allocator: bytes allocated now",
     MEMORY_RESERVED: "CUDA allocator: bytes reserved now",
     MEMORY_PEAK: "CUDA allocator: peak bytes allocated",
-    MEMORY_TOTAL: "device capacity (CUDA) or physical RAM (CPU)",
+    MEMORY_TOTAL: "memory the rank may use: the agent's memory_limit_bytes when set, else "
+    "device capacity (CUDA) or physical RAM (CPU)",
     RSS: "process resident set size",
     OOMS: "CUDA allocator out-of-memory errors so far",
     ALLOC_RETRIES: "CUDA allocator cudaMalloc retries so far",

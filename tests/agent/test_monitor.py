@@ -231,11 +231,18 @@ def test_monitor_counts_nonfinite_elements_of_flagged_parameters_exactly(
 def test_monitor_watch_takes_its_defaults_from_agent_config(
     sink: FrameSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import dataclasses
     import inspect
 
-    # watch() restates no default: every setting it does not get comes from AgentConfig.
-    params = inspect.signature(ga.watch).parameters.values()
-    assert {p.default for p in params if p.default is not p.empty} == {None}
+    # watch() restates no default: its signature shows every AgentConfig setting with the
+    # AgentConfig default (derived), its own parameters default to None.
+    params = inspect.signature(ga.watch).parameters
+    fields = {f.name for f in dataclasses.fields(ga.AgentConfig)} - {"run", "endpoint"}
+    fields -= {"rank", "world_size"}  # from torch.distributed or the environment
+    assert fields <= set(params)
+    for name, p in params.items():
+        expected = ga.AgentConfig.default(name) if name in fields else None
+        assert p.default is p.empty or p.default == expected, name
     monkeypatch.setenv("GRADWATCH_ENDPOINT", sink.endpoint)
     monkeypatch.setenv("GRADWATCH_RUN", "from-env")
     m = _model()

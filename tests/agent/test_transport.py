@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import pytest
 import torch
@@ -163,5 +164,33 @@ def test_transport_heartbeats_arrive_while_the_training_thread_is_idle(
         ]
         assert all(isinstance(b, wire.Heartbeat) and b.phase == "data" for b in beats)
         assert [b.seq for b in beats] == sorted({b.seq for b in beats})
+    finally:
+        mon.close()
+
+
+def test_transport_a_frame_the_device_has_not_finished_waits_without_stopping_heartbeats(
+    sink: FrameSink,
+) -> None:
+    # A CUDA frame is ready once its copy's event has completed; the sender polls it, so a
+    # hung device holds that frame (and those after it) back but never the heartbeats.
+    from gradwatch.agent.transport import Outgoing
+
+    m, opt, mon = _setup(sink.endpoint, heartbeat_seconds=0.05)
+    try:
+        sink.drain(until=wire.Hello)
+        device_done = threading.Event()
+
+        def build(seq: int, dropped: int) -> wire.Frame:
+            return wire.Heartbeat("t", 0, mon.session, seq, 42, 1.0, dropped, "data", 0.0)
+
+        mon.sender.submit(Outgoing(build, [device_done.is_set]))
+        seen = mon.sender.heartbeats
+        beats = [
+            sink.wait_for(lambda f: isinstance(f, wire.Heartbeat) and f.step == 0) for _ in range(3)
+        ]
+        assert mon.sender.heartbeats >= seen + 3 and len(beats) == 3
+        assert not any(isinstance(f, wire.Heartbeat) and f.step == 42 for f in sink.frames)
+        device_done.set()
+        sink.wait_for(lambda f: isinstance(f, wire.Heartbeat) and f.step == 42)
     finally:
         mon.close()

@@ -20,6 +20,7 @@ from types import FrameType, TracebackType
 import torch
 
 import gradwatch.agent as ga
+from tests.helpers.waiting import wait_until
 
 
 class Stop(BaseException):
@@ -54,6 +55,7 @@ def main(endpoint: str, mode: str) -> int:
     model = torch.nn.Linear(4, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     monitor = ga.watch(model, opt, run=f"crash-{mode}", endpoint=endpoint, rank=0, world_size=1)
+    wait_until(lambda: monitor.sender.connected, timeout=60)  # what follows reaches the test
 
     def step() -> None:
         model(torch.randn(3, 4)).pow(2).mean().backward()

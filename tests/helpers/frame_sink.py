@@ -28,15 +28,11 @@ class FrameSink:
         """Receive frames until one of kind ``until`` arrives; return all received so far.
 
         Raises TimeoutError when none arrives within ``timeout`` (a bound, not a measurement)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.sock.poll(50):
-                continue
-            frame = wire.decode(self.sock.recv())
-            self.frames.append(frame)
-            if isinstance(frame, until):
-                return self.frames
-        raise TimeoutError(f"no {until.__name__} frame within {timeout:.0f} s")
+        try:
+            self.wait_for(lambda frame: isinstance(frame, until), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no {until.__name__} frame within {timeout:.0f} s") from None
+        return self.frames
 
     def wait_for(
         self, predicate: Callable[[wire.Frame], bool], timeout: float = 30.0
