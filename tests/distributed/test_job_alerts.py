@@ -45,7 +45,6 @@ def check(collector: CollectorProcess, sc: Scenario) -> None:
         assert alert["first_step"] == sc.first_step, alert
     same = collector.alerts(run=sc.run, rule=sc.rule)
     assert len(same) == 1, same  # one alert for the job, not one per rank
-    assert outcome.seconds >= 0
 
 
 @pytest.mark.parametrize(
