@@ -21,8 +21,8 @@ from tests.helpers.waiting import wait_until
 
 RULES: dict[str, dict[str, float]] = {
     "rank_stalled": {"seconds": 3.0},
-    "trainer_silent": {"seconds": 8.0},
-    "rank_missing": {"seconds": 5.0},
+    "trainer_silent": {"seconds": 5.0},
+    "rank_missing": {"seconds": 3.0},
     "straggler": {"for_seconds": 2.0},
 }
 """Job-level rules with small settings, so that each scenario takes seconds."""
