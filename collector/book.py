@@ -4,30 +4,21 @@ cooldown, persistence."""
 from __future__ import annotations
 
 import bisect
-import dataclasses
-import itertools
-import logging
 import math
-import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .alert import COLLECTOR_RUN, SEVERITIES, Alert, Severity
+from .alert_log import SEQ_COUNTER, AlertLog
 from .rules.base import Finding
-from .store import Store, StoreError
-
-log = logging.getLogger(__name__)
+from .store import Store
 
 Fingerprint = tuple[str, str, str]
 """(rule, run, parameter or ""): one open alert each, whatever ranks it covers."""
-Listener = Callable[[Alert], None]
 LimitHit = Callable[[str, int, str], None]
 """``(limit, value, detail)``: called when ``max_open_alerts`` keeps an alert from opening."""
-CHANGE_LOG = 1024
-"""Recent changes kept in memory: a stream client this far behind still gets every change."""
-SEQ_COUNTER = "alert_seq"
 
 
 @dataclass
@@ -57,16 +48,14 @@ class Policy:
     cooldown_seconds: float = 300.0
 
 
-class AlertBook:
+class AlertBook(AlertLog):
     """Every open alert and the latest resolved ones, in memory and (when a store is given) in
     SQLite.
 
     ``observe`` is called by the ingest thread once per rule check of one rank (``observe_run``
     once per check of a run-level rule); the API reads concurrently. Findings of one rule on
-    several ranks of a run for the same parameter join one alert (``Alert.ranks``). Listeners
-    run on the calling thread after the book's lock is released and must not block (queue work
-    elsewhere). A failing store never loses an alert: it stays in memory, reaches the listeners
-    all the same, and its write is retried on every ``flush``.
+    several ranks of a run for the same parameter join one alert (``Alert.ranks``). Keeping,
+    numbering, saving and announcing the alerts is :class:`AlertLog`'s.
 
     ``origin_seconds``: how long after an alert opens a rank with an earlier claim to be its
     origin takes its ``rank`` over. ``max_open_alerts`` bounds the open alerts of one run
@@ -84,31 +73,17 @@ class AlertBook:
         max_resolved: int | None = None,
         on_limit: LimitHit | None = None,
     ) -> None:
-        self.store = store
+        super().__init__(store)
         self.history_len = history_len
         self.origin_seconds = origin_seconds
         self.max_open_alerts, self.max_resolved = max_open_alerts, max_resolved
         self.on_limit = on_limit
-        self._lock = threading.RLock()
-        self._alerts: dict[int, Alert] = {}
         self._open: dict[Fingerprint, Alert] = {}
         self._open_by_run: Counter[str] = Counter()
         self._open_by_rank: dict[tuple[str, int], set[Fingerprint]] = {}
         """Open fingerprints per (run, rank) covered: a check touches only its rank's alerts."""
         self._ranks: dict[Fingerprint, RankTrack] = {}
         self._resolved_at: dict[Fingerprint, float] = {}
-        self._resolved_ids: dict[int, None] = {}
-        """Ids of resolved alerts in memory, oldest first (a dict keeps insertion order)."""
-        self._dirty: set[int] = set()
-        self._deleted: set[int] = set()
-        """Ids to delete from the store (pending alerts that never fired), not yet done."""
-        self._listeners: list[Listener] = []
-        self._next_id = 1
-        self._seq = 0
-        self._log: deque[Alert] = deque(maxlen=CHANGE_LOG)
-        self._counter_due = False
-        """The change counter must be written (a dropped alert's number)."""
-        self._failing = False
         if store is not None:
             self._reload(store)
 
@@ -128,65 +103,6 @@ class AlertBook:
         self._next_id = max(store.max_alert_id(), max(self._alerts, default=0)) + 1
         seqs = (a.seq for a in self._alerts.values())
         self._seq = max(store.counter(SEQ_COUNTER), max(seqs, default=0))
-
-    # -------------------------------------------------------------------- listeners
-
-    def subscribe(self, callback: Listener) -> None:
-        """Call ``callback(alert_copy)`` on every state change (and on ack)."""
-        self._listeners.append(callback)
-
-    def _notify(self, changed: Iterable[Alert]) -> None:
-        for alert in changed:
-            for listener in self._listeners:
-                try:
-                    listener(alert)
-                except Exception:  # a broken listener must not stop ingest
-                    log.exception("alert listener %r failed", listener)
-
-    @staticmethod
-    def _copy(alert: Alert) -> Alert:
-        return dataclasses.replace(alert, history=list(alert.history))
-
-    # -------------------------------------------------------------------- change sequence
-
-    def _stamp(self, changed: Iterable[Alert]) -> list[Alert]:
-        """Number each change, persist it and log it (lock held); the copies are for listeners.
-
-        Every change a listener (or stream) sees is written to the store first, so its number
-        is not reused after a restart (a dropped alert's number is kept by the store's
-        counter). While the store fails, changes still reach the listeners and are written
-        when it recovers."""
-        out: list[Alert] = []
-        for alert in changed:
-            self._seq += 1
-            alert.seq = self._seq
-            if alert.id in self._alerts:
-                self._save(alert)
-            else:
-                self._counter_due = True
-                self._persist([])
-            out.append(self._copy(alert))
-        self._log.extend(out)
-        return out
-
-    @property
-    def seq(self) -> int:
-        """The number of the latest change (0: none yet)."""
-        with self._lock:
-            return self._seq
-
-    def changes_since(self, seq: int) -> list[Alert]:
-        """Changes numbered above ``seq``, oldest first: each change while the recent log reaches
-        back that far, else the latest state of every alert in memory changed since. Shared
-        copies: do not modify them."""
-        with self._lock:
-            if seq >= self._seq:
-                return []
-            if self._log and self._log[0].seq <= seq + 1:
-                return list(itertools.islice(self._log, seq + 1 - self._log[0].seq, None))
-            out = [self._copy(a) for a in self._alerts.values() if a.seq > seq]
-        out.sort(key=lambda a: a.seq)
-        return out
 
     # -------------------------------------------------------------------- lifecycle
 
@@ -412,50 +328,7 @@ class AlertBook:
             self._trim()
         self._notify(snapshot)
 
-    # -------------------------------------------------------------------- reads and acks
-
-    def alerts(
-        self,
-        state: str | None = None,
-        *,
-        run: str | None = None,
-        rank: int | None = None,
-        rule: str | None = None,
-        severity: str | None = None,
-        since: float | None = None,
-    ) -> list[Alert]:
-        """Matching alerts, newest first (copies)."""
-        with self._lock:
-            out = [
-                self._copy(a)
-                for a in self._alerts.values()
-                if (state is None or a.state == state)
-                and (run is None or a.run == run)
-                and (rank is None or rank in a.covers)
-                and (rule is None or a.rule == rule)
-                and (severity is None or a.severity == severity)
-                and (since is None or a.updated_at >= since)
-            ]
-        out.sort(key=lambda a: (a.started_at, a.id), reverse=True)
-        return out
-
-    def get(self, alert_id: int) -> Alert | None:
-        with self._lock:
-            alert = self._alerts.get(alert_id)
-            return None if alert is None else self._copy(alert)
-
-    def ack(self, alert_id: int) -> Alert | None:
-        """Mark an alert acknowledged; None when there is no such alert."""
-        with self._lock:
-            alert = self._alerts.get(alert_id)
-            if alert is None:
-                return None
-            if alert.acked:  # nothing changes
-                return self._copy(alert)
-            alert.acked = True
-            snapshot = self._stamp([alert])
-        self._notify(snapshot)
-        return snapshot[0]
+    # -------------------------------------------------------------------- reads
 
     def firing_by_rule(self) -> Counter[tuple[str, str, str]]:
         """Firing alerts per (rule, severity, run), in one pass."""
@@ -484,71 +357,3 @@ class AlertBook:
                     if (fps := self._open_by_rank.get(key))
                 }
             )
-
-    # -------------------------------------------------------------------- persistence
-
-    @property
-    def unsaved(self) -> int:
-        """Alerts whose latest change is not in the database yet (the store failed)."""
-        with self._lock:
-            return len(self._dirty) + len(self._deleted) if self._failing else 0
-
-    def _save(self, alert: Alert) -> None:
-        self._dirty.add(alert.id)
-        self._persist([alert.id])
-
-    def _persist(self, ids: Iterable[int] | None = None) -> None:
-        """Write the alerts ``ids`` (every changed one when None) and pending deletions; on a
-        store failure keep them for the next flush and log it (once per failing spell)."""
-        if self.store is None:
-            self._dirty.clear()
-            self._deleted.clear()
-            self._counter_due = False
-            return
-        want = self._dirty if ids is None else self._dirty & set(ids)
-        alerts = [self._alerts[i] for i in want if i in self._alerts]
-        try:
-            if self._deleted:
-                self.store.delete_alerts(sorted(self._deleted))
-                self._deleted.clear()
-            if self._counter_due:
-                self.store.save_counter(SEQ_COUNTER, self._seq)
-                self._counter_due = False
-            self.store.save_alerts(alerts)
-        except StoreError as exc:
-            if not self._failing:
-                log.error("could not save alerts (kept in memory, retried): %s", exc)
-            self._failing = True
-            return
-        self._dirty -= set(want)
-        if self._failing and not self._dirty:
-            self._failing = False
-            log.info("alerts saved again: the database recovered")
-
-    def flush(self) -> None:
-        """Write alerts updated since the last flush (value, step, history), and any whose
-        earlier write failed."""
-        with self._lock:
-            self._persist()
-
-    def prune(self, retention_seconds: float, now: float | None = None) -> int:
-        """Delete resolved alerts (and runs) older than the retention; return how many alerts."""
-        cutoff = (time.time() if now is None else now) - retention_seconds
-        with self._lock:
-            ids = [
-                a.id
-                for a in self._alerts.values()
-                if a.state == "resolved" and (a.resolved_at or 0.0) < cutoff
-            ]
-            for i in ids:
-                del self._alerts[i]
-                self._resolved_ids.pop(i, None)
-                self._dirty.discard(i)
-            if self.store is not None:
-                try:
-                    ids = sorted(set(ids) | set(self.store.prune(cutoff)))
-                except StoreError as exc:
-                    log.warning("could not prune the database (retried later): %s", exc)
-                self._counter_due = True  # the newest alert may have been pruned
-                self._persist([])
-        return len(ids)

@@ -20,7 +20,8 @@ import uvicorn
 
 from gradwatch.client import sse
 from gradwatch.collector.api import create_app
-from gradwatch.collector.book import CHANGE_LOG, AlertBook, Policy
+from gradwatch.collector.alert_log import CHANGE_LOG
+from gradwatch.collector.book import AlertBook, Policy
 from gradwatch.collector.config import CollectorConfig
 from gradwatch.collector.core import Core, build_core
 from gradwatch.collector.rules import build_rules
