@@ -19,8 +19,8 @@ import pytest
 import uvicorn
 
 from gradwatch.client import sse
-from gradwatch.collector.api import create_app
 from gradwatch.collector.alert_log import CHANGE_LOG
+from gradwatch.collector.api import create_app
 from gradwatch.collector.book import AlertBook, Policy
 from gradwatch.collector.config import CollectorConfig
 from gradwatch.collector.core import Core, build_core
