@@ -71,7 +71,9 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
     @app.get("/alerts", response_model=AlertList, summary="List alerts, newest first")
     def list_alerts(
         run: str | None = None,
-        rank: Annotated[int | None, Query(ge=0)] = None,
+        rank: Annotated[
+            int | None, Query(ge=0, description="Alerts covering this rank (any of ``ranks``)")
+        ] = None,
         rule: str | None = None,
         severity: Severity | None = None,
         state: AlertStateName | None = None,
@@ -145,12 +147,14 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
     @app.get(
         "/runs/{run}",
         response_model=RunDetail,
-        summary="Latest statistics of one run",
+        summary="One run as a job",
         responses=NOT_FOUND,
     )
     def run(run: str) -> RunDetail:
-        """Per rank: step, loss, LR, metrics and the worst parameters by each measure."""
-        detail = run_detail(fleet, run, config.topk)
+        """The job: world size and the ranks seen, missing, live, stalled, silent, crashed and
+        terminated; per rank its status, phase, how it ended, step, loss, LR, metrics and the
+        worst parameters by each measure."""
+        detail = run_detail(fleet, book, run, config.topk)
         if detail is None:
             raise HTTPException(404, f"no live run named {run!r}")
         return detail

@@ -11,8 +11,9 @@ import time
 from dataclasses import dataclass
 
 from .alertmanager import AlertmanagerPusher
-from .book import AlertBook, ConsoleLog
+from .book import AlertBook
 from .config import CollectorConfig
+from .console import ConsoleLog
 from .engine import Engine
 from .exporter import GradwatchRegistry, build_registry
 from .health import IngestHealth
@@ -89,6 +90,7 @@ def build_core(
     health = IngestHealth()
     book = AlertBook(
         store,
+        origin_seconds=config.origin_window_seconds,
         max_open_alerts=config.max_open_alerts,
         max_resolved=config.max_resolved_alerts,
         on_limit=lambda limit, value, detail: health.hit(limit, value, detail, time.time()),
