@@ -14,8 +14,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .alert import SEVERITIES, STATES, Alert, AlertStateName, Severity
 from .core import Core
+from .pages import add_pages
 from .runs import run_detail, run_list
 from .schemas import AlertList, Health, Ready, RunDetail, RunList
+from .series import SERIES, RankHistory
 from .stream import AlertFilter
 
 
@@ -132,6 +134,32 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
             raise HTTPException(404, f"no live run named {run!r}")
         return detail
 
+    @app.get(
+        "/runs/{run}/series", response_model=RankHistory, summary="History of one rank's metrics"
+    )
+    def series(
+        run: str,
+        metric: Annotated[
+            list[str] | None, Query(description=f"Repeatable; any of {list(SERIES)} (default: all)")
+        ] = None,
+        rank: Annotated[int | None, Query(ge=0, description="Default: the run's lowest")] = None,
+    ) -> RankHistory:
+        """Per metric, ``steps`` and ``values`` (null: NaN/Inf), downsampled to a fixed size:
+        each bucket's minimum and maximum at their steps, and the exact samples where alerts
+        opened. Empty before the rank's first statistics; 404 if the run or rank is not live."""
+        wanted = metric or list(SERIES)
+        unknown = [m for m in wanted if m not in SERIES]
+        if unknown:
+            raise HTTPException(422, f"metric must be among {list(SERIES)}, got {unknown}")
+        live = fleet.runs.get(run)
+        if live is None or not live.ranks:
+            raise HTTPException(404, f"no live run named {run!r}")
+        rank = min(list(live.ranks)) if rank is None else rank
+        if rank not in live.ranks:
+            raise HTTPException(404, f"run {run!r} has no live rank {rank}")
+        history = core.series.read(run, rank, wanted)
+        return history or RankHistory(run=run, rank=rank, last_step=-1, metrics={})
+
     @app.get("/healthz", response_model=Health, summary="Liveness")
     def healthz() -> Response | Health:
         """200 while the process and its ingest thread are alive, 503 otherwise."""
@@ -161,4 +189,5 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
         """Prometheus text exposition of runs, parameters, alerts and ingest health."""
         return Response(generate_latest(core.registry), media_type=CONTENT_TYPE_LATEST)
 
+    add_pages(app)  # /, /static and /docs/{name}: not in the schema
     return app

@@ -17,6 +17,7 @@ from .engine import Engine
 from .exporter import build_registry
 from .health import IngestHealth
 from .rules import AnyRule, build_rules, overrides
+from .series import SeriesStore
 from .state import Fleet
 from .store import Store
 from .stream import AlertStream
@@ -36,6 +37,7 @@ class Core:
     stream: AlertStream
     pusher: AlertmanagerPusher | None
     registry: CollectorRegistry
+    series: SeriesStore
 
     def close(self) -> None:
         """Stop the fan-out, persist what changed and close the store (after ingest stopped)."""
@@ -64,4 +66,7 @@ def build_core(
     book.subscribe(stream.publish)
     pusher = AlertmanagerPusher(config, book) if config.alertmanager_url else None
     registry = build_registry(fleet, book, health, config, notifications=pusher)
-    return Core(config, rules, store, fleet, book, health, engine, stream, pusher, registry)
+    series = SeriesStore(fleet)  # the page's charts: fed before the rules, pinned by alerts
+    engine.frame_listeners.append(series.observe)
+    book.subscribe(series.on_alert)
+    return Core(config, rules, store, fleet, book, health, engine, stream, pusher, registry, series)

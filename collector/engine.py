@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from gradwatch.wire import Frame, Stats
@@ -45,6 +46,8 @@ class Engine:
         self._dirty_runs: set[tuple[str, int]] = set()
         self._expired: set[str] = set()
         self._last_prune = 0.0
+        self.frame_listeners: list[Callable[[RankState, Frame], None]] = []
+        """Called with every frame before the rules judge it (the page's history)."""
 
     def _memories(self, state: RankState) -> dict[str, Any]:
         session = state.hello.session
@@ -67,6 +70,8 @@ class Engine:
         now = time.time() if now is None else now
         self._dirty_runs.add((state.run, state.rank))
         self._expired.discard(f"{state.run}\0{state.rank}")
+        for listener in self.frame_listeners:
+            listener(state, frame)
         if not isinstance(frame, Stats):
             return
         memory = self._memories(state)

@@ -1,0 +1,161 @@
+// One chart per metric (uPlot, vendored): the rank's history with alert markers at their steps
+// and a red tick wherever the value was NaN or Inf.
+
+/* global uPlot */
+
+export const SEVERITY_COLOURS = { critical: "#c62828", error: "#e65100", warning: "#b58900", info: "#1565c0" };
+
+export function formatNumber(value, unit) {
+  if (value === null || value === undefined || Number.isNaN(value)) return "NaN";
+  if (!Number.isFinite(value)) return value > 0 ? "Inf" : "-Inf";
+  if (unit === "bytes") {
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let v = Math.abs(value);
+    let i = 0;
+    while (v >= 1024 && i < units.length - 1) {
+      v /= 1024;
+      i += 1;
+    }
+    return `${(Math.sign(value) * v).toPrecision(3)} ${units[i]}`;
+  }
+  const a = Math.abs(value);
+  if (a !== 0 && (a < 1e-3 || a >= 1e6)) return value.toExponential(2);
+  return String(Number(value.toPrecision(4)));
+}
+
+/** What each chart shows: the first metric of `metrics` the rank has is drawn. */
+export const CHARTS = [
+  { id: "loss", title: "Loss", metrics: ["loss"] },
+  { id: "grad_norm", title: "Gradient norm", metrics: ["grad_norm"], log: true },
+  { id: "lr", title: "Learning rate", metrics: ["lr"], log: true },
+  { id: "throughput", title: "Throughput", metrics: ["tokens_per_second", "samples_per_second"] },
+  { id: "memory", title: "Memory", metrics: ["memory_allocated_bytes", "rss_bytes"], unit: "bytes" },
+  { id: "step_time", title: "Step time", metrics: ["step_time_seconds"], unit: "s" },
+];
+
+export const LABELS = {
+  tokens_per_second: "tokens/s",
+  samples_per_second: "samples/s",
+  memory_allocated_bytes: "allocated",
+  rss_bytes: "resident (RSS)",
+  step_time_seconds: "seconds",
+};
+
+// Steps are whole numbers: ticks at 1, 2, 5, 10, 20, 50, ... apart.
+const STEP_INCREMENTS = [];
+for (let e = 0; e < 12; e++) [1, 2, 5].forEach((m) => STEP_INCREMENTS.push(m * 10 ** e));
+
+function drawMarkers(u, chart) {
+  const { ctx, bbox } = u;
+  const dpr = window.devicePixelRatio || 1;
+  ctx.save();
+  ctx.font = `${10 * dpr}px system-ui, sans-serif`;
+  ctx.lineWidth = dpr;
+  const xs = u.data[0];
+  ctx.fillStyle = SEVERITY_COLOURS.critical;
+  for (let i = 0; i < xs.length; i++) {
+    if (chart.bad[i]) {
+      const x = u.valToPos(xs[i], "x", true);
+      ctx.fillRect(x - dpr, bbox.top + bbox.height - 6 * dpr, 2 * dpr, 6 * dpr);
+    }
+  }
+  for (const marker of chart.markers) {
+    const x = Math.round(u.valToPos(marker.step, "x", true));
+    if (!(x >= bbox.left && x <= bbox.left + bbox.width)) continue;
+    ctx.strokeStyle = ctx.fillStyle = SEVERITY_COLOURS[marker.severity] || "#555";
+    ctx.setLineDash([4 * dpr, 3 * dpr]);
+    ctx.beginPath();
+    ctx.moveTo(x, bbox.top);
+    ctx.lineTo(x, bbox.top + bbox.height);
+    ctx.stroke();
+    ctx.fillText(marker.label, x + 3 * dpr, bbox.top + 10 * dpr);
+  }
+  ctx.restore();
+}
+
+/** A chart in `host`: update(history.metrics, markers) draws the newest data. */
+export class Chart {
+  constructor(host, spec) {
+    this.spec = spec;
+    this.markers = [];
+    this.bad = [];
+    this.plot = null;
+    this.box = document.createElement("div");
+    this.box.className = "chart";
+    this.box.dataset.chart = spec.id;
+    this.head = document.createElement("div");
+    this.head.className = "chart-head";
+    this.canvasHost = document.createElement("div");
+    this.canvasHost.className = "chart-body";
+    this.box.append(this.head, this.canvasHost);
+    host.append(this.box);
+  }
+
+  width() {
+    return Math.max(200, this.box.clientWidth - 2);
+  }
+
+  update(metrics, markers) {
+    const spec = this.spec;
+    const name = spec.metrics.find((m) => metrics[m] && metrics[m].steps.length);
+    this.markers = markers;
+    this.box.dataset.metric = name || "";
+    if (!name) {
+      this.box.dataset.points = "0";
+      this.head.textContent = `${spec.title}: no data`;
+      if (this.plot) {
+        this.plot.destroy();
+        this.plot = null;
+      }
+      this.box.classList.add("empty");
+      return;
+    }
+    this.box.classList.remove("empty");
+    const series = metrics[name];
+    const xs = series.steps;
+    const raw = series.values;
+    this.bad = raw.map((v) => v === null);
+    const ys = spec.log ? raw.map((v) => (v !== null && v > 0 ? v : null)) : raw;
+    const label = LABELS[name] ? ` (${LABELS[name]})` : "";
+    const every = series.samples_per_bucket > 1 ? ` · 1 point per ${series.samples_per_bucket} steps, min/max kept` : "";
+    this.head.textContent = `${spec.title}${label}: ${formatNumber(series.last_value, spec.unit)} at step ${series.last_step}${every}`;
+    this.box.dataset.points = String(xs.length);
+    if (this.plot && this.plot.seriesName === name) {
+      this.plot.setData([xs, ys]);
+      return;
+    }
+    if (this.plot) this.plot.destroy();
+    this.plot = new uPlot(this.options(name), [xs, ys], this.canvasHost);
+    this.plot.seriesName = name;
+  }
+
+  options(name) {
+    const spec = this.spec;
+    const unit = spec.unit;
+    return {
+      width: this.width(),
+      height: 170,
+      legend: { show: false },
+      cursor: { drag: { x: true, y: false } },
+      scales: { x: { time: false }, y: spec.log ? { distr: 3, log: 10 } : {} },
+      series: [
+        { label: "step" },
+        { label: LABELS[name] || spec.title, stroke: "#2563eb", width: 1.5, spanGaps: false },
+      ],
+      axes: [
+        { size: 30, incrs: STEP_INCREMENTS },
+        { size: 64, values: (u, values) => values.map((v) => (v === null ? "" : formatNumber(v, unit))) },
+      ],
+      hooks: { draw: [(u) => drawMarkers(u, this)] },
+    };
+  }
+
+  resize() {
+    if (this.plot) this.plot.setSize({ width: this.width(), height: 170 });
+  }
+
+  destroy() {
+    if (this.plot) this.plot.destroy();
+    this.box.remove();
+  }
+}

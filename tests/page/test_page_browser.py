@@ -1,0 +1,123 @@
+"""The page in a real headless chromium against a real collector process: it loads without a
+console error, shows the runs (many ranks compactly), the alerts and the charts, picks up a new
+alert from the live stream without reloading, and leaves a screenshot for people to look at.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from gradwatch import wire
+from tests.helpers.browser import Console, chromium
+from tests.helpers.fake_rank import FakeRank
+from tests.helpers.live import raise_nan, send_frames
+from tests.helpers.processes import CollectorProcess
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT_MS = 30_000
+VIEWPORT = {"width": 1400, "height": 1000}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as b:
+        yield b
+
+
+def training(run: str, rank: int, steps: int, nan_at: int | None = None) -> list[wire.Frame]:
+    """A rank whose loss falls, with throughput and memory; NaN from ``nan_at`` on."""
+    r = FakeRank(run, rank)
+    frames: list[wire.Frame] = [r.hello()]
+    for step in range(1, steps + 1):
+        loss = 3.0 * math.exp(-step / 40) + 0.5 + 0.05 * math.sin(step)
+        metrics = {
+            "grad_norm": 1.0 + 0.3 * math.sin(step / 3),
+            "tokens_per_second": 4000.0 + 200 * math.cos(step / 5),
+            "rss_bytes": 4e8 + 1e5 * step,
+        }
+        lr = (1e-3 * min(1.0, step / 20),)
+        nan = nan_at is not None and step >= nan_at
+        frames.append(r.stats(step, loss=math.nan if nan else loss, lr=lr, metrics=metrics))
+    return frames
+
+
+def test_page_shows_runs_alerts_and_charts_and_follows_new_alerts(
+    browser: Browser, tmp_path: Path
+) -> None:
+    with CollectorProcess(tmp_path) as proc:
+        frames = training("page-run", 0, 120, nan_at=100) + training("page-run", 1, 120)
+        wide = [FakeRank("wide", k) for k in range(100)]
+        frames += [f for r in wide for f in (r.hello(), r.stats(1), r.stats(2))]
+        send_frames(proc.listen, frames)
+        first = proc.wait_for_alert("non_finite", run="page-run", rank=0)
+
+        console = Console()
+        page = console.watch(browser.new_page(viewport=VIEWPORT))
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(f"{proc.http}/#run=page-run&rank=0")
+
+        # the alert the run raised, the live stream, both runs (100 ranks as ranges)
+        page.wait_for_selector(f'#alerts tr[data-alert-id="{first["id"]}"][data-state="firing"]')
+        page.wait_for_selector('#conn[data-state="live"]')
+        page.wait_for_selector('.run[data-run="wide"] .ranks.compact')
+        assert "live (100): 0-99" in page.inner_text('.run[data-run="wide"]')
+        assert page.locator('.run[data-run="page-run"] .rank-cell').count() == 2
+        # charts of the chosen rank: loss drawn up to its NaN, the alert marked at its step
+        page.wait_for_selector('.chart[data-chart="loss"][data-points]:not([data-points="0"])')
+        for chart in ("loss", "grad_norm", "lr", "throughput", "memory"):
+            assert page.locator(f'.chart[data-chart="{chart}"] canvas').count() == 1, chart
+        assert page.get_attribute('.chart[data-chart="memory"]', "data-metric") == "rss_bytes"
+        assert "NaN at step 120" in page.inner_text('.chart[data-chart="loss"] .chart-head')
+        assert console.answered("/runs/page-run/series?")
+        worst = page.inner_text("#worst")
+        assert "tok_emb.weight" in worst
+
+        # a new alert arrives through the stream: no reload (the marker survives)
+        page.evaluate("window.__sameDocument = true")
+        second = raise_nan(proc, "late-run", rank=3)
+        row = page.wait_for_selector(f'#alerts tr[data-alert-id="{second["id"]}"]')
+        assert row is not None and "late-run" in row.inner_text()
+        assert page.evaluate("window.__sameDocument") is True
+        page.wait_for_selector('.run[data-run="late-run"]')
+
+        shot = tmp_path / "page.png"
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"\nscreenshot of the page: {shot}")
+        page.close()
+        assert console.errors == []
+
+
+def test_page_says_what_to_do_when_the_collector_is_empty(browser: Browser, tmp_path: Path) -> None:
+    with CollectorProcess(tmp_path) as proc:
+        console = Console()
+        page = console.watch(browser.new_page(viewport=VIEWPORT))
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(proc.http)
+        page.wait_for_selector("body[data-ready='1']")
+        empty = page.wait_for_selector("#empty", state="visible")
+        assert empty is not None and "gradwatch demo" in empty.inner_text()
+        assert page.locator("#alerts-panel").is_hidden()
+        page.close()
+        assert console.errors == []
+
+
+def test_docs_page_opens_at_the_rules_section(browser: Browser, tmp_path: Path) -> None:
+    with CollectorProcess(tmp_path) as proc:
+        console = Console()
+        page = console.watch(browser.new_page(viewport=VIEWPORT))
+        page.goto(f"{proc.http}/docs/rules.md#trainer_silent")
+        heading = page.locator("h2#trainer_silent")
+        assert heading.inner_text() == "trainer_silent"
+        assert page.evaluate("window.scrollY") > 0  # scrolled to the section
+        assert page.evaluate("document.querySelector(':target').id") == "trainer_silent"
+        page.close()
+        assert console.errors == []
