@@ -74,17 +74,19 @@ class Track:
 
     def add(self, step: int, value: float) -> None:
         """One sample (steps rising)."""
-        if self.used == 0 or self.fill == self.width:
+        d = self.data
+        if self.fill == self.width or self.used == 0:
             if self.used == self.buckets:
                 self._merge()
             i = self.used * _FIELDS
-            self.data[i : i + _FIELDS] = array("d", _EMPTY)
+            d[i], d[i + 1], d[i + 2], d[i + 3], d[i + 4] = _EMPTY
             self.used += 1
-            self.fill = 0
-        self.fill += 1
+            self.fill = 1
+        else:
+            i = (self.used - 1) * _FIELDS
+            self.fill += 1
         self.last_step, self.last_value = step, value
-        d, i = self.data, (self.used - 1) * _FIELDS
-        if math.isfinite(value):
+        if value - value == 0.0:  # finite (NaN and Inf give NaN)
             if value < d[i]:
                 d[i], d[i + 1] = value, step
             if value > d[i + 2]:
@@ -163,9 +165,9 @@ class _Rank:
 
 def values_of(stats: Stats) -> list[tuple[str, float | None]]:
     """Each history metric's value in a stats frame (None: not sent)."""
+    get = stats.metrics.get
     lr = stats.lr[0] if stats.lr else None
-    metrics = stats.metrics
-    return [(LOSS, stats.loss), (LR, lr)] + [(k, metrics.get(k)) for k in _FRAME_METRICS]
+    return [(LOSS, stats.loss), (LR, lr), *((k, get(k)) for k in _FRAME_METRICS)]
 
 
 class SeriesStore:
@@ -190,14 +192,14 @@ class SeriesStore:
                 if rank is None:
                     self._prune()
                 rank = self._ranks[key] = _Rank()
-            rank.last_step = frame.step
+            step = rank.last_step = frame.step
+            tracks = rank.tracks
             for name, value in values_of(frame):
-                if value is None:
-                    continue
-                track = rank.tracks.get(name)
-                if track is None:
-                    track = rank.tracks[name] = Track(self.buckets)
-                track.add(frame.step, value)
+                if value is not None:
+                    track = tracks.get(name)
+                    if track is None:
+                        track = tracks[name] = Track(self.buckets)
+                    track.add(step, value)
 
     def _prune(self) -> None:
         gone = [k for k in self._ranks if self.fleet.rank(*k) is None]

@@ -155,7 +155,6 @@ function renderAlerts() {
         {
           class: `alert ${a.state} ${a.severity}`,
           dataset: { alertId: a.id, rule: a.rule, state: a.state, run: a.run, rank: a.rank },
-          title: a.action ? `what to do: ${a.action}` : "",
         },
         node("td", { textContent: a.id }),
         node("td", {}, node("span", { class: "sev " + a.severity, textContent: a.severity })),
@@ -164,7 +163,7 @@ function renderAlerts() {
         node("td", {}, node("a", { href: "#" + new URLSearchParams({ run: a.run, rank: a.rank }), textContent: a.run })),
         node("td", { textContent: a.rank }),
         node("td", { textContent: a.first_step === a.step ? a.step : `${a.first_step}–${a.step}` }),
-        node("td", { class: "message", textContent: a.message + (a.parameter ? ` [${a.parameter}]` : "") }),
+        node("td", { class: "message", title: a.action ? `${a.message}\n\nwhat to do: ${a.action}` : a.message }, node("div", { textContent: a.message })),
         node("td", { class: "muted", textContent: clock(a.updated_at) }),
       ),
     ),
@@ -214,10 +213,13 @@ function renderRankSelect(detail) {
   select.value = String(state.rank);
 }
 
-function paramList(title, items, unit) {
+function paramList(title, all, unit) {
+  const items = all.slice(0, 8);
+  const more = all.length - items.length;
   const rows = items.length
     ? items.map((p) => node("li", {}, node("code", { textContent: p.name !== undefined ? p.name : p }), p.value !== undefined ? ` ${formatNumber(p.value, unit)}` : ""))
     : [node("li", { class: "muted", textContent: "none" })];
+  if (more > 0) rows.push(node("li", { class: "muted", textContent: `+${more} more` }));
   return node("div", { class: "param-list" }, node("h4", { textContent: title }), node("ul", {}, ...rows));
 }
 

@@ -19,7 +19,7 @@ export function formatNumber(value, unit) {
     return `${(Math.sign(value) * v).toPrecision(3)} ${units[i]}`;
   }
   const a = Math.abs(value);
-  if (a !== 0 && (a < 1e-3 || a >= 1e6)) return value.toExponential(2);
+  if (a !== 0 && (a < 1e-3 || a >= 1e6)) return value.toExponential(2).replace(/\.?0+e/, "e");
   return String(Number(value.toPrecision(4)));
 }
 
@@ -45,6 +45,9 @@ export const LABELS = {
 const STEP_INCREMENTS = [];
 for (let e = 0; e < 12; e++) [1, 2, 5].forEach((m) => STEP_INCREMENTS.push(m * 10 ** e));
 
+const powersOfTen = (u, splits) =>
+  splits.map((v) => (v > 0 && Math.abs(Math.log10(v) - Math.round(Math.log10(v))) < 1e-9 ? v : null));
+
 function drawMarkers(u, chart) {
   const { ctx, bbox } = u;
   const dpr = window.devicePixelRatio || 1;
@@ -59,7 +62,9 @@ function drawMarkers(u, chart) {
       ctx.fillRect(x - dpr, bbox.top + bbox.height - 6 * dpr, 2 * dpr, 6 * dpr);
     }
   }
-  for (const marker of chart.markers) {
+  const rows = []; // right end of the last label in each row: labels of close markers stack
+  const sorted = [...chart.markers].sort((a, b) => a.step - b.step);
+  for (const marker of sorted) {
     const x = Math.round(u.valToPos(marker.step, "x", true));
     if (!(x >= bbox.left && x <= bbox.left + bbox.width)) continue;
     ctx.strokeStyle = ctx.fillStyle = SEVERITY_COLOURS[marker.severity] || "#555";
@@ -68,7 +73,13 @@ function drawMarkers(u, chart) {
     ctx.moveTo(x, bbox.top);
     ctx.lineTo(x, bbox.top + bbox.height);
     ctx.stroke();
-    ctx.fillText(marker.label, x + 3 * dpr, bbox.top + 10 * dpr);
+    const width = ctx.measureText(marker.label).width;
+    const left = x + width + 3 * dpr > bbox.left + bbox.width ? x - width - 3 * dpr : x + 3 * dpr;
+    let row = rows.findIndex((end) => end < left);
+    if (row < 0 && rows.length < 4) row = rows.push(0) - 1;
+    if (row < 0) continue; // too crowded: the line alone
+    rows[row] = left + width + 4 * dpr;
+    ctx.fillText(marker.label, left, bbox.top + (10 + 11 * row) * dpr);
   }
   ctx.restore();
 }
@@ -144,7 +155,14 @@ export class Chart {
       ],
       axes: [
         { size: 30, incrs: STEP_INCREMENTS },
-        { size: 64, values: (u, values) => values.map((v) => (v === null ? "" : formatNumber(v, unit))) },
+        {
+          size: 64,
+          values: (u, values) => values.map((v) => (v === null ? "" : formatNumber(v, unit))),
+          // log scales: labels, ticks and grid lines at powers of ten only
+          filter: spec.log ? powersOfTen : undefined,
+          grid: spec.log ? { filter: powersOfTen } : {},
+          ticks: spec.log ? { filter: powersOfTen } : {},
+        },
       ],
       hooks: { draw: [(u) => drawMarkers(u, this)] },
     };

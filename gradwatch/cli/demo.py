@@ -97,7 +97,7 @@ def demo(args: argparse.Namespace) -> int:
     client = Client(http)
     try:
         _wait_healthy(client, procs[0], work)
-        print(f"collector up: {http}  (log: {work / 'collector.log'})", flush=True)
+        print(f"collector up: open {http} in a browser (log: {work / 'collector.log'})", flush=True)
         threading.Thread(target=_print_firing, args=(http, seen), daemon=True).start()
         for run, faults in SCHEDULE:
             cmd = [

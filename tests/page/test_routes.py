@@ -160,3 +160,12 @@ def test_series_route_refuses_unknown_metrics_runs_and_ranks(
     assert client.get("/runs/nope/series").status_code == 404
     assert client.get("/runs/demo/series", params={"rank": 3}).status_code == 404
     assert client.get("/runs/demo/series", params={"rank": -1}).status_code == 422
+
+
+def test_series_metrics_and_page_routes_are_documented() -> None:
+    api = (ROOT / "docs/api.md").read_text()
+    for route in ("`GET /runs/{run}/series`", "`GET /`", "`GET /docs/{name}.md`"):
+        assert route in api, route
+    section = api.split("## `GET /runs/{run}/series`", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"`([a-z_]+)`", section.split("an unknown name", 1)[0])
+    assert [m for m in documented if m != "metric"] == list(SERIES)
