@@ -146,12 +146,18 @@ export class Chart {
     return {
       width: this.width(),
       height: 170,
-      legend: { show: false },
-      cursor: { drag: { x: true, y: false } },
+      legend: { show: true, live: true, markers: { show: false } }, // values under the cursor
+      cursor: { drag: { x: false, y: false } }, // no zoom: the data refreshes every few seconds
       scales: { x: { time: false }, y: spec.log ? { distr: 3, log: 10 } : {} },
       series: [
-        { label: "step" },
-        { label: LABELS[name] || spec.title, stroke: "#2563eb", width: 1.5, spanGaps: false },
+        { label: "step", value: (u, v) => (v === null || v === undefined ? "–" : String(v)) },
+        {
+          label: LABELS[name] || spec.title,
+          stroke: "#2563eb",
+          width: 1.5,
+          spanGaps: false,
+          value: (u, v) => (v === null || v === undefined ? "–" : formatNumber(v, unit)),
+        },
       ],
       axes: [
         { size: 30, incrs: STEP_INCREMENTS },
