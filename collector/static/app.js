@@ -191,10 +191,7 @@ function markers() {
 
 function redrawCharts() {
   const m = markers();
-  for (const chart of state.charts) {
-    chart.markers = m;
-    if (chart.plot) chart.plot.redraw(false, false);
-  }
+  state.charts.forEach((chart) => chart.setMarkers(m));
 }
 
 function renderRankSelect(detail) {

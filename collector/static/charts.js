@@ -109,7 +109,7 @@ export class Chart {
   update(metrics, markers) {
     const spec = this.spec;
     const name = spec.metrics.find((m) => metrics[m] && metrics[m].steps.length);
-    this.markers = markers;
+    this.setMarkers(markers);
     this.box.dataset.metric = name || "";
     if (!name) {
       this.box.dataset.points = "0";
@@ -172,6 +172,12 @@ export class Chart {
       ],
       hooks: { draw: [(u) => drawMarkers(u, this)] },
     };
+  }
+
+  setMarkers(markers) {
+    this.markers = markers;
+    this.box.dataset.markers = markers.map((m) => `${m.label}@${m.step}`).join(" ");
+    if (this.plot) this.plot.redraw(false, false);
   }
 
   resize() {

@@ -26,6 +26,9 @@ FLAGS = (
 )
 """Headless as root on a machine with no network beyond its registries: without the
 background-networking flags chromium's own connections fail and log errors."""
+VIEWPORT = {"width": 1400, "height": 1000}
+TIMEOUT_MS = 30_000
+"""Bound on each wait for the page (a broken test's, not a measurement)."""
 
 
 def chromium_path() -> str:
@@ -85,3 +88,20 @@ class Console:
     def answered(self, path: str, status: int = 200) -> bool:
         """Whether some response for a URL containing ``path`` had ``status``."""
         return any(s == status and path in url for s, url in self.responses)
+
+
+@contextmanager
+def opened(browser: Browser, url: str, init_script: str = "") -> Iterator[tuple[Page, Console]]:
+    """``url`` in a new page (``init_script`` runs first in every document); on leaving, the
+    page closes and must have reported no error."""
+    console = Console()
+    page = console.watch(browser.new_page(viewport=VIEWPORT))  # type: ignore[arg-type]
+    page.set_default_timeout(TIMEOUT_MS)
+    if init_script:
+        page.add_init_script(init_script)
+    page.goto(url)
+    try:
+        yield page, console
+    finally:
+        page.close()
+    assert console.errors == [], console.errors

@@ -13,18 +13,17 @@ from typing import TYPE_CHECKING
 import pytest
 
 from gradwatch import wire
-from tests.helpers.browser import Console, chromium
+from tests.helpers.browser import chromium, opened
 from tests.helpers.fake_rank import FakeRank
 from tests.helpers.live import raise_nan, send_frames
 from tests.helpers.processes import CollectorProcess
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Page
+
+    from tests.helpers.browser import Console
 
 pytestmark = pytest.mark.slow
-
-TIMEOUT_MS = 30_000
-VIEWPORT = {"width": 1400, "height": 1000}
 
 
 @pytest.fixture(scope="module")
@@ -60,64 +59,58 @@ def test_page_shows_runs_alerts_and_charts_and_follows_new_alerts(
         send_frames(proc.listen, frames)
         first = proc.wait_for_alert("non_finite", run="page-run", rank=0)
 
-        console = Console()
-        page = console.watch(browser.new_page(viewport=VIEWPORT))
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(f"{proc.http}/#run=page-run&rank=0")
+        with opened(browser, f"{proc.http}/#run=page-run&rank=0") as (page, console):
+            look_at_the_page(page, console, proc, first["id"], tmp_path)
 
-        # the alert the run raised, the live stream, both runs (100 ranks as ranges)
-        page.wait_for_selector(f'#alerts tr[data-alert-id="{first["id"]}"][data-state="firing"]')
-        page.wait_for_selector('#conn[data-state="live"]')
-        page.wait_for_selector('.run[data-run="wide"] .ranks.compact')
-        assert "live (100): 0-99" in page.inner_text('.run[data-run="wide"]')
-        assert page.locator('.run[data-run="page-run"] .rank-cell').count() == 2
-        # charts of the chosen rank: loss drawn up to its NaN, the alert marked at its step
-        page.wait_for_selector('.chart[data-chart="loss"][data-points]:not([data-points="0"])')
-        for chart in ("loss", "grad_norm", "lr", "throughput", "memory"):
-            assert page.locator(f'.chart[data-chart="{chart}"] canvas').count() == 1, chart
-        assert page.get_attribute('.chart[data-chart="memory"]', "data-metric") == "rss_bytes"
-        assert "NaN at step 120" in page.inner_text('.chart[data-chart="loss"] .chart-head')
-        assert console.answered("/runs/page-run/series?")
-        worst = page.inner_text("#worst")
-        assert "tok_emb.weight" in worst
 
-        # a new alert arrives through the stream: no reload (the marker survives)
-        page.evaluate("window.__sameDocument = true")
-        second = raise_nan(proc, "late-run", rank=3)
-        row = page.wait_for_selector(f'#alerts tr[data-alert-id="{second["id"]}"]')
-        assert row is not None and "late-run" in row.inner_text()
-        assert page.evaluate("window.__sameDocument") is True
-        page.wait_for_selector('.run[data-run="late-run"]')
+def look_at_the_page(
+    page: Page, console: Console, proc: CollectorProcess, first: int, tmp_path: Path
+) -> None:
+    # the alert the run raised, the live stream, both runs (100 ranks as ranges)
+    page.wait_for_selector(f'#alerts tr[data-alert-id="{first}"][data-state="firing"]')
+    page.wait_for_selector('#conn[data-state="live"]')
+    page.wait_for_selector('.run[data-run="wide"] .ranks.compact')
+    assert "live (100): 0-99" in page.inner_text('.run[data-run="wide"]')
+    assert page.locator('.run[data-run="page-run"] .rank-cell').count() == 2
+    # charts of the chosen rank: loss drawn up to its NaN, the alert marked at its step
+    page.wait_for_selector('.chart[data-chart="loss"][data-points]:not([data-points="0"])')
+    for chart in ("loss", "grad_norm", "lr", "throughput", "memory"):
+        assert page.locator(f'.chart[data-chart="{chart}"] canvas').count() == 1, chart
+    assert page.get_attribute('.chart[data-chart="memory"]', "data-metric") == "rss_bytes"
+    assert "NaN at step 120" in page.inner_text('.chart[data-chart="loss"] .chart-head')
+    for chart in ("loss", "grad_norm", "lr"):
+        markers = page.get_attribute(f'.chart[data-chart="{chart}"]', "data-markers")
+        assert markers == "non_finite@100", chart
+    assert console.answered("/runs/page-run/series?")
+    worst = page.inner_text("#worst")
+    assert "tok_emb.weight" in worst
 
-        shot = tmp_path / "page.png"
-        page.screenshot(path=str(shot), full_page=True)
-        print(f"\nscreenshot of the page: {shot}")
-        page.close()
-        assert console.errors == []
+    # a new alert arrives through the stream: no reload (the marker survives)
+    page.evaluate("window.__sameDocument = true")
+    second = raise_nan(proc, "late-run", rank=3)
+    row = page.wait_for_selector(f'#alerts tr[data-alert-id="{second["id"]}"]')
+    assert row is not None and "late-run" in row.inner_text()
+    assert page.evaluate("window.__sameDocument") is True
+    page.wait_for_selector('.run[data-run="late-run"]')
+
+    shot = tmp_path / "page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"\nscreenshot of the page: {shot}")
 
 
 def test_page_says_what_to_do_when_the_collector_is_empty(browser: Browser, tmp_path: Path) -> None:
     with CollectorProcess(tmp_path) as proc:
-        console = Console()
-        page = console.watch(browser.new_page(viewport=VIEWPORT))
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(proc.http)
-        page.wait_for_selector("body[data-ready='1']")
-        empty = page.wait_for_selector("#empty", state="visible")
-        assert empty is not None and "gradwatch demo" in empty.inner_text()
-        assert page.locator("#alerts-panel").is_hidden()
-        page.close()
-        assert console.errors == []
+        with opened(browser, proc.http) as (page, _):
+            page.wait_for_selector("body[data-ready='1']")
+            empty = page.wait_for_selector("#empty", state="visible")
+            assert empty is not None and "gradwatch demo" in empty.inner_text()
+            assert page.locator("#alerts-panel").is_hidden()
 
 
 def test_docs_page_opens_at_the_rules_section(browser: Browser, tmp_path: Path) -> None:
     with CollectorProcess(tmp_path) as proc:
-        console = Console()
-        page = console.watch(browser.new_page(viewport=VIEWPORT))
-        page.goto(f"{proc.http}/docs/rules.md#trainer_silent")
-        heading = page.locator("h2#trainer_silent")
-        assert heading.inner_text() == "trainer_silent"
-        assert page.evaluate("window.scrollY") > 0  # scrolled to the section
-        assert page.evaluate("document.querySelector(':target').id") == "trainer_silent"
-        page.close()
-        assert console.errors == []
+        with opened(browser, f"{proc.http}/docs/rules.md#trainer_silent") as (page, _):
+            heading = page.locator("h2#trainer_silent")
+            assert heading.inner_text() == "trainer_silent"
+            assert page.evaluate("window.scrollY") > 0  # scrolled to the section
+            assert page.evaluate("document.querySelector(':target').id") == "trainer_silent"
