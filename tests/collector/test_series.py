@@ -80,6 +80,7 @@ def test_series_store_starts_anew_when_a_rank_restarts_from_an_earlier_step() ->
     h.send(first.hello())
     for step in range(1, 101):
         h.send(first.stats(step))
+    h.send(first.bye(100))  # it crashed
     again = FakeRank("run", 0)  # a new process resuming from the checkpoint at step 60
     h.send(again.hello())
     for step in range(60, 70):

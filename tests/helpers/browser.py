@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize
 
 FLAGS = (
     "--disable-gpu",
@@ -26,7 +26,7 @@ FLAGS = (
 )
 """Headless as root on a machine with no network beyond its registries: without the
 background-networking flags chromium's own connections fail and log errors."""
-VIEWPORT = {"width": 1400, "height": 1000}
+VIEWPORT: ViewportSize = {"width": 1400, "height": 1000}
 TIMEOUT_MS = 30_000
 """Bound on each wait for the page (a broken test's, not a measurement)."""
 
@@ -91,17 +91,19 @@ class Console:
 
 
 @contextmanager
-def opened(browser: Browser, url: str, init_script: str = "") -> Iterator[tuple[Page, Console]]:
-    """``url`` in a new page (``init_script`` runs first in every document); on leaving, the
-    page closes and must have reported no error."""
+def opened(
+    browser: Browser | BrowserContext, url: str, expected: str = "\0"
+) -> Iterator[tuple[Page, Console]]:
+    """``url`` in a new page (of a new context for a browser: nothing stored is shared); on
+    leaving, the page closes and must have reported no error but those containing ``expected``."""
     console = Console()
-    page = console.watch(browser.new_page(viewport=VIEWPORT))  # type: ignore[arg-type]
+    page = console.watch(browser.new_page())
+    page.set_viewport_size(VIEWPORT)
     page.set_default_timeout(TIMEOUT_MS)
-    if init_script:
-        page.add_init_script(init_script)
     page.goto(url)
     try:
         yield page, console
     finally:
         page.close()
-    assert console.errors == [], console.errors
+    unexpected = [e for e in console.errors if expected not in e]
+    assert unexpected == [], unexpected
