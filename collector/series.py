@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import threading
 from array import array
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -35,6 +36,12 @@ from .state import Fleet, RankState
 
 LOSS = "loss"
 LR = "lr"
+SeriesMetric = Literal[
+    "loss", "lr", "grad_norm", "tokens_per_second", "samples_per_second", "step_time_seconds",
+    "memory_allocated_bytes", "rss_bytes",
+]  # fmt: skip
+"""The names of :data:`SERIES` as a type, for the API's validation and schema (a test checks
+that both agree)."""
 _FRAME_METRICS = (
     GRAD_NORM, TOKENS_PER_SECOND, SAMPLES_PER_SECOND, STEP_TIME, MEMORY_ALLOCATED, RSS,
 )  # fmt: skip

@@ -8,6 +8,7 @@ import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
 from urllib.parse import urlsplit
 
 import pytest
@@ -19,7 +20,7 @@ from gradwatch.collector.api import create_app
 from gradwatch.collector.config import CollectorConfig
 from gradwatch.collector.pages import DOCS, STATIC, render_markdown, slug
 from gradwatch.collector.rules import CATALOGUE
-from gradwatch.collector.series import SERIES
+from gradwatch.collector.series import SERIES, SeriesMetric
 from tests.helpers.fake_rank import FakeRank, Harness
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,7 +157,7 @@ def test_series_route_refuses_unknown_metrics_runs_and_ranks(
 ) -> None:
     _, client = world
     bad = client.get("/runs/demo/series", params={"metric": "losss"})
-    assert bad.status_code == 422 and "losss" in bad.json()["detail"]
+    assert bad.status_code == 422 and "'loss'" in bad.json()["detail"][0]["msg"]
     assert client.get("/runs/nope/series").status_code == 404
     assert client.get("/runs/demo/series", params={"rank": 3}).status_code == 404
     assert client.get("/runs/demo/series", params={"rank": -1}).status_code == 422
@@ -169,3 +170,7 @@ def test_series_metrics_and_page_routes_are_documented() -> None:
     section = api.split("## `GET /runs/{run}/series`", 1)[1].split("\n## ", 1)[0]
     documented = re.findall(r"`([a-z_]+)`", section.split("an unknown name", 1)[0])
     assert [m for m in documented if m != "metric"] == list(SERIES)
+
+
+def test_series_metric_type_names_every_series() -> None:
+    assert list(get_args(SeriesMetric)) == list(SERIES)
