@@ -16,6 +16,7 @@ import mimetypes
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse, Response
@@ -124,9 +125,20 @@ def doc_response(name: str) -> Response:
     return FileResponse(path, media_type=media, headers={"X-Content-Type-Options": "nosniff"})
 
 
+class _Static(StaticFiles):
+    """The page's files, revalidated on every load (a 304 when unchanged), so a browser never
+    mixes modules of two collector versions."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+
 def add_pages(app: FastAPI) -> None:
     """``/`` (the page), ``/static/...`` and ``/docs/{name}``; none in the OpenAPI schema."""
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/static", _Static(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
     def page() -> Response:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from tests.helpers.browser import Console
 
 pytestmark = pytest.mark.slow
+EVIL = '<img src="/nope" onerror="alert(1)">&amp;'
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,8 @@ def test_page_shows_runs_alerts_and_charts_and_follows_new_alerts(
         frames = training("page-run", 0, 120, nan_at=100) + training("page-run", 1, 120)
         wide = [FakeRank("wide", k) for k in range(100)]
         frames += [f for r in wide for f in (r.hello(), r.stats(1), r.stats(2))]
+        evil = FakeRank(EVIL, 0)  # shown as text, never as markup (an <img> would 404)
+        frames += [evil.hello(), evil.stats(1)]
         send_frames(proc.listen, frames)
         first = proc.wait_for_alert("non_finite", run="page-run", rank=0)
 
@@ -72,6 +75,7 @@ def look_at_the_page(
     page.wait_for_selector('.run[data-run="wide"] .ranks.compact')
     assert "live (100): 0-99" in page.inner_text('.run[data-run="wide"]')
     assert page.locator('.run[data-run="page-run"] .rank-cell').count() == 2
+    assert EVIL in page.inner_text("#runs") and page.locator("#runs img").count() == 0
     # charts of the chosen rank: loss drawn up to its NaN, the alert marked at its step
     page.wait_for_selector('.chart[data-chart="loss"][data-points]:not([data-points="0"])')
     for chart in ("loss", "grad_norm", "lr", "throughput", "memory"):

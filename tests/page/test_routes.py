@@ -55,6 +55,7 @@ def test_page_is_served_with_its_files_and_a_strict_policy(
         got = client.get(path)
         assert got.status_code == 200, path
         assert types[Path(path).suffix] in got.headers["content-type"], path
+        assert got.headers["cache-control"] == "no-cache", path
 
 
 def test_page_modules_import_only_files_that_exist() -> None:
