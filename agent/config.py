@@ -16,6 +16,10 @@ class AgentConfig:
     """Run name shown by the collector (env ``GRADWATCH_RUN``)."""
     endpoint: str = DEFAULT_ENDPOINT
     """ZMQ endpoint the collector binds; the agent connects (env ``GRADWATCH_ENDPOINT``)."""
+    curve_keys: str | None = None
+    """Folder with this agent's CurveZMQ keys (``client.key_secret`` and the collector's
+    ``server.key``, from ``gradwatch-collector keys``), for a collector started with
+    ``--curve-keys``; unset: plain ZeroMQ (env ``GRADWATCH_CURVE_KEYS``)."""
     rank: int = 0
     """This process's rank; one monitor per rank."""
     world_size: int = 1
@@ -47,6 +51,13 @@ class AgentConfig:
             raise ValueError("run: must be a non-empty name of at most 256 characters")
         if "://" not in self.endpoint:
             raise ValueError(f"endpoint: {self.endpoint!r} is not a ZMQ endpoint like tcp://h:p")
+        if self.curve_keys is not None:
+            from gradwatch.keys import client_keys
+
+            try:
+                client_keys(self.curve_keys)
+            except ValueError as exc:
+                raise ValueError(f"curve_keys: {exc}") from None
         if self.world_size < 1:
             raise ValueError(f"world_size: must be >= 1, got {self.world_size}")
         if not 0 <= self.rank < self.world_size:

@@ -80,6 +80,7 @@ class Monitor:
             queue_size=config.queue_size,
             flush_seconds=config.flush_seconds,
             on_error=lambda exc: self._error("sender", exc),
+            curve_keys=config.curve_keys,
         )
         picks = {id(p): p for p in (tracked[:2] + tracked[-2:])}.values()
         self._handles = [
@@ -333,13 +334,15 @@ def watch(
     scaler: Any = None,
     flops_per_token: float | None = None,
     peak_flops: float | None = None,
+    curve_keys: str | None = None,
     config: AgentConfig | None = None,
 ) -> Monitor:
     """Attach gradwatch to ``optimizer`` (hooks only; the training loop needs no change).
 
-    ``run``/``endpoint`` default to env ``GRADWATCH_RUN``/``GRADWATCH_ENDPOINT``; rank and
-    world size to torch.distributed, then env ``RANK``/``WORLD_SIZE``. A full ``config``
-    overrides every other setting.
+    ``run``/``endpoint``/``curve_keys`` default to env ``GRADWATCH_RUN``/
+    ``GRADWATCH_ENDPOINT``/``GRADWATCH_CURVE_KEYS``; rank and world size to
+    torch.distributed, then env ``RANK``/``WORLD_SIZE``. A full ``config`` overrides every
+    other setting.
     """
     if config is None:
         d_rank, d_world = default_rank_world()
@@ -352,6 +355,7 @@ def watch(
             full_every=full_every,
             flops_per_token=flops_per_token,
             peak_flops=peak_flops,
+            curve_keys=env_default("CURVE_KEYS", curve_keys, None),
         )
     return Monitor(model, _unwrap(optimizer), config, scaler=scaler)
 

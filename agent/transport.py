@@ -14,6 +14,7 @@ from typing import Any
 import zmq
 
 from gradwatch import wire
+from gradwatch.keys import client_keys
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,11 @@ class Sender:
         queue_size: int = 128,
         flush_seconds: float = 0.0,
         on_error: Callable[[BaseException], None] | None = None,
+        curve_keys: str | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._curve = client_keys(curve_keys) if curve_keys else None
+        """(public, secret, server public) CurveZMQ keys, when the collector requires them."""
         self._hello = hello
         self._hwm = hwm
         self._flush = flush_seconds
@@ -127,6 +131,8 @@ class Sender:
     def _run(self) -> None:
         ctx = zmq.Context()
         sock: zmq.Socket[bytes] = ctx.socket(zmq.PUSH)
+        if self._curve is not None:
+            sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = self._curve
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.SNDHWM, self._hwm)
         sock.setsockopt(zmq.LINGER, 0)

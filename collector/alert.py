@@ -3,14 +3,48 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import ConfigDict, TypeAdapter
+from pydantic import BeforeValidator, ConfigDict, PlainSerializer, TypeAdapter
 
 Severity = Literal["info", "warning", "error", "critical"]
 SEVERITIES: tuple[str, ...] = ("info", "warning", "error", "critical")
 AlertStateName = Literal["pending", "firing", "resolved"]
 STATES: tuple[str, ...] = ("pending", "firing", "resolved")
+COLLECTOR_RUN = ""
+"""The run of a collector-level alert (``collector_limit``): no real run is named so."""
+COLLECTOR_RANK = -1
+"""The rank of a collector-level alert."""
+
+
+@dataclass(frozen=True)
+class HistoryPoint:
+    """One point of an alert's flight recorder, as the API shows it."""
+
+    step: int
+    value: float | None
+    """null when not finite."""
+
+
+def _point(pair: tuple[int, float | None]) -> HistoryPoint:
+    return HistoryPoint(pair[0], pair[1])
+
+
+def _pair(value: object) -> object:
+    """The API's ``{"step", "value"}`` read back (the client validates what it receives)."""
+    if isinstance(value, dict) and set(value) == {"step", "value"}:
+        return (value["step"], value["value"])
+    if isinstance(value, HistoryPoint):
+        return (value.step, value.value)
+    return value
+
+
+Point = Annotated[
+    tuple[int, float | None],
+    BeforeValidator(_pair),
+    PlainSerializer(_point, return_type=HistoryPoint),
+]
+"""A ``(step, value)`` pair in memory and in SQLite; ``{"step", "value"}`` in the API."""
 
 
 @dataclass
@@ -43,8 +77,8 @@ class Alert:
     updated_at: float
     resolved_at: float | None = None
     acked: bool = False
-    history: list[tuple[int, float | None]] = field(default_factory=list)
-    """Flight recorder: recent (step, value) pairs that led to the alert (null: not finite)."""
+    history: list[Point] = field(default_factory=list)
+    """Flight recorder: recent ``{step, value}`` points that led to the alert."""
     first_step: int = -1
     """Training step at which the condition was first seen: the onset."""
     seq: int = 0

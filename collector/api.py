@@ -7,18 +7,26 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Annotated
 
-from fastapi import FastAPI, Header, HTTPException, Query
+from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import Response
 from fastapi.sse import EventSourceResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BeforeValidator
 
-from .alert import SEVERITIES, STATES, Alert, AlertStateName, Severity
+from gradwatch.keys import read_token
+
+from .alert import Alert, AlertStateName, Severity
+from .auth import protect
 from .core import Core
 from .pages import add_pages
 from .runs import run_detail, run_list
-from .schemas import AlertList, Health, Ready, RunDetail, RunList
+from .schemas import AlertList, Health, Problem, Ready, RunDetail, RunList
 from .series import SERIES, RankHistory, SeriesMetric
 from .stream import AlertFilter
+
+NOT_FOUND: dict[int | str, dict[str, object]] = {
+    404: {"model": Problem, "description": "Not found"}
+}
 
 
 def parse_since(value: str) -> float:
@@ -38,6 +46,11 @@ def parse_since(value: str) -> float:
     return seconds
 
 
+def _since(value: object) -> object:
+    """``since`` as unix seconds; a ValueError becomes the usual 422 body."""
+    return parse_since(value) if isinstance(value, str) else value
+
+
 def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> FastAPI:
     """The HTTP API over ``core`` (built by :func:`~gradwatch.collector.core.build_core`)."""
     fleet, book, store, config = core.fleet, core.book, core.store, core.config
@@ -45,8 +58,12 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
         title="gradwatch collector",
         version="1",
         description="Training-health alerts for PyTorch runs: list, inspect, acknowledge, "
-        "stream; run state; Prometheus metrics.",
+        "stream; run state; Prometheus metrics. With `--api-token-file`, mutating calls (and "
+        "with `--api-token-reads` every call but /metrics, /healthz, /readyz) need "
+        "`Authorization: Bearer TOKEN`.",
     )
+    token = read_token(config.api_token_file) if config.api_token_file else None
+    protect(app, token, config.api_token_reads)
 
     def found(alert: Alert | None, alert_id: int) -> Alert:
         if alert is None:
@@ -58,28 +75,18 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
         run: str | None = None,
         rank: Annotated[int | None, Query(ge=0)] = None,
         rule: str | None = None,
-        severity: Annotated[str | None, Query(description=f"one of {SEVERITIES}")] = None,
-        state: Annotated[str | None, Query(description=f"one of {STATES}")] = None,
+        severity: Severity | None = None,
+        state: AlertStateName | None = None,
         since: Annotated[
-            str | None, Query(description="Updated at or after: unix seconds or ISO-8601")
+            float | None,
+            BeforeValidator(_since),
+            Query(description="Updated at or after: unix seconds (or an ISO-8601 time)"),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> AlertList:
         """Filter by run, rank, rule, severity, state and update time; page with limit/offset."""
-        if severity is not None and severity not in SEVERITIES:
-            raise HTTPException(
-                422, f"severity must be one of {list(SEVERITIES)}, got {severity!r}"
-            )
-        if state is not None and state not in STATES:
-            raise HTTPException(422, f"state must be one of {list(STATES)}, got {state!r}")
-        try:
-            since_s = None if since is None else parse_since(since)
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
-        matches = book.alerts(
-            state, run=run, rank=rank, rule=rule, severity=severity, since=since_s
-        )
+        matches = book.alerts(state, run=run, rank=rank, rule=rule, severity=severity, since=since)
         page = matches[offset : offset + limit]
         return AlertList(alerts=page, total=len(matches), limit=limit, offset=offset)
 
@@ -111,22 +118,38 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
         events = core.stream.events(last_event_id, AlertFilter(run, rank, rule, severity, state))
         return EventSourceResponse(events, headers={"X-Accel-Buffering": "no"})
 
-    @app.get("/alerts/{alert_id}", response_model=Alert, summary="One alert")
+    @app.get("/alerts/{alert_id}", response_model=Alert, summary="One alert", responses=NOT_FOUND)
     def get_alert(alert_id: int) -> Alert:
         """The alert with its flight recorder (``history``); 404 if unknown."""
         return found(book.get(alert_id), alert_id)
 
-    @app.post("/alerts/{alert_id}/ack", response_model=Alert, summary="Acknowledge an alert")
+    @app.post(
+        "/alerts/{alert_id}/ack",
+        response_model=Alert,
+        summary="Acknowledge an alert",
+        responses=NOT_FOUND,
+    )
     def ack_alert(alert_id: int) -> Alert:
         """Mark the alert acknowledged (it keeps its state); 404 if unknown."""
         return found(book.ack(alert_id), alert_id)
 
     @app.get("/runs", response_model=RunList, summary="Runs and their ranks")
-    def runs() -> RunList:
-        """Every run seen (live in memory, or remembered in the database), newest first."""
-        return run_list(fleet, book, store)
+    def runs(
+        request: Request,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> RunList:
+        """Runs seen (live in memory, or remembered in the database), most recently seen first;
+        page with limit/offset. Session ids only for callers with the API token."""
+        sessions = bool(getattr(request.state, "authenticated", False))
+        return run_list(fleet, book, store, limit=limit, offset=offset, sessions=sessions)
 
-    @app.get("/runs/{run}", response_model=RunDetail, summary="Latest statistics of one run")
+    @app.get(
+        "/runs/{run}",
+        response_model=RunDetail,
+        summary="Latest statistics of one run",
+        responses=NOT_FOUND,
+    )
     def run(run: str) -> RunDetail:
         """Per rank: step, loss, LR, metrics and the worst parameters by each measure."""
         detail = run_detail(fleet, run, config.topk)
@@ -138,7 +161,7 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
         "/runs/{run}/series",
         response_model=RankHistory,
         summary="History of one rank's metrics",
-        responses={404: {"description": "The run or the rank is not live"}},
+        responses=NOT_FOUND,
     )
     def series(
         run: str,
@@ -160,7 +183,12 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
         history = core.series.read(run, rank, wanted)
         return history or RankHistory(run=run, rank=rank, last_step=-1, metrics={})
 
-    @app.get("/healthz", response_model=Health, summary="Liveness")
+    @app.get(
+        "/healthz",
+        response_model=Health,
+        summary="Liveness",
+        responses={503: {"model": Health, "description": "The ingest thread died"}},
+    )
     def healthz() -> Response | Health:
         """200 while the process and its ingest thread are alive, 503 otherwise."""
         alive = ingest_alive()
@@ -169,12 +197,19 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
             return Response(body.model_dump_json(), 503, media_type="application/json")
         return body
 
-    @app.get("/readyz", response_model=Ready, summary="Readiness")
+    @app.get(
+        "/readyz",
+        response_model=Ready,
+        summary="Readiness",
+        responses={503: {"model": Ready, "description": "Not ready; `problems` says why"}},
+    )
     def readyz() -> Response | Ready:
-        """200 when the ZeroMQ socket is bound (ingest running) and the database is writable."""
+        """200 when the ZeroMQ socket is bound (ingest running) and every alert is saved in a
+        writable database; 503 with the reasons otherwise."""
         bound = ingest_alive()
-        writable = store.writable() if store is not None else True
-        body = Ready(ready=bound and writable, zmq_bound=bound, db_writable=writable)
+        problems = ([] if bound else ["the ingest thread is not running"]) + core.problems()
+        writable = store is None or (store.error is None and not book.unsaved and store.writable())
+        body = Ready(ready=not problems, zmq_bound=bound, db_writable=writable, problems=problems)
         if not body.ready:
             return Response(body.model_dump_json(), 503, media_type="application/json")
         return body
@@ -187,7 +222,7 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
     )
     def metrics() -> Response:
         """Prometheus text exposition of runs, parameters, alerts and ingest health."""
-        return Response(generate_latest(core.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(core.registry.text(), media_type=CONTENT_TYPE_LATEST)
 
     add_pages(app)  # /, /static and /docs/{name}: not in the schema
     return app

@@ -7,7 +7,6 @@ of :class:`CollectorConfig`, all derived from it; precedence flag > variable > f
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -26,6 +25,7 @@ from gradwatch.settings import (
 )
 
 from .config import CollectorConfig
+from .logs import configure as configure_logging
 
 SETTINGS = settings_of(CollectorConfig)
 TABLE = "collector"
@@ -39,7 +39,8 @@ def parser(prog: str = "gradwatch-collector") -> argparse.ArgumentParser:
         description="Receive gradwatch frames, run the anomaly rules, serve alerts and metrics. "
         "Every flag can also be set with the GRADWATCH_* variable shown in its help, or as a "
         f"key of the [{TABLE}] table of the --config file (the flag's name with '_' for '-'); "
-        "a flag wins over the variable, the variable over the file.",
+        "a flag wins over the variable, the variable over the file. "
+        "`gradwatch-collector keys --out DIR` writes CurveZMQ keys and an API token.",
     )
     add_arguments(p, SETTINGS)
     p.add_argument(
@@ -91,7 +92,41 @@ def render_config(
     return out
 
 
+def keys_parser(prog: str = "gradwatch-collector keys") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Write CurveZMQ key pairs (pyzmq's certificate format) for the collector "
+        "and its agents, and an API token; existing keys are kept. See docs/stack.md.",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write into")
+    p.add_argument(
+        "--client",
+        action="append",
+        metavar="NAME",
+        help="an agent key pair DIR/NAME (repeatable; default: trainer)",
+    )
+    return p
+
+
+def keys_main(argv: Sequence[str], prog: str = "gradwatch-collector keys") -> int:
+    """``keys --out DIR [--client NAME ...]``: see :func:`gradwatch.keys.make_keys`."""
+    from gradwatch.keys import KeysError, make_keys
+
+    args = keys_parser(prog).parse_args(argv)
+    try:
+        wrote = make_keys(args.out, args.client or ["trainer"])
+    except (KeysError, OSError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    for line in wrote or [f"{args.out}: every key already exists; nothing written"]:
+        print(line)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "gradwatch-collector") -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["keys"]:
+        return keys_main(argv[1:], f"{prog} keys")
     args = parser(prog).parse_args(argv)
     try:
         gathered = gather_config(args)
@@ -99,11 +134,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "gradwatch-collector") -
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(config.log_level)
     from .rules import RulesError, overrides
 
     try:
@@ -114,6 +145,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "gradwatch-collector") -
         from .service import Service
 
         service = Service(config)
+    except ConfigError as exc:  # a setting that only fails when used: the db, the ports
+        flag = next((x.flag for x in SETTINGS if x.field == exc.where), exc.where)
+        print(f"{prog}: {flag}: {exc.message}", file=sys.stderr)
+        return 2
     except (RulesError, OSError, ValueError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2

@@ -3,10 +3,12 @@ variables of ``gradwatch-collector`` (see :mod:`gradwatch.settings`)."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
 from gradwatch import wire
+from gradwatch.keys import KeysError, read_token, server_keys
 from gradwatch.settings import ConfigError
 
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
@@ -38,10 +40,20 @@ _FILES = (
 class CollectorConfig:
     """Everything the collector process needs to know; validated on construction."""
 
-    listen: str = "tcp://0.0.0.0:5555"
-    """ZeroMQ endpoint the PULL socket binds (port 0 or ``*`` picks a free port)."""
+    listen: str = "tcp://127.0.0.1:5555"
+    """ZeroMQ endpoint the PULL socket binds (port 0 or ``*`` picks a free port). Loopback by
+    default: agents on other hosts need e.g. ``tcp://0.0.0.0:5555``, and ``--curve-keys`` on a
+    shared network."""
+    curve_keys: str | None = None
+    """Folder ``DIR/collector`` made by ``gradwatch-collector keys --out DIR``: require
+    CurveZMQ and accept only agents whose public key is in its ``clients/``; unset: any peer."""
     http: str = "127.0.0.1:8000"
     """HOST:PORT of the HTTP API and /metrics (port 0 picks a free port)."""
+    api_token_file: str | None = None
+    """File holding the bearer token every mutating HTTP call (ack) must present as
+    ``Authorization: Bearer TOKEN``; unset: no token."""
+    api_token_reads: bool = False
+    """Require the token on reads too (``/metrics``, ``/healthz``, ``/readyz`` stay open)."""
     db_path: str = field(default="gradwatch.db", metadata=_flag("db"))
     """SQLite file holding alerts and runs (``:memory:`` keeps nothing)."""
     rules_path: str | None = field(default=None, metadata=_flag("rules"))
@@ -52,11 +64,23 @@ class CollectorConfig:
     ready_file: str | None = None
     """Write a JSON line (endpoints, pid) here once serving; removed on exit."""
     retention_days: float = 30.0
-    """Resolved alerts older than this are deleted."""
+    """Resolved alerts, and runs last seen, older than this are deleted from the database."""
     max_frame_bytes: int = wire.MAX_FRAME_BYTES
-    """Largest accepted frame (ZMQ_MAXMSGSIZE); bigger ones disconnect the sender."""
+    """Largest accepted frame; bigger ones are counted as ``oversized`` (up to 4x this, beyond
+    which ZeroMQ drops the sender's connection before the message is read)."""
     rcvhwm: int = 100_000
     """ZeroMQ receive high-water mark, in frames."""
+    max_runs: int = 1000
+    """Runs held in memory; a hello for a new run beyond this evicts the run that ended
+    longest ago, or is refused (``collector_limit`` alert)."""
+    max_ranks: int = 20_000
+    """Ranks held in memory, all runs together; beyond it as ``max_runs``."""
+    max_params: int = 50_000
+    """Parameters in one hello; a bigger table is refused (``collector_limit`` alert)."""
+    max_open_alerts: int = 100
+    """Open alerts of one run; further ones are not raised (``collector_limit`` alert)."""
+    max_resolved_alerts: int = 10_000
+    """Resolved alerts held in memory for the API; older ones stay in the database only."""
     tick_seconds: float = 1.0
     """Period of the time-based checks (silent trainers, lifecycle timeouts, DB flush)."""
     alertmanager_url: str | None = field(default=None, metadata=_flag("alertmanager"))
@@ -93,9 +117,11 @@ class CollectorConfig:
     topk: int = 5
     """How many worst parameters are exported and named in messages."""
     grace_seconds: float = 300.0
-    """Finished runs stop being exported (and their open alerts resolve) after this."""
-    forget_seconds: float = 3600.0
-    """Finished runs are dropped from memory after this (they stay in the database)."""
+    """Finished runs stop being exported, their open alerts resolve and they leave memory this
+    long after their last frame (``/runs`` keeps showing them from the database)."""
+    stale_seconds: float = 86400.0
+    """A run none of whose ranks sent anything for this long leaves memory without a ``bye``
+    (its alerts resolve)."""
     keepalive_seconds: float = 15.0
     """Quiet time after which ``/alerts/stream`` sends a keep-alive comment (0: only FastAPI's
     own ping, every 15 s)."""
@@ -119,16 +145,19 @@ class CollectorConfig:
         if not self.db_path:
             raise ConfigError("db_path", "must not be empty")
         for name in ("retention_days", "tick_seconds", "alertmanager_resend_seconds"):
-            if getattr(self, name) <= 0:
+            if not 0 < getattr(self, name) < math.inf:
                 raise ConfigError(name, f"must be positive, got {getattr(self, name)}")
-        for name in ("grace_seconds", "forget_seconds", "keepalive_seconds"):
-            if getattr(self, name) < 0:
+        for name in ("grace_seconds", "stale_seconds", "keepalive_seconds"):
+            if not 0 <= getattr(self, name) < math.inf:
                 raise ConfigError(name, f"must not be negative, got {getattr(self, name)}")
         if self.max_frame_bytes < 1024:
             raise ConfigError(
                 "max_frame_bytes", f"must be at least 1024, got {self.max_frame_bytes}"
             )
-        for name in ("rcvhwm", "topk"):
+        for name in (
+            "rcvhwm", "topk", "max_runs", "max_ranks", "max_params", "max_open_alerts",
+            "max_resolved_alerts",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be positive, got {getattr(self, name)}")
         if self.log_level.lower() not in LOG_LEVELS:
@@ -139,6 +168,7 @@ class CollectorConfig:
             if url and not url.startswith(("http://", "https://")):
                 raise ConfigError(name, f"must be an http(s) URL, got {url!r}")
         self._check_alertmanager_transport()
+        self._check_keys()
         if not self.public_url:
             shown = "localhost" if host in ("0.0.0.0", "::") else host
             object.__setattr__(self, "public_url", f"http://{shown}:{port}")
@@ -165,3 +195,26 @@ class CollectorConfig:
             raise ConfigError("alertmanager_token_file", "use basic auth or a token, not both")
         if self.alertmanager_key_file is not None and self.alertmanager_cert_file is None:
             raise ConfigError("alertmanager_key_file", "needs alertmanager_cert_file")
+
+    def _check_keys(self) -> None:
+        """The key folder and the token file must be usable now, not at the first peer."""
+        if self.curve_keys is not None:
+            try:
+                server_keys(self.curve_keys)
+            except KeysError as exc:
+                raise ConfigError("curve_keys", str(exc)) from None
+        if self.api_token_file is not None:
+            try:
+                read_token(self.api_token_file)
+            except KeysError as exc:
+                raise ConfigError("api_token_file", str(exc)) from None
+        elif self.api_token_reads:
+            raise ConfigError("api_token_reads", "needs --api-token-file")
+
+    @property
+    def local_only(self) -> bool:
+        """The ZeroMQ socket is reachable from this host only."""
+        if not self.listen.startswith("tcp://"):
+            return True  # ipc:// and inproc://
+        host = self.listen[len("tcp://") :].rpartition(":")[0].strip("[]")
+        return host in ("localhost", "::1") or host.startswith("127.")

@@ -6,21 +6,24 @@ tests take a Core as it is. Nothing else constructs these parts.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
-
-from prometheus_client import CollectorRegistry
 
 from .alertmanager import AlertmanagerPusher
 from .book import AlertBook, ConsoleLog
 from .config import CollectorConfig
 from .engine import Engine
-from .exporter import build_registry
+from .exporter import GradwatchRegistry, build_registry
 from .health import IngestHealth
 from .rules import AnyRule, build_rules, overrides
+from .rules.system import SilentSettings, TrainerSilent
 from .series import SeriesStore
 from .state import Fleet
 from .store import Store
 from .stream import AlertStream
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,36 +39,77 @@ class Core:
     engine: Engine
     stream: AlertStream
     pusher: AlertmanagerPusher | None
-    registry: CollectorRegistry
+    registry: GradwatchRegistry
     series: SeriesStore
 
-    def close(self) -> None:
-        """Stop the fan-out, persist what changed and close the store (after ingest stopped)."""
+    def close(self) -> int:
+        """Stop the fan-out, persist what changed and close the store (after ingest stopped);
+        return how many alerts could not be saved (logged)."""
         self.stream.close()
         if self.pusher is not None:
             self.pusher.stop()
         self.engine.flush()
+        unsaved = self.book.unsaved
+        if unsaved and self.store is not None:
+            log.error(
+                "%d alert change(s) could not be saved to %s: %s (they were logged and sent)",
+                unsaved, self.store.path, self.store.error,
+            )  # fmt: skip
         if self.store is not None:
             self.store.close()
+        return unsaved
+
+    def problems(self) -> list[str]:
+        """Why the collector is not ready to keep what it is told, for ``/readyz``."""
+        out = []
+        store = self.store
+        if store is not None:
+            if not store.writable():
+                out.append(f"database {store.path} is not writable")
+            elif store.error is not None:
+                out.append(f"database {store.path}: the last write failed: {store.error}")
+        unsaved = self.book.unsaved
+        if unsaved:
+            out.append(f"{unsaved} alert change(s) not saved yet (kept in memory, retried)")
+        return out
 
 
 def build_core(
-    config: CollectorConfig, rules: list[AnyRule] | None = None, *, persist: bool = True
+    config: CollectorConfig,
+    rules: list[AnyRule] | None = None,
+    *,
+    persist: bool = True,
+    store: Store | None = None,
 ) -> Core:
     """Wire the parts for ``config``: rules from ``config.config_path`` and ``rules_path``
-    unless given, SQLite at ``config.db_path`` when ``persist``, Alertmanager pushing when a URL
-    is set."""
+    unless given, SQLite at ``config.db_path`` when ``persist`` (or ``store`` when given),
+    Alertmanager pushing when a URL is set."""
     if rules is None:
         rules = build_rules(overrides(config.config_path, config.rules_path))
-    store = Store(config.db_path) if persist else None
-    book = AlertBook(store)
+    if store is None and persist:
+        store = Store(config.db_path)
+    health = IngestHealth()
+    book = AlertBook(
+        store,
+        max_open_alerts=config.max_open_alerts,
+        max_resolved=config.max_resolved_alerts,
+        on_limit=lambda limit, value, detail: health.hit(limit, value, detail, time.time()),
+    )
     book.subscribe(ConsoleLog())
-    fleet, health = Fleet(), IngestHealth()
-    engine = Engine(fleet, book, rules, config, store)
+    silent = next((r.settings for r in rules if isinstance(r, TrainerSilent)), SilentSettings())
+    fleet = Fleet(
+        max_runs=config.max_runs,
+        max_ranks=config.max_ranks,
+        max_params=config.max_params,
+        silence=silent.limit,
+        recall=None if store is None else store.load_run,
+    )
+    engine = Engine(fleet, book, rules, config, store, health)
     stream = AlertStream(book, config.keepalive_seconds)
     book.subscribe(stream.publish)
     pusher = AlertmanagerPusher(config, book) if config.alertmanager_url else None
-    registry = build_registry(fleet, book, health, config, notifications=pusher)
+    health.rule_errors.update({rule.name: 0 for rule in rules})  # every rule exported at 0
+    registry = build_registry(fleet, book, health, config, notifications=pusher, store=store)
     series = SeriesStore(fleet)  # the page's charts: fed before the rules, pinned by alerts
     engine.frame_listeners.append(series.observe)
     book.subscribe(series.on_alert)

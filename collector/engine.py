@@ -1,20 +1,37 @@
-"""Runs the rules over the fleet: on every stats frame, and on the collector's clock tick."""
+"""Runs the rules over the fleet: on every stats frame, and on the collector's clock tick.
+
+Each rule runs on its own: one that raises is counted (``IngestHealth.rule_errors``) and logged
+at a bounded rate with the frame's run, rank and step, and the other rules still judge.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from gradwatch.wire import Frame, Stats
 
+from .alert import COLLECTOR_RANK, COLLECTOR_RUN
 from .book import AlertBook, Policy
 from .config import CollectorConfig
+from .health import IngestHealth
 from .rules import AnyRule
 from .rules.base import Finding
 from .run_record import RunRecord
-from .state import Fleet, RankState
-from .store import Store
+from .state import Fleet, RankState, RunState
+from .store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+RULE_ERROR_LOG_SECONDS = 60.0
+"""At most one log line per rule per this many seconds for its errors (all are counted)."""
+PRUNE_SECONDS = 3600.0
+"""How often the database is pruned (resolved alerts and runs past the retention)."""
+SWEEP_SECONDS = 60.0
+"""How often open alerts of ranks no longer in memory (e.g. reloaded after a restart, never
+heard from again) are looked for; they resolve ``grace_seconds`` after their last update."""
 
 
 def policy_of(rule: AnyRule) -> Policy:
@@ -23,7 +40,9 @@ def policy_of(rule: AnyRule) -> Policy:
 
 
 class Engine:
-    """Owns per-rank rule memory; feeds findings to the alert book; keeps runs persisted.
+    """Owns the rules' judgement of the fleet; feeds findings to the alert book; keeps runs
+    persisted; forgets runs (ended ones after ``grace_seconds``, silent ones after
+    ``stale_seconds``).
 
     Used from one thread (ingest): ``on_frame`` after ``Fleet.apply``, ``tick`` periodically.
     """
@@ -35,26 +54,45 @@ class Engine:
         rules: list[AnyRule],
         config: CollectorConfig | None = None,
         store: Store | None = None,
+        health: IngestHealth | None = None,
     ) -> None:
         self.fleet = fleet
         self.book = book
         self.rules = rules
         self.config = config or CollectorConfig()
         self.store = store
+        self.health = health or IngestHealth()
         self.policies = {rule.name: policy_of(rule) for rule in rules}
-        self._memory: dict[str, dict[str, Any]] = {}
+        self._collector_memory = {rule.name: rule.new_memory() for rule in rules}
         self._dirty_runs: set[tuple[str, int]] = set()
-        self._expired: set[str] = set()
+        self._expired: set[tuple[str, int]] = set()
         self._last_prune = 0.0
+        self._last_sweep = 0.0
+        self._logged_error: dict[str, float] = {}
+        fleet.on_forget = self._forgotten
         self.frame_listeners: list[Callable[[RankState, Frame], None]] = []
         """Called with every frame before the rules judge it (the page's history)."""
 
     def _memories(self, state: RankState) -> dict[str, Any]:
-        session = state.hello.session
-        memory = self._memory.get(session)
-        if memory is None:
-            memory = self._memory[session] = {r.name: r.new_memory() for r in self.rules}
-        return memory
+        if not state.memory:
+            state.memory.update({r.name: r.new_memory() for r in self.rules})
+        return state.memory
+
+    def _judge(
+        self, rule: AnyRule, where: str, judge: Callable[..., list[Finding] | None], *args: Any
+    ) -> list[Finding] | None:
+        """``judge(*args)``; an exception is counted against the rule and logged at a bounded
+        rate naming ``where``."""
+        try:
+            return judge(*args)
+        except Exception:  # one rule's bug must not keep the others from judging
+            self.health.rule_errors[rule.name] += 1
+            now = time.monotonic()
+            if now - self._logged_error.get(rule.name, -1e18) >= RULE_ERROR_LOG_SECONDS:
+                self._logged_error[rule.name] = now
+                count = self.health.rule_errors[rule.name]
+                log.exception("rule %s failed on %s (%d errors so far)", rule.name, where, count)
+            return None
 
     def _observe(
         self, rule: AnyRule, state: RankState, found: list[Finding] | None, now: float
@@ -69,48 +107,82 @@ class Engine:
         """Judge a rank after one of its frames was applied to the fleet."""
         now = time.time() if now is None else now
         self._dirty_runs.add((state.run, state.rank))
+        self._expired.discard((state.run, state.rank))
         self._expired.discard(f"{state.run}\0{state.rank}")
         for listener in self.frame_listeners:
             listener(state, frame)
         if not isinstance(frame, Stats):
             return
         memory = self._memories(state)
+        where = f"run {state.run} rank {state.rank} step {frame.step}"
         for rule in self.rules:
-            self._observe(rule, state, rule.check(state, memory[rule.name]), now)
+            found = self._judge(rule, where, rule.check, state, memory[rule.name])
+            self._observe(rule, state, found, now)
 
     def tick(self, now: float | None = None) -> None:
-        """Time-based rules, lifecycle timeouts, persistence and retention."""
+        """Time-based rules, lifecycle timeouts, forgetting, persistence and retention."""
         now = time.time() if now is None else now
         cfg = self.config
         for run in list(self.fleet.runs.values()):
             for state in list(run.ranks.values()):
                 memory = self._memories(state)
+                where = f"run {state.run} rank {state.rank} at step {state.last_step}"
                 for rule in self.rules:
-                    self._observe(rule, state, rule.tick(state, memory[rule.name], now), now)
-                key = f"{state.run}\0{state.rank}"
-                if (
-                    state.ended
-                    and now - state.last_seen > cfg.grace_seconds
-                    and key not in self._expired
-                ):
-                    self._expired.add(key)
-                    self.book.resolve_rank(state.run, state.rank, now)
-            if run.ended and now - run.last_seen > max(cfg.forget_seconds, cfg.grace_seconds):
-                self.flush()
-                for state in run.ranks.values():
-                    self._memory.pop(state.hello.session, None)
+                    found = self._judge(rule, where, rule.tick, state, memory[rule.name], now)
+                    self._observe(rule, state, found, now)
+                key = (state.run, state.rank)
+                if state.ended and now - state.last_seen > cfg.grace_seconds:
+                    if key not in self._expired:
+                        self._expired.add(key)
+                        self.book.resolve_rank(state.run, state.rank, now)
+            idle = now - run.last_seen
+            if (run.ended and idle > cfg.grace_seconds) or idle > cfg.stale_seconds:
                 self.fleet.forget(run.name)
+        self._tick_collector(now)
+        if now - self._last_sweep > SWEEP_SECONDS:
+            self._last_sweep = now
+            for name, rank in self.book.idle_ranks(now - cfg.grace_seconds):
+                if name != COLLECTOR_RUN and self.fleet.rank(name, rank) is None:
+                    self.book.resolve_rank(name, rank, now)
         self.flush()
-        if now - self._last_prune > 3600:
+        if now - self._last_prune > PRUNE_SECONDS:
             self._last_prune = now
             self.book.prune(cfg.retention_days * 86400, now)
 
+    def _tick_collector(self, now: float) -> None:
+        for rule in self.rules:
+            memory = self._collector_memory[rule.name]
+            found = self._judge(
+                rule, "the collector", rule.tick_collector, self.health, memory, now
+            )
+            if found is not None:
+                policy = self.policies[rule.name]
+                self.book.observe(policy, COLLECTOR_RUN, COLLECTOR_RANK, 0, found, now)
+
+    def _forgotten(self, run: RunState) -> None:
+        """A run leaves memory: persist its final record and resolve its open alerts."""
+        now = time.time()
+        for state in run.ranks.values():
+            self._save_runs([RunRecord.of(state)])
+            self._dirty_runs.discard((state.run, state.rank))
+            self._expired.discard((state.run, state.rank))
+            self.book.resolve_rank(state.run, state.rank, now)
+
     def flush(self) -> None:
-        """Persist updated alerts and runs."""
+        """Persist updated alerts and runs (a failed write is kept and retried next time)."""
         self.book.flush()
         if self.store is None or not self._dirty_runs:
             return
-        live = (self.fleet.rank(run, rank) for run, rank in self._dirty_runs)
-        records = [RunRecord.of(s) for s in live if s is not None]
-        self._dirty_runs.clear()
-        self.store.save_runs(records)
+        live = [(key, self.fleet.rank(*key)) for key in self._dirty_runs]
+        records = [RunRecord.of(s) for _, s in live if s is not None]
+        if self._save_runs(records):
+            self._dirty_runs.clear()
+
+    def _save_runs(self, records: list[RunRecord]) -> bool:
+        if self.store is None:
+            return True
+        try:
+            self.store.save_runs(records)
+        except StoreError:  # the store keeps the error for /readyz; the book logs failures
+            return False
+        return True

@@ -11,24 +11,18 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
+from prometheus_client.core import Metric
 
 from gradwatch import __version__
-from gradwatch.wire import KINDS, REJECT_REASONS
+from gradwatch.wire import KINDS
 from gradwatch.wire import metrics as m
 
 from .alert import Alert
-from .health import IngestHealth
+from .exposition import MetricSpec, Rank, Samples, TextSamples
+from .health import LIMITS, PEER_REFUSALS, REJECT_REASONS, IngestHealth
 from .ranking import worst
 from .state import Fleet, RankState
 
@@ -59,6 +53,9 @@ _FROM_METRICS: dict[str, str] = {  # exported name -> key of Stats.metrics
 
 class AlertSource(Protocol):
     def alerts(self, state: str | None = None) -> list[Alert]: ...
+    def firing_by_rule(self) -> Counter[tuple[str, str, str]]: ...
+    @property
+    def unsaved(self) -> int: ...
 
 
 class ExporterConfig(Protocol):
@@ -73,38 +70,9 @@ class NotificationCounts(Protocol):
     def counts(self) -> Mapping[str, int]: ...
 
 
-@dataclass(frozen=True)
-class MetricSpec:
-    """One exported family: its scraped name, type, labels and help text."""
-
-    name: str
-    type: Literal["gauge", "counter", "histogram", "info"]
-    labels: tuple[str, ...]
-    help: str
-
-    def family(self) -> Metric:
-        """An empty family of this type (samples are added with :class:`_Families`)."""
-        if self.type == "counter":
-            return CounterMetricFamily(self.name, self.help, labels=self.labels)
-        if self.type == "info":
-            return InfoMetricFamily(self.name.removesuffix("_info"), self.help, labels=self.labels)
-        if self.type == "histogram":
-            return HistogramMetricFamily(self.name, self.help, labels=self.labels)
-        return GaugeMetricFamily(self.name, self.help, labels=self.labels)
-
-
-class _Families:
-    """One empty family per spec; ``add`` appends a sample by scraped name and label values."""
-
-    def __init__(self) -> None:
-        self.specs = {s.name: s for s in SPECS}
-        self.fams = {s.name: s.family() for s in SPECS}
-
-    def add(self, name: str, labels: Sequence[str], value: float) -> None:
-        """Info families take their info labels in ``labels`` too (value 1)."""
-        spec = self.specs[name]
-        sample_labels = dict(zip(spec.labels, labels, strict=True))
-        self.fams[name].add_sample(name, sample_labels, float(value))
+class StoreFailures(Protocol):
+    @property
+    def failures(self) -> int: ...
 
 
 _R = ("run", "rank")
@@ -112,8 +80,29 @@ _S = MetricSpec
 SPECS: tuple[MetricSpec, ...] = (
     _S("gradwatch_build_info", "info", ("version",), "Version of this collector."),
     _S("gradwatch_collector_start_time_seconds", "gauge", (), "Unix time the collector started."),
+    _S(
+        "gradwatch_messages_total",
+        "counter",
+        (),
+        "ZeroMQ messages read; each is accepted or rejected (received + rejected = messages).",
+    ),
     _S("gradwatch_frames_received_total", "counter", ("kind",), "Frames accepted, by wire kind."),
-    _S("gradwatch_frames_rejected_total", "counter", ("reason",), "Frames dropped, by reason."),
+    _S("gradwatch_frames_rejected_total", "counter", ("reason",), "Messages dropped, by reason."),
+    _S(
+        "gradwatch_peers_refused_total",
+        "counter",
+        ("reason",),
+        "ZeroMQ peers refused at the handshake (CURVE), by reason.",
+    ),
+    _S("gradwatch_limit_hits_total", "counter", ("limit",), "Things refused by a limit."),
+    _S("gradwatch_rule_errors_total", "counter", ("rule",), "Exceptions raised by a rule."),
+    _S(
+        "gradwatch_store_write_failures_total",
+        "counter",
+        (),
+        "Database writes that failed (alerts stay in memory and are retried).",
+    ),
+    _S("gradwatch_alerts_unsaved", "gauge", (), "Alert changes not saved to the database yet."),
     _S("gradwatch_ingest_latency_seconds", "histogram", (), "Handling time of one frame."),
     _S(
         "gradwatch_alertmanager_notifications_total",
@@ -162,6 +151,21 @@ METRIC_NAMES: tuple[str, ...] = tuple(s.name for s in SPECS)
 PARAMETER_STATES: tuple[str, ...] = ("tracked", "frozen", "not_updated", "nonfinite", "no_grad")
 
 
+class GradwatchRegistry(CollectorRegistry):
+    """A registry holding one :class:`GradwatchCollector`; :meth:`text` is the fast scrape."""
+
+    def __init__(self, collector: GradwatchCollector) -> None:
+        super().__init__(auto_describe=False)
+        self.gradwatch = collector
+        self.register(collector)
+
+    def text(self) -> bytes:
+        """The scrape in the Prometheus text format (what ``generate_latest`` returns)."""
+        sink = TextSamples(SPECS)
+        self.gradwatch.fill(sink)
+        return sink.text()
+
+
 def build_registry(
     fleet: Fleet,
     book: AlertSource,
@@ -169,19 +173,21 @@ def build_registry(
     config: ExporterConfig,
     *,
     notifications: NotificationCounts | None = None,
+    store: StoreFailures | None = None,
     clock: Callable[[], float] = time.time,
-) -> CollectorRegistry:
+) -> GradwatchRegistry:
     """A fresh registry whose one collector exports ``fleet``, ``book`` and ``health``.
 
-    ``notifications`` is the Alertmanager pusher (anything with ``counts``), when there is one.
+    ``notifications`` is the Alertmanager pusher (anything with ``counts``), when there is one;
+    ``store`` the database (anything with ``failures``).
     """
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(GradwatchCollector(fleet, book, health, config, notifications, clock))
-    return registry
+    return GradwatchRegistry(
+        GradwatchCollector(fleet, book, health, config, notifications, store, clock)
+    )
 
 
 class GradwatchCollector:
-    """Custom collector: yields every family at scrape time from the latest state."""
+    """Custom collector: builds every family at scrape time from the latest state."""
 
     def __init__(
         self,
@@ -190,43 +196,54 @@ class GradwatchCollector:
         health: IngestHealth,
         config: ExporterConfig,
         notifications: NotificationCounts | None,
+        store: StoreFailures | None,
         clock: Callable[[], float],
     ) -> None:
         self.fleet, self.book, self.health, self.config = fleet, book, health, config
-        self.notifications, self.clock = notifications, clock
+        self.notifications, self.store, self.clock = notifications, store, clock
 
     def collect(self) -> Iterator[Metric]:
+        sink = Samples(SPECS)
+        self.fill(sink)
+        yield from sink.families()
+
+    def fill(self, fams: Samples) -> None:
+        """Add every sample of one scrape to ``fams`` (either sink)."""
         started = time.perf_counter()
-        fams = _Families()
         self._collector_health(fams)
         ranks = self._exported_ranks()
         runs = {r.run for r in ranks}
         fams.add("gradwatch_runs", [], len(runs))
-        firing = Counter(
-            (a.rule, a.severity, a.run) for a in self.book.alerts("firing") if a.run in runs
-        )
+        firing = self.book.firing_by_rule()
         for key, n in sorted(firing.items()):
-            fams.add("gradwatch_alerts_firing", key, n)
+            if key[2] in runs:
+                fams.add("gradwatch_alerts_firing", key, n)
         for state in ranks:
             _export_rank(fams, state, self.config.topk)
         fams.add("gradwatch_scrape_duration_seconds", [], time.perf_counter() - started)
-        yield from fams.fams.values()
 
-    def _collector_health(self, fams: _Families) -> None:
+    def _collector_health(self, fams: Samples) -> None:
         h = self.health
         fams.add("gradwatch_build_info", [__version__], 1)
         fams.add("gradwatch_collector_start_time_seconds", [], h.started_at)
+        fams.add("gradwatch_messages_total", [], h.messages)
         for kind in sorted({*KINDS, *h.received}):
             fams.add("gradwatch_frames_received_total", [kind], h.received.get(kind, 0))
         for reason in sorted({*REJECT_REASONS, *h.rejected}):
             fams.add("gradwatch_frames_rejected_total", [reason], h.rejected.get(reason, 0))
-        name = "gradwatch_ingest_latency_seconds"
-        fams.fams[name] = HistogramMetricFamily(
-            name,
-            fams.specs[name].help,
-            buckets=h.latency.cumulative(),
-            sum_value=h.latency.total,
+        for reason in PEER_REFUSALS:
+            fams.add("gradwatch_peers_refused_total", [reason], h.refused_peers.get(reason, 0))
+        for limit in LIMITS:
+            fams.add("gradwatch_limit_hits_total", [limit], h.limit_hits.get(limit, 0))
+        for rule, n in sorted(h.rule_errors.items()):
+            fams.add("gradwatch_rule_errors_total", [rule], n)
+        fams.add(
+            "gradwatch_store_write_failures_total",
+            [],
+            0 if self.store is None else self.store.failures,
         )
+        fams.add("gradwatch_alerts_unsaved", [], self.book.unsaved)
+        fams.histogram("gradwatch_ingest_latency_seconds", h.latency.cumulative(), h.latency.total)
         counts = {} if self.notifications is None else dict(self.notifications.counts)
         for result in sorted({*NOTIFICATION_RESULTS, *counts}):
             fams.add("gradwatch_alertmanager_notifications_total", [result], counts.get(result, 0))
@@ -242,16 +259,16 @@ class GradwatchCollector:
         return out
 
 
-def _export_rank(fams: _Families, r: RankState, topk: int) -> None:
-    """Add one rank's samples to ``fams``."""
-    lab = [r.run, str(r.rank)]
+def _export_rank(fams: Samples, r: RankState, topk: int) -> None:
+    """Add one rank's samples to ``fams`` (the hot path of a scrape: one call per rank)."""
+    who = Rank(r.run, str(r.rank))
 
-    def put(name: str, value: float | None, *extra: str) -> None:
+    def put(name: str, value: float | None, extra: str | None = None) -> None:
         if value is not None:
-            fams.add(name, [*lab, *extra], value)
+            fams.rank(name, who, value, extra)
 
     h = r.hello
-    put("gradwatch_run_info", 1, h.host, h.device, h.optimizer, h.torch)
+    fams.add("gradwatch_run_info", (*who.values, h.host, h.device, h.optimizer, h.torch), 1)
     put("gradwatch_last_frame_timestamp_seconds", r.last_seen)
     put("gradwatch_rank_ended", float(r.ended))
     put("gradwatch_agent_frames_dropped_total", r.dropped)
@@ -273,16 +290,14 @@ def _export_rank(fams: _Families, r: RankState, topk: int) -> None:
         put("gradwatch_grad_abs", full_metrics.get(m.grad_percentile(p)), f"p{p}")
 
     grad = r.columns.get("grad_norm", [])
-    nonfinite = metrics.get(m.NONFINITE_GRADS, sum(not math.isfinite(g) for g in grad))
-    counts = {
-        "tracked": len(r.names),
-        "frozen": len(h.params) - len(r.names),
-        "not_updated": _count_not_updated(r.full_columns),
-        "nonfinite": nonfinite,
-        "no_grad": 0 if stats is None else len(stats.nograd),
-    }
-    for state, n in counts.items():
-        put("gradwatch_parameters", n, state)
+    nonfinite = metrics.get(m.NONFINITE_GRADS)
+    if nonfinite is None:
+        nonfinite = sum(not math.isfinite(g) for g in grad)
+    put("gradwatch_parameters", len(r.names), "tracked")
+    put("gradwatch_parameters", len(h.params) - len(r.names), "frozen")
+    put("gradwatch_parameters", _count_not_updated(r.full_columns), "not_updated")
+    put("gradwatch_parameters", nonfinite, "nonfinite")
+    put("gradwatch_parameters", 0 if stats is None else len(stats.nograd), "no_grad")
 
     ratio = r.full_columns.get("update_ratio", [])
     if r.full_step >= 0:

@@ -1,10 +1,37 @@
-"""The collector's own health counters, updated by ingest and read by the exporter."""
+"""The collector's own health counters, updated by ingest (and the book) and read by the exporter.
+
+Every ZeroMQ message read is counted once in :attr:`IngestHealth.messages` and then either
+accepted (``received`` by kind) or rejected (``rejected`` by one of :data:`REJECT_REASONS`), so
+``messages == sum(received) + sum(rejected)`` at all times.
+"""
 
 from __future__ import annotations
 
 import bisect
 from collections import Counter
 from dataclasses import dataclass, field
+
+from gradwatch import wire
+
+LIMITS: tuple[str, ...] = ("max_runs", "max_ranks", "max_params", "max_open_alerts")
+"""Limits of the collector (each a setting of the same name); a hit is counted and raises the
+``collector_limit`` alert. The first three refuse frames (a rejection reason of that name)."""
+REJECT_REASONS: tuple[str, ...] = (
+    *wire.REJECT_REASONS,
+    "duplicate_rank",
+    "max_runs",
+    "max_ranks",
+    "max_params",
+    "shutdown",
+    "internal",
+)
+"""Why the collector dropped a message: the wire's reasons (``malformed`` .. ``no_hello``), then
+the collector's own: ``duplicate_rank`` (a second process for a live run and rank), a limit
+(``max_runs``, ``max_ranks``, ``max_params``), ``shutdown`` (read but not handled before the
+shutdown deadline) and ``internal`` (a collector bug; logged)."""
+PEER_REFUSALS: tuple[str, ...] = ("auth", "handshake")
+"""Why a ZeroMQ peer was refused (with ``--curve-keys``): ``auth`` (its CURVE key is not among
+the accepted ones), ``handshake`` (no CURVE at all, a wrong server key, a broken handshake)."""
 
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.0001,
@@ -49,11 +76,47 @@ class Histogram:
         return out
 
 
+@dataclass(frozen=True)
+class LimitHit:
+    """The latest time a limit refused something."""
+
+    at: float
+    """Collector wall clock."""
+    value: int
+    """The limit's setting."""
+    detail: str
+    """What was refused, for a person."""
+
+
 @dataclass
 class IngestHealth:
-    """Frames received by kind, rejected by reason, and how long handling one took."""
+    """Messages read, frames accepted by kind, rejected by reason, refused peers, limit hits,
+    rule errors, and how long handling one frame took."""
 
+    messages: int = 0
+    """ZeroMQ messages read from the socket."""
     received: Counter[str] = field(default_factory=Counter)
+    """Accepted frames by kind."""
     rejected: Counter[str] = field(default_factory=Counter)
+    """Dropped messages by reason (:data:`REJECT_REASONS`)."""
+    refused_peers: Counter[str] = field(default_factory=Counter)
+    """Peers refused at the handshake, by reason (:data:`PEER_REFUSALS`)."""
+    limit_hits: Counter[str] = field(default_factory=Counter)
+    """Things refused by a limit, by limit (:data:`LIMITS`)."""
+    last_hit: dict[str, LimitHit] = field(default_factory=dict)
+    rule_errors: Counter[str] = field(default_factory=Counter)
+    """Exceptions raised by a rule, by rule name (the frame is still judged by the others)."""
     latency: Histogram = field(default_factory=Histogram)
     started_at: float = 0.0
+
+    def reject(self, exc: wire.WireError, now: float) -> None:
+        """Count a rejected message; a refusal by a limit (``exc.limit``) is also a hit."""
+        self.rejected[exc.reason] += 1
+        limit = getattr(exc, "limit", 0)
+        if limit:
+            self.hit(exc.reason, limit, exc.detail, now)
+
+    def hit(self, limit: str, value: int, detail: str, now: float) -> None:
+        """Record that ``limit`` (set to ``value``) refused something."""
+        self.limit_hits[limit] += 1
+        self.last_hit[limit] = LimitHit(now, value, detail)

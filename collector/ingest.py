@@ -1,4 +1,12 @@
-"""The ingest thread: ZeroMQ PULL → wire.decode → Fleet.apply → rules → alert book."""
+"""The ingest thread: ZeroMQ PULL → wire.decode → Fleet.apply → rules → alert book.
+
+Every message read is counted (``IngestHealth.messages``) and then accepted or rejected by
+reason. ZeroMQ's own size limit is set above the decoder's, so an oversized frame is read and
+counted instead of silently disconnecting its sender. With CURVE keys, pyzmq's authenticator
+admits only the listed client keys; refused handshakes are read from the socket's monitor and
+counted. ``stop()`` stops receiving (unbind), handles what was already received until a
+deadline, counts the rest as ``shutdown``, flushes, and only then returns.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +14,31 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from gradwatch import wire
+from gradwatch.keys import server_keys
 
 from .engine import Engine
 from .health import IngestHealth
 from .state import Fleet
 
 log = logging.getLogger(__name__)
+
+SOCKET_LIMIT_FACTOR = 4
+"""ZeroMQ's MAXMSGSIZE is this multiple of ``max_frame_bytes``: bigger messages are read and
+counted ``oversized``; only beyond this does ZeroMQ drop the connection unseen."""
+DRAIN_SECONDS = 2.0
+"""At shutdown, messages already received are handled for up to this long, then counted."""
+_REFUSALS: dict[int, str] = {
+    int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): "auth",
+    int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): "handshake",
+    int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL): "handshake",
+}
+REFUSAL_LOG_SECONDS = 60.0
 
 
 def bind_endpoint(endpoint: str) -> str:
@@ -46,24 +69,43 @@ class Ingest:
         max_frame_bytes: int = wire.MAX_FRAME_BYTES,
         rcvhwm: int = 100_000,
         tick_seconds: float = 1.0,
+        curve_keys: str | Path | None = None,
     ) -> None:
         self.fleet, self.engine, self.health = fleet, engine, health
         self.tick_seconds = tick_seconds
+        self.max_frame_bytes = max_frame_bytes
         self._ctx = zmq.Context()
+        self._auth: ThreadAuthenticator | None = None
         self._sock = self._ctx.socket(zmq.PULL)
-        self._sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, SOCKET_LIMIT_FACTOR * max_frame_bytes)
         self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._monitor: zmq.Socket[bytes] | None = None
         try:
+            if curve_keys is not None:
+                self._monitor = self._sock.get_monitor_socket(self._require_curve(curve_keys))
             self._sock.bind(bind_endpoint(endpoint))
-        except zmq.ZMQError:
-            self._sock.close()
-            self._ctx.term()
+        except BaseException:
+            self._close()
             raise
-        self.endpoint = connectable(self._sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        self.curve = curve_keys is not None
+        self.bound = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoint = connectable(self.bound)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gradwatch-ingest", daemon=True)
         self._internal_logged = False
+        self._refusal_logged = -1e18
+
+    def _require_curve(self, folder: str | Path) -> int:
+        """CURVE server with pyzmq's authenticator; the monitor events to count refusals."""
+        public, secret, clients = server_keys(folder)
+        self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("zmq.auth"))
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=str(clients))
+        self._sock.curve_server = True
+        self._sock.curve_publickey = public
+        self._sock.curve_secretkey = secret
+        return sum(_REFUSALS)
 
     def start(self) -> None:
         self.health.started_at = time.time()
@@ -72,63 +114,134 @@ class Ingest:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop receiving, finish (or count) what was received, flush; True once the thread
+        is done (then the socket is closed). False only if a rule hangs past ``timeout``."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        if not self._thread.is_alive():
-            self._sock.close()
-            self._ctx.term()
+        elif self._thread.ident is None:  # never started: nothing was received
+            self._unbind()
+        if self._thread.is_alive():
+            log.error("ingest thread still busy after %.0f s; leaving it", timeout)
+            return False
+        self._close()
+        return True
+
+    def _close(self) -> None:
+        if self._monitor is not None:
+            self._sock.disable_monitor()
+            self._monitor.close(linger=0)
+        self._sock.close()
+        if self._auth is not None:
+            self._auth.stop()
+        self._ctx.term()
+
+    def _unbind(self) -> None:
+        try:
+            self._sock.unbind(self.bound)
+        except zmq.ZMQError:  # already gone
+            pass
 
     def _run(self) -> None:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
+        if self._monitor is not None:
+            poller.register(self._monitor, zmq.POLLIN)
         next_tick = time.monotonic() + self.tick_seconds
         try:
             while not self._stop.is_set():
                 timeout_ms = max(0.0, next_tick - time.monotonic()) * 1000
-                if poller.poll(int(min(timeout_ms, 200))):
-                    while True:  # drain what is queued before the next poll
-                        try:
-                            data = self._sock.recv(zmq.NOBLOCK, copy=True)
-                        except zmq.Again:
-                            break
-                        self.handle(data)
+                ready = dict(poller.poll(int(min(timeout_ms, 200))))
+                if self._monitor is not None and self._monitor in ready:
+                    self._refusals()
+                if self._sock in ready:
+                    self._drain(until=lambda: self._stop.is_set())
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self.tick_seconds
                     self._guarded(self.engine.tick)
         finally:
-            self._guarded(self.engine.flush)
+            self._shutdown()
+
+    def _drain(self, until: Callable[[], bool]) -> int:
+        """Handle queued messages until none is left or ``until()``; return how many."""
+        n = 0
+        while not until():
+            try:
+                data = self._sock.recv(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            self.handle(data)
+            n += 1
+        return n
+
+    def _shutdown(self) -> None:
+        """Stop receiving; handle what was received until the deadline, count the rest."""
+        self._unbind()  # peers are disconnected; what is queued stays readable
+        deadline = time.monotonic() + DRAIN_SECONDS
+        self._drain(until=lambda: time.monotonic() > deadline)
+        while True:
+            try:
+                self._sock.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            self.health.messages += 1
+            self.health.rejected["shutdown"] += 1
+        if self.health.rejected["shutdown"]:
+            log.warning(
+                "shutdown: %d received frames not handled in %.0f s (counted as shutdown)",
+                self.health.rejected["shutdown"],
+                DRAIN_SECONDS,
+            )
+        self._guarded(self.engine.flush)
+
+    def _refusals(self) -> None:
+        """Count peers refused at the handshake (from the monitor socket)."""
+        assert self._monitor is not None
+        while self._monitor.poll(0):
+            event = int.from_bytes(self._monitor.recv_multipart()[0][:2], "little")
+            reason = _REFUSALS.get(event)
+            if reason is None:
+                continue
+            self.health.refused_peers[reason] += 1
+            now = time.monotonic()
+            if now - self._refusal_logged >= REFUSAL_LOG_SECONDS:
+                self._refusal_logged = now
+                log.warning(
+                    "refused a peer at %s (%s): no accepted CURVE key; %d refused so far",
+                    self.endpoint,
+                    reason,
+                    sum(self.health.refused_peers.values()),
+                )
 
     def _guarded(self, fn: Callable[[], None]) -> None:
         try:
             fn()
-        except Exception:  # the ingest loop must never die: count, log once, keep serving
-            self._internal()
+        except Exception:  # the ingest loop must never die: log once, keep serving
+            self._log_internal()
 
-    def _internal(self) -> None:
-        self.health.rejected["internal"] += 1
+    def _log_internal(self) -> None:
         if not self._internal_logged:
             self._internal_logged = True
-            log.exception("internal error in ingest (counted as rejected{reason=internal})")
+            log.exception("internal error in ingest (logged once)")
 
     def handle(self, data: bytes) -> None:
-        """Decode, apply and judge one message; count the outcome."""
+        """Decode, apply and judge one message; count the outcome (exactly once)."""
         start = time.perf_counter()
+        self.health.messages += 1
         try:
+            if len(data) > self.max_frame_bytes:
+                raise wire.WireError("oversized", f"{len(data)} bytes > {self.max_frame_bytes}")
             frame = wire.decode(data)
             state = self.fleet.apply(frame)
         except wire.WireError as exc:
-            self.health.rejected[exc.reason] += 1
+            self.health.reject(exc, time.time())
             log.debug("rejected frame: %s", exc)
         except Exception:  # the ingest loop must never die: count, log once, keep serving
-            self._internal()
+            self.health.rejected["internal"] += 1
+            self._log_internal()
         else:
-            kind = type(frame).__name__.lower()
-            self.health.received[kind] += 1
-            try:
-                self.engine.on_frame(state, frame)
-            except Exception:  # same boundary: a rule bug must not stop ingest
-                self._internal()
+            self.health.received[type(frame).__name__.lower()] += 1
+            self._guarded(lambda: self.engine.on_frame(state, frame))
         finally:
             self.health.latency.observe(time.perf_counter() - start)

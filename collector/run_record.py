@@ -21,6 +21,8 @@ class RunRecord:
     rank: int
     host: str
     session: str
+    """The agent process's session id (empty in ``GET /runs`` unless the caller presented the
+    API token: with it, frames could be forged for this rank)."""
     first_seen: float
     """Collector time of the rank's first frame (unix seconds)."""
     last_seen: float

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from .book import AlertBook
@@ -16,17 +17,48 @@ from .schemas import (
     WorstParams,
 )
 from .state import Fleet, RankState
-from .store import Store
+from .store import Store, StoreError
 
 
-def run_list(fleet: Fleet, book: AlertBook, store: Store | None) -> RunList:
-    ranks: dict[str, dict[int, RankSummary]] = {}
-    stored = store.load_runs() if store is not None else []
-    live = [RunRecord.of(s) for run in list(fleet.runs.values()) for s in list(run.ranks.values())]
-    for record, is_live in [(r, False) for r in stored] + [(r, True) for r in live]:
-        firing = book.firing_count(record.run, record.rank)
-        summary = RankSummary(**vars(record), firing=firing, live=is_live)
-        ranks.setdefault(record.run, {})[record.rank] = summary
+def run_list(
+    fleet: Fleet,
+    book: AlertBook,
+    store: Store | None,
+    *,
+    limit: int = 100,
+    offset: int = 0,
+    sessions: bool = False,
+) -> RunList:
+    """One page of the runs live in memory or remembered in the database, most recently seen
+    first. Costs O(runs + open alerts): only the page's runs are read from the database and
+    built. Session ids are blanked unless ``sessions`` (the caller presented the API token)."""
+    seen: dict[str, float] = {}
+    if store is not None:
+        try:
+            seen = store.run_index()
+        except StoreError:  # a broken database: show what is live
+            seen = {}
+    live = {run.name: run for run in list(fleet.runs.values())}
+    for name, run in live.items():
+        seen[name] = max(seen.get(name, 0.0), run.last_seen)
+    order = sorted(seen, key=lambda name: (seen[name], name), reverse=True)
+    page = order[offset : offset + limit]
+    ranks: dict[str, dict[int, RankSummary]] = {name: {} for name in page}
+    stored: list[RunRecord] = []
+    if store is not None:
+        try:
+            stored = store.load_runs(page)
+        except StoreError:
+            stored = []
+    current = [
+        RunRecord.of(s) for name in page if name in live for s in list(live[name].ranks.values())
+    ]
+    firing = book.firing_at({(r.run, r.rank) for r in stored + current})
+    for record, is_live in [(r, False) for r in stored] + [(r, True) for r in current]:
+        summary = RankSummary(**vars(record), firing=firing[record.run, record.rank], live=is_live)
+        if not sessions:
+            summary = dataclasses.replace(summary, session="")
+        ranks[record.run][record.rank] = summary
     runs = [
         RunSummary(
             run=name,
@@ -36,9 +68,9 @@ def run_list(fleet: Fleet, book: AlertBook, store: Store | None) -> RunList:
             ranks=sorted(by_rank.values(), key=lambda r: r.rank),
         )
         for name, by_rank in ranks.items()
+        if by_rank
     ]
-    runs.sort(key=lambda r: r.last_seen, reverse=True)
-    return RunList(runs=runs)
+    return RunList(runs=runs, total=len(order), limit=limit, offset=offset)
 
 
 def _top(names: tuple[str, ...], values: list[float], k: int, highest: bool) -> list[ParamValue]:

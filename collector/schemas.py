@@ -9,6 +9,12 @@ from .alert import Alert
 from .run_record import RankSummary
 
 
+class Problem(BaseModel):
+    """Why a request failed (404, 401)."""
+
+    detail: str
+
+
 class AlertList(BaseModel):
     """A page of alerts, newest first."""
 
@@ -27,7 +33,12 @@ class RunSummary(BaseModel):
 
 
 class RunList(BaseModel):
+    """A page of runs, most recently seen first."""
+
     runs: list[RunSummary]
+    total: int = Field(description="Runs known (live or in the database), before paging")
+    limit: int
+    offset: int
 
 
 class ParamValue(BaseModel):
@@ -72,4 +83,5 @@ class Health(BaseModel):
 class Ready(BaseModel):
     ready: bool
     zmq_bound: bool
-    db_writable: bool
+    db_writable: bool = Field(description="The database takes writes (the last one succeeded)")
+    problems: list[str] = Field(description="Why not ready, for a person (empty when ready)")

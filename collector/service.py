@@ -14,11 +14,15 @@ from pathlib import Path
 from types import FrameType
 
 import uvicorn
+import zmq
+
+from gradwatch.settings import ConfigError
 
 from .api import create_app
 from .config import CollectorConfig
 from .core import build_core
 from .ingest import Ingest
+from .store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +30,9 @@ log = logging.getLogger(__name__)
 def bind_http(host: str, port: int) -> socket.socket:
     """A listening TCP socket (port 0 picks a free one), handed to uvicorn."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must say TCP: asyncio sets TCP_NODELAY only on sockets that do, and without it every
+    # keep-alive response waits ~40 ms for the client's delayed ACK (headers, then body).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -61,22 +67,37 @@ class Service:
     """The collector process. ``serve()`` blocks until a signal, then shuts down cleanly."""
 
     def __init__(self, config: CollectorConfig) -> None:
-        self.http_sock = bind_http(config.http_host, config.http_port)
+        """Bind both sockets and open the store; ConfigError naming the setting that failed."""
+        try:
+            self.http_sock = bind_http(config.http_host, config.http_port)
+        except OSError as exc:
+            raise ConfigError("http", f"cannot listen on {config.http}: {exc.strerror}") from None
         try:
             port = int(self.http_sock.getsockname()[1])
             if config.public_url.endswith(":0"):  # derived from port 0: use the real one
                 config = dataclasses.replace(config, public_url=config.public_url[:-1] + str(port))
             self.config = config = dataclasses.replace(config, http=f"{config.http_host}:{port}")
-            self.core = core = build_core(config)
-            self.ingest = Ingest(
-                config.listen,
-                core.fleet,
-                core.engine,
-                core.health,
-                max_frame_bytes=config.max_frame_bytes,
-                rcvhwm=config.rcvhwm,
-                tick_seconds=config.tick_seconds,
-            )
+            try:
+                self.core = core = build_core(config)
+            except StoreError as exc:
+                raise ConfigError("db_path", str(exc)) from None
+            try:
+                self.ingest = Ingest(
+                    config.listen,
+                    core.fleet,
+                    core.engine,
+                    core.health,
+                    max_frame_bytes=config.max_frame_bytes,
+                    rcvhwm=config.rcvhwm,
+                    tick_seconds=config.tick_seconds,
+                    curve_keys=config.curve_keys,
+                )
+            except zmq.ZMQError as exc:
+                core.close()
+                raise ConfigError("listen", f"cannot bind {config.listen}: {exc}") from None
+            except BaseException:
+                core.close()
+                raise
         except BaseException:
             self.http_sock.close()
             raise
@@ -84,9 +105,29 @@ class Service:
         host = "127.0.0.1" if config.http_host in ("0.0.0.0", "::") else config.http_host
         self.http_url = f"http://{host}:{port}"
         log.info(
-            "gradwatch collector: %d rules, ingest %s, http %s, db %s",
-            len(core.rules), self.ingest.endpoint, self.http_url, config.db_path,
+            "gradwatch collector: %d rules, ingest %s%s, http %s%s, db %s",
+            len(core.rules), self.ingest.endpoint, " (CURVE)" if self.ingest.curve else "",
+            self.http_url, " (token)" if config.api_token_file else "", config.db_path,
         )  # fmt: skip
+        self._warn_if_open()
+
+    def _warn_if_open(self) -> None:
+        """Say so when anyone beyond this host can send frames or change alerts."""
+        config = self.config
+        if not config.local_only and config.curve_keys is None:
+            log.warning(
+                "ZeroMQ listens on %s without CURVE: anyone who reaches it can send frames "
+                "(forge alerts, end runs). Use --curve-keys DIR (gradwatch-collector keys "
+                "--out DIR), or --listen tcp://127.0.0.1:PORT",
+                config.listen,
+            )
+        local_http = config.http_host in ("localhost", "::1") or config.http_host.startswith("127.")
+        if not local_http and config.api_token_file is None:
+            log.warning(
+                "HTTP listens on %s without --api-token-file: anyone who reaches it can "
+                "acknowledge alerts",
+                config.http,
+            )
 
     def on_serving(self) -> None:
         """Both sockets are bound and uvicorn serves: announce it."""
@@ -117,11 +158,21 @@ class Service:
         finally:
             self.close()
 
-    def close(self) -> None:
+    def close(self) -> int:
+        """Stop receiving, finish what was received, then flush and close the store, in that
+        order; return how many alert changes could not be saved."""
         self.core.stream.close()
-        self.ingest.stop()
-        self.core.close()
+        if not self.ingest.stop():
+            self.http_sock.close()
+            return self.core.book.unsaved  # a rule hangs: closing the store under it would crash
+        unsaved = self.core.close()
         self.http_sock.close()
         if self.config.ready_file:
             Path(self.config.ready_file).unlink(missing_ok=True)
-        log.info("gradwatch collector stopped")
+        h = self.core.health
+        rejected = ", ".join(f"{k} {n}" for k, n in sorted(h.rejected.items()) if n) or "none"
+        log.info(
+            "gradwatch collector stopped: %d messages read, %d accepted, %d rejected (%s)",
+            h.messages, sum(h.received.values()), sum(h.rejected.values()), rejected,
+        )  # fmt: skip
+        return unsaved

@@ -13,6 +13,7 @@ import yaml
 
 from gradwatch.settings import ConfigError, read_toml
 
+from .admission import CollectorLimit, DuplicateRank
 from .base import Finding, Rule, RuleSettings
 from .gradients import DeadParameters, GradExplosion, VanishingGradients
 from .loss import LossPlateau, LossSpike, ValDivergence
@@ -70,6 +71,8 @@ CATALOGUE: dict[str, type[AnyRule]] = {
         MemoryGrowth,
         TrainerSilent,
         ValDivergence,
+        DuplicateRank,
+        CollectorLimit,
     )
 }
 """Rule classes by their canonical name, in documentation order."""
@@ -117,7 +120,10 @@ def load(path: str | Path) -> dict[str, dict[str, Any]]:
     YAML: ``rules: {loss_spike: {ratio: 20}}``; TOML: ``[rules.loss_spike]`` / ``ratio = 20``.
     """
     path = Path(path)
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RulesError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     try:
         if path.suffix == ".toml":
             data: Any = tomllib.loads(text)

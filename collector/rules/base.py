@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Generic, TypeVar
 
 from ..alert import Severity
+from ..health import IngestHealth
 from ..state import RankState
 
 
@@ -53,16 +54,20 @@ M = TypeVar("M")
 
 
 class Rule(Generic[S, M]):
-    """An anomaly rule: ``check`` runs on every stats frame, ``tick`` on the collector's clock.
+    """An anomaly rule: ``check`` runs on every stats frame, ``tick`` on the collector's clock
+    for every rank, ``tick_collector`` on the clock once for the collector itself.
 
-    Both return a list of findings (empty: the condition is clear) or None (no judgement this
-    time, e.g. not a full step), so that the book only counts real checks.
+    Each returns a list of findings (empty: the condition is clear) or None (no judgement this
+    time, e.g. not a full step), so that the book only counts real checks. Values may be any
+    float64 (NaN, Inf, 1e308): a rule must not raise on them.
     """
 
     name: ClassVar[str]
     severity: ClassVar[Severity]
     action: ClassVar[str]
     settings_type: ClassVar[type[RuleSettings]]
+    collector_settings: ClassVar[tuple[str, ...]] = ()
+    """Fields of ``CollectorConfig`` (flags) that this rule reports on (docs/rules.md)."""
 
     def __init__(self, settings: S) -> None:
         self.settings = settings
@@ -77,6 +82,11 @@ class Rule(Generic[S, M]):
 
     def tick(self, rank: RankState, memory: M, now: float) -> list[Finding] | None:
         """Judge the rank on the collector's clock (time-based rules only)."""
+        return None
+
+    def tick_collector(self, health: IngestHealth, memory: M, now: float) -> list[Finding] | None:
+        """Judge the collector itself on its clock (collector-level rules only); findings
+        become alerts of run ``COLLECTOR_RUN``, rank ``COLLECTOR_RANK``."""
         return None
 
     def finding(
@@ -105,6 +115,18 @@ def median(values: Iterable[float]) -> float:
         raise ValueError("median of nothing")
     mid = n // 2
     return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation of finite ``values``, for any float64 magnitude
+    (``statistics.fmean`` overflows at 1e308: the values are scaled into range first)."""
+    if not values:
+        raise ValueError("mean of nothing")
+    scale = max(abs(v) for v in values) or 1.0
+    scaled = [v / scale for v in values]
+    mid = math.fsum(scaled) / len(scaled)
+    var = math.fsum((x - mid) * (x - mid) for x in scaled) / len(scaled)
+    return mid * scale, math.sqrt(var) * scale
 
 
 def fmt(x: float | None) -> str:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
 from ..state import RankState
-from .base import Finding, Rule, RuleSettings, finite, fmt
+from .base import Finding, Rule, RuleSettings, finite, fmt, mean_std
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ class LossSpike(Rule[LossSpikeSettings, LossSpikeMemory]):
         s, history = self.settings, memory.losses
         found: list[Finding] = []
         if len(history) >= s.min_history:
-            avg = statistics.fmean(history)
+            avg, spread = mean_std(history)
             if avg > 0 and loss > s.ratio * avg:
                 found.append(
                     self.finding(
@@ -65,7 +64,7 @@ class LossSpike(Rule[LossSpikeSettings, LossSpikeMemory]):
                     )
                 )
             elif len(history) >= s.zscore_warmup:
-                std = max(statistics.pstdev(history), 1e-3 * abs(avg), 1e-12)
+                std = max(spread, 1e-3 * abs(avg), 1e-12)
                 z = (loss - avg) / std
                 if z > s.zscore:
                     found.append(
@@ -127,8 +126,8 @@ class LossPlateau(Rule[LossPlateauSettings, LossPlateauMemory]):
         if len(history) < s.lookback:
             return []
         values = list(history)
-        earlier = statistics.fmean(values[: s.window])
-        recent = statistics.fmean(values[-s.window :])
+        earlier = mean_std(values[: s.window])[0]
+        recent = mean_std(values[-s.window :])[0]
         if earlier > 0 and recent >= s.ratio * earlier:
             return [
                 self.finding(

@@ -184,9 +184,10 @@ class MemoryGrowth(Rule[MemoryGrowthSettings, SeriesMemory]):
             and growth >= s.min_growth_bytes
             and growth >= s.min_growth_ratio * seq[0]
         ):
+            share = f"{growth / seq[0]:.1%}" if seq[0] > 0 else f"from {fmt(seq[0])} bytes"
             return [
                 self.finding(
-                    f"memory grew {growth / 2**20:.0f} MiB ({growth / seq[0]:.1%}) over the last "
+                    f"memory grew {growth / 2**20:.0f} MiB ({share}) over the last "
                     f"{len(seq)} frames, {fmt(growth / (len(seq) - 1) / 2**20)} MiB per frame",
                     value=value,
                     threshold=seq[0] * (1 + s.min_growth_ratio),
@@ -203,6 +204,11 @@ class SilentSettings(RuleSettings):
     """Silence longer than this many typical frame intervals..."""
     floor_seconds: float = 60.0
     """...and longer than this is a hang or a crash."""
+
+    def limit(self, rank: RankState) -> float:
+        """Seconds of silence after which the rank counts as hung or dead (also when another
+        process may take its run and rank over, see duplicate_rank)."""
+        return max(self.factor * (rank.typical_interval() or 0.0), self.floor_seconds)
 
 
 class TrainerSilent(Rule[SilentSettings, None]):
@@ -224,8 +230,7 @@ class TrainerSilent(Rule[SilentSettings, None]):
     def tick(self, rank: RankState, memory: None, now: float) -> list[Finding] | None:
         if rank.ended:
             return []
-        s = self.settings
-        limit = max(s.factor * (rank.typical_interval() or 0.0), s.floor_seconds)
+        limit = self.settings.limit(rank)
         silence = now - rank.last_seen
         if silence <= limit:
             return []

@@ -53,6 +53,11 @@ def parser() -> argparse.ArgumentParser:
         help="run the collector (all of gradwatch-collector's flags; --config FILE)",
         add_help=False,
     )
+    sub.add_parser(
+        "keys",
+        help="write CurveZMQ keys for the collector and agents, and an API token (--out DIR)",
+        add_help=False,
+    )
     a = sub.add_parser(
         "alerts",
         parents=conn,
@@ -118,6 +123,10 @@ def _run(argv: list[str]) -> int:
         from gradwatch.collector.cli import main as collector
 
         return collector(argv[1:], prog="gradwatch collector")
+    if argv[:1] == ["keys"]:  # the same as `gradwatch-collector keys`
+        from gradwatch.collector.cli import keys_main
+
+        return keys_main(argv[1:], prog="gradwatch keys")
     p = parser()
     args = p.parse_args(argv)
     if args.command is None:

@@ -114,7 +114,7 @@ def test_config_file_printed_config_reads_back_the_same(tmp_path: Path) -> None:
     assert "topk = 3  # " + path + ": collector.topk" in text
     assert "tick_seconds = 2.0  # --tick-seconds" in text
     assert "grace_seconds = 12.0  # GRADWATCH_GRACE_SECONDS" in text
-    assert 'listen = "tcp://0.0.0.0:5555"  # default' in text
+    assert 'listen = "tcp://127.0.0.1:5555"  # default' in text
     printed = write(tmp_path / "printed.toml", text)
     again = config_from_args(parser().parse_args(["--config", printed]), {})
     assert dataclasses.replace(again, config_path=path) == config

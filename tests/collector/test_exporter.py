@@ -6,6 +6,7 @@ import math
 import re
 import shutil
 import subprocess
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from gradwatch.collector.state import Fleet
 from gradwatch.wire import REJECT_REASONS, Bye, Hello, ParamInfo, Stats, pack_floats
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
-SERIES_GLOBAL = 33
+SERIES_GLOBAL = 67
 """Documented bound (docs/metrics.md): collector series + R x (52 + 2 topk) + firing pairs."""
 
 
@@ -34,9 +35,13 @@ class Config:
 @dataclass
 class Book:
     items: list[Alert] = field(default_factory=list)
+    unsaved: int = 0
 
     def alerts(self, state: str | None = None) -> list[Alert]:
         return [a for a in self.items if state is None or a.state == state]
+
+    def firing_by_rule(self) -> Counter[tuple[str, str, str]]:
+        return Counter((a.rule, a.severity, a.run) for a in self.alerts("firing"))
 
 
 @dataclass
@@ -163,3 +168,42 @@ def test_exporter_output_passes_promtool_check_metrics() -> None:
         ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
     )
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
+
+
+def test_exporter_fast_text_is_byte_for_byte_generate_latest() -> None:
+    """/metrics is written by the text sink; it must equal client_python's exposition of the
+    same samples, escapes, NaN/Inf and every family included."""
+    fleet = make_fleet(3, 60)
+    nasty = 'r"\\\n\u00e9'
+    for frame in (
+        Hello(nasty, 0, "sx", 1, 'h"\\', 1, "2.4", "cpu", "AdamW",
+              (ParamInfo('w"\n\\', (2,), "float32", 2, True),)),
+        Stats(nasty, 0, "sx", 1, 5, 1.0, math.inf, (1e9, 5e-324), pack_floats([math.nan])),
+    ):  # fmt: skip
+        fleet.apply(frame, 1000.0)
+    alert = Alert(1, "non_finite", "critical", "firing", nasty, 0, None, 5, None, None, "m", "a",
+                  999.0, 999.0)  # fmt: skip
+    health = IngestHealth(started_at=990.0, messages=12)
+    health.rejected["schema"] += 2
+    health.limit_hits["max_runs"] += 1
+    health.rule_errors.update({"loss_spike": 3, "non_finite": 0})
+    health.latency.observe(0.002)
+    registry = build_registry(
+        fleet, Book([alert]), health, Config(topk=4), notifications=Counts(), clock=lambda: 1000.0
+    )
+
+    def stable(text: bytes) -> bytes:
+        return re.sub(rb"(?m)^gradwatch_scrape_duration_seconds .*$", b"", text)
+
+    fast = registry.text()
+    assert stable(fast) == stable(generate_latest(registry))
+    assert b'run="r\\"\\\\\\n\xc3\xa9"' in fast and b"+Inf" in fast and b"NaN" in fast
+
+
+def test_exporter_collector_series_are_the_documented_count() -> None:
+    from gradwatch.collector.config import CollectorConfig
+    from gradwatch.collector.core import build_core
+
+    core = build_core(CollectorConfig(), persist=False)
+    text = core.registry.text().decode()
+    assert len([line for line in text.splitlines() if line and line[0] != "#"]) == SERIES_GLOBAL

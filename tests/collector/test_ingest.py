@@ -78,22 +78,35 @@ def test_ingest_counts_each_kind_of_bad_frame_and_keeps_serving(
     assert ing.health.latency.n >= 10
 
 
-def test_ingest_rejects_oversized_and_counts_internal_errors() -> None:
+def test_ingest_rejects_oversized_and_counts_internal_errors_once() -> None:
+    """Each message is counted once: accepted or rejected. A failure to place a frame is
+    ``internal`` (not also received); a rule that raises is a rule error, the frame is
+    accepted and the other rules still judge it."""
     fleet = Fleet()
     engine = Engine(fleet, AlertBook(), build_rules())
-    ing = Ingest("tcp://127.0.0.1:0", fleet, engine, IngestHealth())
+    ing = Ingest("tcp://127.0.0.1:0", fleet, engine, engine.health)
     try:
         ing.handle(b"\x00" * (wire.MAX_FRAME_BYTES + 1))
         assert ing.health.rejected["oversized"] == 1
 
         def broken(*args: object) -> None:
-            raise RuntimeError("rule bug")
+            raise RuntimeError("fleet bug")
 
-        engine.on_frame = broken  # type: ignore[method-assign]
         r = FakeRank()
+        fleet.apply, real = broken, fleet.apply  # type: ignore[method-assign]
         ing.handle(wire.encode(r.hello()))
+        fleet.apply = real  # type: ignore[method-assign]
+        assert ing.health.rejected["internal"] == 1 and ing.health.received["hello"] == 0
+
+        spike = next(rule for rule in engine.rules if rule.name == "loss_spike")
+        spike.check = broken  # type: ignore[method-assign]
         ing.handle(wire.encode(r.hello()))
-        assert ing.health.rejected["internal"] == 2 and ing.health.received["hello"] == 2
+        ing.handle(wire.encode(r.stats(1, loss=math.nan)))
+        assert ing.health.rule_errors["loss_spike"] == 1
+        assert [a.rule for a in engine.book.alerts("firing")] == ["non_finite"]
+        assert ing.health.rejected["internal"] == 1 and ing.health.received["stats"] == 1
+        h = ing.health
+        assert h.messages == 4 == sum(h.received.values()) + sum(h.rejected.values())
     finally:
         ing.stop()
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 
 from tests.helpers.fake_rank import FakeRank
-from tests.helpers.live import send_frames as _send
 from tests.helpers.processes import PYTHON, CollectorProcess
+from tests.helpers.push import push
 from tests.helpers.waiting import wait_until
 
 
@@ -41,7 +41,7 @@ def test_service_streams_alerts_persists_them_and_stops_cleanly(tmp_path: Path) 
         reader.start()
         wait_until(lambda: ": connected" in events)  # subscribed: no change can be missed
         r = FakeRank("svc")
-        _send(proc.listen, [r.hello(), r.stats(1), r.stats(2, loss=math.nan)])
+        push(proc.listen, [r.hello(), r.stats(1), r.stats(2, loss=math.nan)])
         alert = proc.wait_for_alert("non_finite", timeout=10)
         assert alert["step"] == 2 and alert["run"] == "svc"
         wait_until(lambda: any(e.startswith("data:") for e in events), 10)
@@ -69,7 +69,7 @@ def test_service_rules_file_overrides_and_rejects_unknown(tmp_path: Path) -> Non
     proc = CollectorProcess(tmp_path, "--rules", str(good)).start()
     try:
         r = FakeRank("quiet")
-        _send(proc.listen, [r.hello(), r.stats(1)])
+        push(proc.listen, [r.hello(), r.stats(1)])
         alert = proc.wait_for_alert("trainer_silent", timeout=10)
         assert alert["run"] == "quiet"
     finally:

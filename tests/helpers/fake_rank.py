@@ -115,14 +115,17 @@ def _numel(shape: tuple[int, ...]) -> int:
 class Harness:
     """A collector core (one rule, or all) without sockets or disk, fed frame by frame."""
 
-    def __init__(self, rule: str | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, rule: str | None = None, *, config: CollectorConfig | None = None, **overrides: Any
+    ) -> None:
         if rule is not None:
             assert rule in CATALOGUE
             settings = {n: {"enabled": False} for n in CATALOGUE if n != rule}
             settings[rule] = overrides
         else:
             settings = {}
-        self.core = build_core(CollectorConfig(), build_rules(settings), persist=False)
+        config = config or CollectorConfig()
+        self.core = build_core(config, build_rules(settings), persist=False)
         self.fleet, self.book, self.engine = self.core.fleet, self.core.book, self.core.engine
         self.now = 1000.0
 
@@ -130,6 +133,16 @@ class Harness:
         self.now += dt
         state = self.fleet.apply(wire.decode(wire.encode(frame)), self.now)
         self.engine.on_frame(state, frame, self.now)
+
+    def offer(self, frame: wire.Frame, dt: float = 1.0) -> bool:
+        """Like ``send``, but a rejected frame is counted in the core's health as ingest
+        counts it (limits raise ``collector_limit`` on the next tick); True if accepted."""
+        try:
+            self.send(frame, dt)
+        except wire.WireError as exc:
+            self.core.health.reject(exc, self.now)
+            return False
+        return True
 
     def tick(self, dt: float = 0.0) -> None:
         self.now += dt

@@ -118,3 +118,32 @@ def test_docs_page_opens_at_the_rules_section(browser: Browser, tmp_path: Path) 
             assert heading.inner_text() == "trainer_silent"
             assert page.evaluate("window.scrollY") > 0  # scrolled to the section
             assert page.evaluate("document.querySelector(':target').id") == "trainer_silent"
+
+
+def test_page_asks_for_the_api_token_once_and_keeps_it(browser: Browser, tmp_path: Path) -> None:
+    token = "page-test-token-0123456789abcdef"
+    (tmp_path / "token").write_text(token)
+    flags = ("--api-token-file", str(tmp_path / "token"), "--api-token-reads")
+    with CollectorProcess(tmp_path, *flags) as proc:
+        r = FakeRank("secret-run", 0)
+        send_frames(proc.listen, [r.hello(), r.stats(1), r.stats(2, loss=math.nan), r.bye(2)])
+        context = browser.new_context()  # one browser profile: its localStorage lasts
+        # without the token every read is refused, so the page asks for it (the browser logs
+        # each 401; nothing else may go wrong)
+        with opened(context, proc.http, expected="status of 401") as (page, _):
+            page.wait_for_selector("#token-form", state="visible")
+            page.wait_for_selector('#conn[data-state="token"]')
+            assert page.locator("#alerts tbody tr").count() == 0
+            page.fill("#token-input", token)
+            page.click("#token-form button[type=submit]")
+            row = page.wait_for_selector('#alerts tr[data-rule="non_finite"]')
+            assert row is not None and "secret-run" in row.inner_text()
+            page.wait_for_selector('#conn[data-state="live"]')
+            page.wait_for_selector('.run[data-run="secret-run"]')
+        # the token stays in the browser: a new page reads at once, without a single 401
+        with opened(context, proc.http) as (page, console):
+            page.wait_for_selector('#alerts tr[data-rule="non_finite"]')
+            page.wait_for_selector('.chart[data-chart="loss"][data-points]:not([data-points="0"])')
+            assert page.locator("#token-form").is_hidden()
+            assert console.answered("/runs/secret-run/series?")
+        context.close()

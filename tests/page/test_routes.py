@@ -3,6 +3,7 @@ runbook links of notifications), the series route, and FastAPI's own /docs left 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import re
@@ -175,3 +176,22 @@ def test_series_metrics_and_page_routes_are_documented() -> None:
 
 def test_series_metric_type_names_every_series() -> None:
     assert list(get_args(SeriesMetric)) == list(SERIES)
+
+
+def test_page_and_docs_need_no_token_when_reads_do(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("page-token-0123456789abcdef")
+    config = CollectorConfig(api_token_file=str(tmp_path / "token"), api_token_reads=True)
+    h = Harness()
+    r = FakeRank("demo", 0)
+    h.send(r.hello())
+    h.send(r.stats(1))
+    with TestClient(create_app(dataclasses.replace(h.core, config=config))) as client:
+        for path in ("/", "/static/app.js", "/static/vendor/uPlot.min.css", "/docs/rules.md"):
+            assert client.get(path).status_code == 200, path
+        for path in ("/runs/demo/series", "/alerts", "/runs", "/alerts/stream"):
+            assert client.get(path).status_code == 401, path
+        for path in ("/static/../alerts", "/docs/..%2Falerts", "/static/%2e%2e/runs"):
+            got = client.get(path)
+            assert got.status_code in (401, 404) and "alerts" not in got.text[:20], path
+        bearer = {"Authorization": "Bearer page-token-0123456789abcdef"}
+        assert client.get("/runs/demo/series", headers=bearer).json()["last_step"] == 1
