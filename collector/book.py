@@ -225,7 +225,7 @@ class AlertBook:
             rank=rank,
             parameter=f.parameter,
             step=step,
-            first_step=step,
+            first_step=step if f.onset is None else min(f.onset, step),
             value=f.value,
             threshold=f.threshold,
             message=f.message,

@@ -86,6 +86,9 @@ class RankState:
     """A bye arrived; the rank is done and not expected to send more."""
     intervals: deque[float] = field(default_factory=lambda: deque(maxlen=64))
     """Recent wall-clock seconds between frames, for judging silence."""
+    untracked: dict[str, int] = field(default_factory=dict)
+    """Parameters whose ``requires_grad`` was turned off mid-run (the agent re-announced its
+    table without them), with the last step they were tracked at."""
     memory: dict[str, Any] = field(default_factory=dict)
     """Each rule's memory of this session, by rule name (owned by the engine)."""
     duplicate: Duplicate | None = None
@@ -94,7 +97,8 @@ class RankState:
     @property
     def frozen_by_design(self) -> tuple[str, ...]:
         """Parameters the user froze on purpose (requires_grad=False): never a problem."""
-        return tuple(p.name for p in self.hello.params if not p.requires_grad)
+        off = self.untracked
+        return tuple(p.name for p in self.hello.params if not p.requires_grad and p.name not in off)
 
     @property
     def steps_seen(self) -> int:
@@ -245,8 +249,19 @@ class Fleet:
         run = self.runs.get(hello.run)
         old = None if run is None else run.ranks.get(hello.rank)
         if old is not None and old.hello.session == hello.session:
-            old.hello = hello  # a reconnect (or a new table): same process, keep what we know
-            old.names = tuple(hello.params[i].name for i in hello.tracked)
+            # A reconnect, or the table re-announced (a dtype or requires_grad changed): the
+            # same process, so keep what we know; columns follow the new table.
+            names = _tracked_names(hello)
+            if names != old.names:
+                trainable = {p.name for p in hello.params if p.requires_grad}
+                for name in old.names:
+                    if name not in trainable:
+                        old.untracked.setdefault(name, old.last_step)
+                for name in names:
+                    old.untracked.pop(name, None)
+                old.names, old.columns, old.full_columns = names, {}, {}
+                old.full_step = -1
+            old.hello = hello
             self._seen(old, now)
             old.ended = False
             old.frames += 1
@@ -278,7 +293,7 @@ class Fleet:
         return state
 
     def _new_rank(self, hello: Hello, now: float, fresh: bool) -> RankState:
-        names = tuple(hello.params[i].name for i in hello.tracked)
+        names = _tracked_names(hello)
         state = RankState(hello.run, hello.rank, hello, now, now, names=names, frames=1)
         previous = self._recall(hello.run, hello.rank) if fresh else None
         if previous is not None and previous.session == hello.session:
@@ -342,3 +357,8 @@ class Fleet:
         self.ranks_held -= len(state.ranks)
         for rank in state.ranks.values():
             self._sessions.pop(rank.hello.session, None)
+
+
+def _tracked_names(hello: Hello) -> tuple[str, ...]:
+    """Names of the parameters a hello's stats rows carry, in row order."""
+    return tuple(hello.params[i].name for i in hello.tracked)

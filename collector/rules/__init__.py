@@ -15,6 +15,7 @@ from gradwatch.settings import ConfigError, read_toml
 
 from .admission import CollectorLimit, DuplicateRank
 from .base import Finding, Rule, RuleSettings
+from .frozen import FrozenParameters
 from .gradients import DeadParameters, GradExplosion, VanishingGradients
 from .loss import LossPlateau, LossSpike, ValDivergence
 from .numeric import NonFinite
@@ -27,7 +28,6 @@ from .system import (
     TrainerSilent,
 )
 from .updates import (
-    FrozenParameters,
     UpdateRatioHigh,
     UpdateRatioLow,
     WeightNormSpike,

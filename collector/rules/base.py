@@ -47,6 +47,9 @@ class Finding:
     action: str
     severity: Severity | None = None
     """Overrides the rule's severity (e.g. loss_spike: error for 10x, warning for a z-score)."""
+    onset: int | None = None
+    """Step at which the condition began, when the rule waited before reporting it (a streak,
+    a window); the alert's ``first_step``. None: the step of the frame that raised it."""
 
 
 S = TypeVar("S", bound=RuleSettings)
@@ -97,8 +100,56 @@ class Rule(Generic[S, M]):
         value: float | None = None,
         threshold: float | None = None,
         severity: Severity | None = None,
+        onset: int | None = None,
     ) -> Finding:
-        return Finding(self.name, parameter, value, threshold, message, self.action, severity)
+        return Finding(
+            self.name, parameter, value, threshold, message, self.action, severity, onset
+        )
+
+
+@dataclass(frozen=True)
+class SustainedSettings(RuleSettings):
+    """Settings of rules about rates and durations, which must hold a while before they fire."""
+
+    for_seconds: float = 60.0
+    """The condition must hold this long (wall time between the frames' own clocks)..."""
+    for_steps: int = 20
+    """...and over at least this many steps, whichever is longer: slow steps of a busy machine
+    and scheduler hiccups of tiny steps are not trends."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.for_seconds < 0 or self.for_steps < 0:
+            raise ValueError("for_seconds and for_steps must not be negative")
+
+
+@dataclass
+class Streak:
+    """A condition that holds from frame to frame: when it was first seen, and where it began."""
+
+    onset: int = -1
+    """Step at which the condition began (-1: it does not hold)."""
+    since_step: int = -1
+    """Step at which it was first seen to hold (a window may see it after its onset)."""
+    since_time: float = 0.0
+    """Frame time of that step."""
+
+    def update(self, bad: bool, step: int, time: float, onset: int | None = None) -> None:
+        """Extend the streak while ``bad`` (it began at ``onset``, default this step), or end
+        it."""
+        if not bad:
+            self.onset = -1
+        elif self.onset < 0:
+            self.onset = step if onset is None else min(onset, step)
+            self.since_step, self.since_time = step, time
+
+    def held(self, s: SustainedSettings, step: int, time: float) -> bool:
+        """True once it has held for ``for_seconds`` and ``for_steps`` since first seen."""
+        return (
+            self.onset >= 0
+            and step - self.since_step >= s.for_steps
+            and time - self.since_time >= s.for_seconds
+        )
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -158,6 +158,8 @@ class DeadSettings(RuleSettings):
 class DeadMemory:
     streak: list[int] = field(default_factory=list)
     alive_before: list[bool] = field(default_factory=list)
+    since: dict[str, int] = field(default_factory=dict)
+    """Step of the first zero or missing gradient of each parameter's current streak."""
     parameter: str | None = None
 
 
@@ -184,10 +186,12 @@ class DeadParameters(Rule[DeadSettings, DeadMemory]):
         n = len(grads)
         if len(memory.streak) != n:
             memory.streak, memory.alive_before = [0] * n, [False] * n
-        missing = set(rank.stats.nograd)
+        missing, step = set(rank.stats.nograd), rank.stats.step
         dead: list[str] = []
         for i, g in enumerate(grads):
             if i in missing or g == 0.0:
+                if memory.streak[i] == 0:
+                    memory.since[rank.names[i]] = step
                 memory.streak[i] += 1
             else:
                 memory.streak[i] = 0
@@ -195,7 +199,7 @@ class DeadParameters(Rule[DeadSettings, DeadMemory]):
             if memory.alive_before[i] and memory.streak[i] >= self.settings.window:
                 dead.append(rank.names[i])
         memory.parameter = sticky(memory.parameter, dead)
-        if not dead:
+        if not dead or memory.parameter is None:
             return []
         return [
             self.finding(
@@ -204,5 +208,6 @@ class DeadParameters(Rule[DeadSettings, DeadMemory]):
                 parameter=memory.parameter,
                 value=0.0,
                 threshold=0.0,
+                onset=memory.since.get(memory.parameter),
             )
         ]

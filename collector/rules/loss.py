@@ -34,9 +34,10 @@ class LossSpike(Rule[LossSpikeSettings, LossSpikeMemory]):
     """The loss jumped far above its recent moving average.
 
     Error when it exceeds ``ratio`` times the average, warning when its z-score exceeds
-    ``zscore`` after ``zscore_warmup`` frames. Spikes are kept out of the average. What to do:
-    look at the batch of that step (outliers, corrupted data), lower the LR 5-10x or enable
-    gradient clipping; if it recurs, consider skipping such batches (SPAM-style).
+    ``zscore`` after ``zscore_warmup`` frames (in log space for positive losses: near
+    convergence losses vary by factors, not by amounts). Spikes are kept out of the average.
+    What to do: look at the batch of that step (outliers, corrupted data), lower the LR 5-10x
+    or enable gradient clipping; if it recurs, consider skipping such batches (SPAM-style).
     """
 
     name = "loss_spike"
@@ -54,7 +55,7 @@ class LossSpike(Rule[LossSpikeSettings, LossSpikeMemory]):
         s, history = self.settings, memory.losses
         found: list[Finding] = []
         if len(history) >= s.min_history:
-            avg, spread = mean_std(history)
+            avg, _ = mean_std(history)
             if avg > 0 and loss > s.ratio * avg:
                 found.append(
                     self.finding(
@@ -64,21 +65,36 @@ class LossSpike(Rule[LossSpikeSettings, LossSpikeMemory]):
                     )
                 )
             elif len(history) >= s.zscore_warmup:
-                std = max(spread, 1e-3 * abs(avg), 1e-12)
-                z = (loss - avg) / std
+                z, threshold = _zscore(loss, history, s.zscore)
                 if z > s.zscore:
                     found.append(
                         self.finding(
                             f"loss {fmt(loss)} is {z:.1f} standard deviations above its "
                             f"moving average {fmt(avg)}",
                             value=loss,
-                            threshold=avg + s.zscore * std,
+                            threshold=threshold,
                             severity="warning",
                         )
                     )
         if not found:
             history.append(loss)
         return found
+
+
+def _zscore(loss: float, history: deque[float], limit: float) -> tuple[float, float]:
+    """How many standard deviations ``loss`` lies above ``history``, and the loss that would
+    lie ``limit`` standard deviations above it.
+
+    Positive losses are judged in log space: near convergence a batch's loss varies by factors
+    (one misclassified sample turns a loss of 0.001 into 0.005), not by a fixed amount, and a
+    real spike is a jump by a factor too."""
+    if loss > 0 and min(history) > 0:
+        mean, spread = mean_std([math.log(x) for x in history])
+        std = max(spread, 1e-3)
+        return (math.log(loss) - mean) / std, math.exp(min(mean + limit * std, 709.0))
+    avg, spread = mean_std(history)
+    std = max(spread, 1e-3 * abs(avg), 1e-12)
+    return (loss - avg) / std, avg + limit * std
 
 
 @dataclass(frozen=True)
@@ -96,6 +112,7 @@ class LossPlateauSettings(RuleSettings):
 @dataclass
 class LossPlateauMemory:
     losses: deque[float] = field(default_factory=deque)
+    steps: deque[int] = field(default_factory=deque)
 
 
 class LossPlateau(Rule[LossPlateauSettings, LossPlateauMemory]):
@@ -115,7 +132,8 @@ class LossPlateau(Rule[LossPlateauSettings, LossPlateauMemory]):
     settings_type = LossPlateauSettings
 
     def new_memory(self) -> LossPlateauMemory:
-        return LossPlateauMemory(deque(maxlen=self.settings.lookback))
+        n = self.settings.lookback
+        return LossPlateauMemory(deque(maxlen=n), deque(maxlen=n))
 
     def check(self, rank: RankState, memory: LossPlateauMemory) -> list[Finding] | None:
         loss = None if rank.stats is None else rank.stats.loss
@@ -123,6 +141,7 @@ class LossPlateau(Rule[LossPlateauSettings, LossPlateauMemory]):
             return None
         s, history = self.settings, memory.losses
         history.append(loss)
+        memory.steps.append(rank.stats.step if rank.stats is not None else -1)
         if len(history) < s.lookback:
             return []
         values = list(history)
@@ -135,9 +154,18 @@ class LossPlateau(Rule[LossPlateauSettings, LossPlateauMemory]):
                     f"{fmt(recent)} vs {fmt(earlier)} earlier",
                     value=recent,
                     threshold=s.ratio * earlier,
+                    onset=self._onset(values, list(memory.steps), recent),
                 )
             ]
         return []
+
+    def _onset(self, values: list[float], steps: list[int], recent: float) -> int:
+        """The first step of the earliest ``window`` of frames already at the plateau's level."""
+        w = self.settings.window
+        for start in range(0, len(values) - w + 1):
+            if self.settings.ratio * mean_std(values[start : start + w])[0] <= recent:
+                return steps[start]
+        return steps[-w]
 
 
 @dataclass(frozen=True)

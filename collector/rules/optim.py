@@ -14,7 +14,7 @@ class LrSanitySettings(RuleSettings):
     clear_checks: int = 20
     cooldown_seconds: float = 60.0
     warmup_steps: int = 10
-    jump: float = 1.5
+    jump: float = 3.0
     """A step-to-step LR change above this factor (up or down) is a jump."""
     jump_floor: float = 0.1
     """Changes of LRs below this fraction of the peak LR are ignored (end of a decay)."""
@@ -42,8 +42,10 @@ class LrSanity(Rule[LrSanitySettings, LrMemory]):
 
     Ranges by optimizer family (Muon, Adam/AdamW, SGD): the peak LR is compared with the
     minimum once the LR stops rising (warmup over), the current LR with the maximum. A jump
-    is a change by more than 1.5x between two frames after warmup that the previous change did
-    not announce (a smooth schedule, even a steep one, is not a jump) (warning). What to do:
+    is a change by more than 3x between two frames after warmup that the previous change did
+    not announce (a smooth schedule, even a steep one, is not a jump), other than a rise back
+    to at most the peak so far (warmup, a warm restart) or a drop to exactly 0 (a freeze:
+    frozen_parameters reports it) (warning). What to do:
     match the LR to the optimizer (Muon 1e-3..3e-3, AdamW 3e-4..1e-3), check the scheduler
     and any code that rewrites ``param_group["lr"]``; ack the alert if the change was planned.
     """
@@ -75,7 +77,7 @@ class LrSanity(Rule[LrSanitySettings, LrMemory]):
             return None
         s, lr, before = self.settings, stats.lr, memory.previous
         memory.previous = lr
-        memory.peak = max(memory.peak, max(lr))
+        prior_peak, memory.peak = memory.peak, max(memory.peak, max(lr))
         found: list[Finding] = []
         limits = self.bounds(rank.hello.optimizer)
         rising = len(before) == len(lr) and max(lr) > max(before)
@@ -104,9 +106,11 @@ class LrSanity(Rule[LrSanitySettings, LrMemory]):
         last_factors, memory.factors = memory.factors, factors
         if not found and len(before) == len(lr):
             for group, (new, old) in enumerate(zip(lr, before, strict=True)):
-                if old <= 0 or max(new, old) < s.jump_floor * memory.peak:
-                    continue
+                if old <= 0 or new == 0 or max(new, old) < s.jump_floor * memory.peak:
+                    continue  # an lr of exactly 0 is a freeze: frozen_parameters says so
                 factor = new / old
+                if factor > 1 and new <= prior_peak * 1.01:
+                    continue  # back up to where it was: warmup, or a warm restart
                 smooth = factor / (last_factors[group] if len(last_factors) == len(lr) else 1.0)
                 abrupt = smooth > s.jump or smooth < 1 / s.jump
                 if abrupt and (factor > s.jump or factor < 1 / s.jump):

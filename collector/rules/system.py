@@ -5,23 +5,33 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gradwatch.wire import metrics as m
 
 from ..state import RankState
-from .base import Finding, Rule, RuleSettings, fmt, median, metric
+from .base import (
+    Finding,
+    Rule,
+    RuleSettings,
+    Streak,
+    SustainedSettings,
+    fmt,
+    median,
+    metric,
+)
 
 
 @dataclass(frozen=True)
-class SlowdownSettings(RuleSettings):
-    for_checks: int = 4
+class SlowdownSettings(SustainedSettings):
     warmup_steps: int = 10
     ratio: float = 0.5
     """Fraction of the running median below (throughput) or multiple above (step time)."""
     window: int = 50
     """Frames in the running median."""
     min_history: int = 10
+    """Frames needed before judging."""
     recent: int = 7
     """The median of this many latest frames is compared (single slow steps are jitter)."""
     min_delta: float = 0.0
@@ -31,16 +41,20 @@ class SlowdownSettings(RuleSettings):
 @dataclass
 class SeriesMemory:
     values: deque[float] = field(default_factory=deque)
-    recent: deque[float] = field(default_factory=deque)
+    recent: deque[tuple[int, float]] = field(default_factory=deque)
+    """(step, value) of the latest frames."""
+    streak: Streak = field(default_factory=Streak)
 
 
 class ThroughputDrop(Rule[SlowdownSettings, SeriesMemory]):
-    """Tokens per second fell below half of the running median, for a few frames.
+    """Tokens per second fell below half of the running median, and stayed there.
 
-    The median of the last ``recent`` frames is compared, so one slow step is not a drop.
-
-    What to do: look for a slow data loader, another job on the device, thermal throttling,
-    host memory swapping, or a new synchronisation (``.item()``, logging) in the loop.
+    The median of the last ``recent`` frames is compared, so one slow step is not a drop, and
+    the drop must last ``for_seconds`` and ``for_steps`` (whichever is longer) before it is
+    reported, with the step it began as the onset: a scheduler hiccup of tiny steps on a busy
+    machine is not a slowdown. What to do: look for a slow data loader, another job on the
+    device, thermal throttling, host memory swapping, or a new synchronisation (``.item()``,
+    logging) in the loop.
     """
 
     name = "throughput_drop"
@@ -59,22 +73,30 @@ class ThroughputDrop(Rule[SlowdownSettings, SeriesMemory]):
 
     def check(self, rank: RankState, memory: SeriesMemory) -> list[Finding] | None:
         value = metric(rank, self.key)
-        if value is None or not math.isfinite(value):
+        if value is None or not math.isfinite(value) or rank.stats is None:
             return None
-        memory.recent.append(value)
-        if len(memory.values) < self.settings.min_history:
+        s, step, when = self.settings, rank.stats.step, rank.stats.time
+        memory.recent.append((step, value))
+        if len(memory.values) < s.min_history:
             memory.values.append(value)
             return []
         typical = median(memory.values)
-        bad, limit = self.bad(median(memory.recent), typical)
+        bad, limit = self.bad(median(v for _, v in memory.recent), typical)
+        # The drop began at the first slow frame of the recent window that made its median slow.
+        onset = next((k for k, v in memory.recent if self.bad(v, typical)[0]), step)
+        memory.streak.update(bad, step, when, onset)
         if not bad:
             memory.values.append(value)
             return []
+        if not memory.streak.held(s, step, when):
+            return []
         return [
             self.finding(
-                f"{self.key} {fmt(value)} vs running median {fmt(typical)}",
+                f"{self.key} {fmt(value)} vs running median {fmt(typical)} since step "
+                f"{memory.streak.onset}",
                 value=value,
                 threshold=limit,
+                onset=memory.streak.onset,
             )
         ]
 
@@ -86,10 +108,11 @@ class StepTimeSettings(SlowdownSettings):
 
 
 class StepTimeIncrease(ThroughputDrop):
-    """Step time rose above twice its running median, for a few frames.
+    """Step time rose above twice its running median, and stayed there.
 
-    Small absolute changes (< ``min_delta`` seconds) are ignored so that tiny CPU steps do not
-    flap. What to do: same as throughput_drop; compare with the data-loading time.
+    Sustained like throughput_drop; small absolute changes (< ``min_delta`` seconds) are
+    ignored so that tiny CPU steps do not flap. What to do: same as throughput_drop; compare
+    with the data-loading time.
     """
 
     name = "step_time_increase"
@@ -141,23 +164,41 @@ class MemoryPressure(Rule[MemoryPressureSettings, None]):
 
 
 @dataclass(frozen=True)
-class MemoryGrowthSettings(RuleSettings):
+class MemoryGrowthSettings(SustainedSettings):
     warmup_steps: int = 20
-    window: int = 10
-    """Frames over which memory must keep rising."""
-    min_growth_ratio: float = 0.02
-    """Growth over the window, as a fraction of the first value."""
+    window: int = 20
+    """Frames in the robust fit of memory against steps."""
     min_growth_bytes: float = 16 * 2**20
-    """And in bytes."""
-    rising_frac: float = 0.8
-    """Fraction of frame-to-frame changes that must be increases."""
+    """Least growth the fitted slope predicts over the window, in bytes..."""
+    min_growth_ratio: float = 0.02
+    """...and as a fraction of the memory in use."""
 
 
-class MemoryGrowth(Rule[MemoryGrowthSettings, SeriesMemory]):
-    """Memory (allocated device memory, else RSS) rises steadily frame after frame: a leak.
+@dataclass
+class GrowthMemory:
+    points: deque[tuple[int, float]] = field(default_factory=deque)
+    """(step, bytes) of the latest frames."""
+    streak: Streak = field(default_factory=Streak)
 
-    What to do: look for tensors appended to a list each step (losses kept with their
-    graph: use ``loss.item()``/``.detach()``), growing caches, or hooks holding references.
+
+def theil_sen_slope(points: Sequence[tuple[int, float]]) -> float:
+    """The median of the pairwise slopes: a line fit that a few jumps or plateaus (an
+    allocator growing its pool once) do not move, unlike least squares."""
+    slopes = [
+        (b - a) / (j - i) for k, (i, a) in enumerate(points) for j, b in points[k + 1 :] if j != i
+    ]
+    return median(slopes) if slopes else 0.0
+
+
+class MemoryGrowth(Rule[MemoryGrowthSettings, GrowthMemory]):
+    """Memory (allocated device memory, else RSS) keeps rising step after step: a leak.
+
+    A robust (Theil-Sen) fit of memory against steps over the last ``window`` frames must
+    predict growth of ``min_growth_bytes`` and ``min_growth_ratio`` across the window, for
+    ``for_seconds`` and ``for_steps`` (whichever is longer). One allocator jump followed by a
+    plateau fits a flat line and is not a leak. What to do: look for tensors appended to a list
+    each step (losses kept with their graph: use ``loss.item()``/``.detach()``), growing
+    caches, or hooks holding references.
     """
 
     name = "memory_growth"
@@ -165,35 +206,40 @@ class MemoryGrowth(Rule[MemoryGrowthSettings, SeriesMemory]):
     action = "look for per-step tensors kept alive (store loss.item(), not loss), growing caches"
     settings_type = MemoryGrowthSettings
 
-    def new_memory(self) -> SeriesMemory:
-        return SeriesMemory(deque(maxlen=self.settings.window))
+    def new_memory(self) -> GrowthMemory:
+        return GrowthMemory(deque(maxlen=self.settings.window))
 
-    def check(self, rank: RankState, memory: SeriesMemory) -> list[Finding] | None:
+    def check(self, rank: RankState, memory: GrowthMemory) -> list[Finding] | None:
         value = memory_used(rank)
-        if value is None or not math.isfinite(value):
+        if value is None or not math.isfinite(value) or rank.stats is None:
             return None
-        s, values = self.settings, memory.values
-        values.append(value)
-        if len(values) < s.window:
+        s, step, when, points = self.settings, rank.stats.step, rank.stats.time, memory.points
+        points.append((step, value))
+        if len(points) < s.window:
             return []
-        seq = list(values)
-        growth = seq[-1] - seq[0]
-        rising = sum(b > a for a, b in zip(seq, seq[1:], strict=False))
-        if (
-            rising >= s.rising_frac * (len(seq) - 1)
-            and growth >= s.min_growth_bytes
-            and growth >= s.min_growth_ratio * seq[0]
-        ):
-            share = f"{growth / seq[0]:.1%}" if seq[0] > 0 else f"from {fmt(seq[0])} bytes"
-            return [
-                self.finding(
-                    f"memory grew {growth / 2**20:.0f} MiB ({share}) over the last "
-                    f"{len(seq)} frames, {fmt(growth / (len(seq) - 1) / 2**20)} MiB per frame",
-                    value=value,
-                    threshold=seq[0] * (1 + s.min_growth_ratio),
-                )
-            ]
-        return []
+        first, last = points[0][0], points[-1][0]
+        slope = theil_sen_slope(list(points))
+        growth = slope * (last - first)
+        bad = growth >= s.min_growth_bytes and growth >= s.min_growth_ratio * points[0][1]
+        if bad and memory.streak.onset < 0:
+            # The leak began after the last frame still near the window's lowest memory.
+            floor = min(v for _, v in points) + 0.1 * growth
+            onset = next((k for k, v in reversed(points) if v <= floor), first)
+            memory.streak.update(bad, step, when, onset + 1 if onset < step else onset)
+        memory.streak.update(bad, step, when)
+        if not bad or not memory.streak.held(s, step, when):
+            return []
+        base = points[0][1]
+        share = f"{growth / base:.1%}" if base > 0 else f"from {fmt(base)} bytes"
+        return [
+            self.finding(
+                f"memory grows {fmt(slope / 2**20)} MiB per step since step {memory.streak.onset}: "
+                f"{growth / 2**20:.0f} MiB ({share}) over the last {last - first} steps",
+                value=value,
+                threshold=points[0][1] + s.min_growth_bytes,
+                onset=memory.streak.onset,
+            )
+        ]
 
 
 @dataclass(frozen=True)

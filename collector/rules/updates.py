@@ -1,4 +1,4 @@
-"""Update rules: update_ratio_high, update_ratio_low, frozen_parameters, weight_norm_spike."""
+"""Update rules: update_ratio_high, update_ratio_low, weight_norm_spike."""
 
 from __future__ import annotations
 
@@ -28,6 +28,16 @@ def dtypes(rank: RankState) -> list[str]:
     return [rank.hello.params[i].dtype for i in rank.hello.tracked]
 
 
+def numels(rank: RankState) -> list[int]:
+    """Element count of each tracked parameter, in row order."""
+    return [rank.hello.params[i].numel for i in rank.hello.tracked]
+
+
+MIN_NUMEL = 16
+"""Default least size of a parameter judged by a relative rule: the ratio of a handful of
+numbers (a 1-element output bias) swings by orders of magnitude in healthy training."""
+
+
 @dataclass
 class ParamMemory:
     parameter: str | None = None
@@ -41,6 +51,8 @@ class RatioHighSettings(RuleSettings):
     """Update norm / weight norm above this on a full step."""
     min_weight_norm: float = 1e-3
     """Parameters whose weight norm is below this (zero-initialised) are skipped."""
+    min_numel: int = MIN_NUMEL
+    """Parameters with fewer elements are skipped."""
     topk: int = 5
     """How many parameters the message names."""
 
@@ -66,10 +78,14 @@ class UpdateRatioHigh(Rule[RatioHighSettings, ParamMemory]):
         s = self.settings
         ratios = rank.full_columns.get("update_ratio", [])
         weights = rank.fresh("weight_norm") or [math.inf] * len(ratios)
+        sizes = numels(rank)
         bad = [
             i
             for i, r in enumerate(ratios)
-            if math.isfinite(r) and r > s.max_ratio and weights[i] >= s.min_weight_norm
+            if math.isfinite(r)
+            and r > s.max_ratio
+            and weights[i] >= s.min_weight_norm
+            and sizes[i] >= s.min_numel
         ]
         bad.sort(key=lambda i: -ratios[i])
         return _ratio_findings(self, rank, memory, bad, ratios, "above", s.max_ratio, s.topk)
@@ -109,6 +125,8 @@ class RatioLowSettings(RuleSettings):
     """Update ratio below this (but above the frozen threshold) on a full step."""
     frozen_ratio: float = 1e-12
     """At or below this, frozen_parameters reports it instead."""
+    min_numel: int = MIN_NUMEL
+    """Parameters with fewer elements are skipped."""
     topk: int = 5
     """How many parameters the message names."""
 
@@ -134,106 +152,27 @@ class UpdateRatioLow(Rule[RatioLowSettings, ParamMemory]):
         s = self.settings
         ratios = rank.full_columns.get("update_ratio", [])
         grads = rank.columns.get("grad_norm", [0.0] * len(ratios))
-        missing = set(rank.stats.nograd)
+        missing, sizes = set(rank.stats.nograd), numels(rank)
         bad = [
             i
             for i, r in enumerate(ratios)
-            if s.frozen_ratio < r < s.min_ratio and grads[i] > 0 and i not in missing
+            if s.frozen_ratio < r < s.min_ratio
+            and grads[i] > 0
+            and i not in missing
+            and sizes[i] >= s.min_numel
         ]
         bad.sort(key=lambda i: ratios[i])
         return _ratio_findings(self, rank, memory, bad, ratios, "below", s.min_ratio, s.topk)
 
 
 @dataclass(frozen=True)
-class FrozenSettings(RuleSettings):
-    max_ratio: float = 1e-12
-    """Update ratio at or below this counts as not moving."""
-    checks: int = 3
-    """Consecutive full checks a parameter must not move while its gradient is non-zero."""
-    unchanged_frac: float = 0.99
-    """For bf16/fp16 parameters, this fraction of unchanged sampled elements also counts."""
-    underflow_frac: float = 0.5
-    """Above this underflow fraction the message blames low-precision rounding."""
-    topk: int = 5
-    """How many parameters the message names."""
-
-
-@dataclass
-class FrozenMemory:
-    streak: list[int] = field(default_factory=list)
-    parameter: str | None = None
-
-
-class FrozenParameters(Rule[FrozenSettings, FrozenMemory]):
-    """A trainable parameter does not move although its gradient is non-zero.
-
-    Sampled update ratio <= 1e-12 for ``checks`` consecutive full steps (for bf16/fp16
-    parameters also >= 99% of sampled elements unchanged). Parameters with
-    ``requires_grad=False`` are frozen by design and never reported. What to do: check the
-    parameter is in an optimizer param group with a non-zero LR; if it is bf16/fp16 and
-    updates underflow, keep fp32 master weights (autocast) instead of casting the model.
-    """
-
-    name = "frozen_parameters"
-    severity = "error"
-    action = (
-        "check the parameter is in an optimizer group with a non-zero LR; for bf16/fp16 "
-        "weights keep fp32 master weights (autocast) instead of casting the model"
-    )
-    settings_type = FrozenSettings
-
-    def new_memory(self) -> FrozenMemory:
-        return FrozenMemory()
-
-    def check(self, rank: RankState, memory: FrozenMemory) -> list[Finding] | None:
-        if not is_full_step(rank) or rank.stats is None or not any(rank.stats.lr):
-            return None
-        s = self.settings
-        ratios = rank.full_columns.get("update_ratio", [])
-        unchanged = rank.full_columns.get("unchanged_frac", [0.0] * len(ratios))
-        underflow = rank.full_columns.get("underflow_frac", [0.0] * len(ratios))
-        grads = rank.columns.get("grad_norm", [0.0] * len(ratios))
-        kinds = dtypes(rank)
-        missing = set(rank.stats.nograd)
-        if len(memory.streak) != len(ratios):
-            memory.streak = [0] * len(ratios)
-        frozen: list[int] = []
-        for i, r in enumerate(ratios):
-            low = kinds[i] in LOW_PRECISION if i < len(kinds) else False
-            still = r <= s.max_ratio or (low and unchanged[i] >= s.unchanged_frac)
-            moving_grad = i not in missing and math.isfinite(grads[i]) and grads[i] > 0
-            memory.streak[i] = memory.streak[i] + 1 if still and moving_grad else 0
-            if memory.streak[i] >= s.checks:
-                frozen.append(i)
-        names = [rank.names[i] for i in frozen]
-        memory.parameter = sticky(memory.parameter, names)
-        if not frozen:
-            return []
-        head = rank.names.index(memory.parameter) if memory.parameter else frozen[0]
-        msg = (
-            f"update ratio {fmt(ratios[head])} for {s.checks} checks while gradient non-zero "
-            f"— {len(frozen)} frozen parameter(s): "
-            + name_list([f"{rank.names[i]} ({fmt(ratios[i])})" for i in frozen], s.topk)
-        )
-        rounding = [i for i in frozen if underflow[i] >= s.underflow_frac]
-        if rounding:
-            which = sorted({kinds[i] for i in rounding if i < len(kinds)})
-            msg += (
-                f"; {len(rounding)} of them have updates that round to zero "
-                f"(underflow {fmt(underflow[rounding[0]])}, dtype {'/'.join(which)}): keep "
-                "fp32 master weights and use autocast instead of casting the model to bf16/fp16"
-            )
-        return [
-            self.finding(msg, parameter=memory.parameter, value=ratios[head], threshold=s.max_ratio)
-        ]
-
-
-@dataclass(frozen=True)
 class WeightSpikeSettings(RuleSettings):
     ratio: float = 10.0
     """A weight norm above this multiple of its previous value is a spike."""
-    min_norm: float = 1e-3
-    """Previous norms below this (zero-initialised tensors) are not compared."""
+    min_norm: float = 1e-2
+    """Previous norms below this (zero-initialised or tiny tensors) are not compared."""
+    min_numel: int = MIN_NUMEL
+    """Parameters with fewer elements are not compared."""
     topk: int = 5
     """How many parameters the message names."""
 
@@ -247,8 +186,10 @@ class WeightSpikeMemory:
 class WeightNormSpike(Rule[WeightSpikeSettings, WeightSpikeMemory]):
     """A parameter's weight norm jumped more than 10x between two measurements (full steps).
 
-    Usually a huge update from an exploding gradient or an LR mistake. What to do: restore
-    the last good checkpoint, lower the LR, enable gradient clipping.
+    Parameters too small for a ratio to mean anything (fewer than ``min_numel`` elements, or a
+    previous norm below ``min_norm``) are not compared. Usually a huge update from an
+    exploding gradient or an LR mistake. What to do: restore the last good checkpoint, lower the
+    LR, enable gradient clipping.
     """
 
     name = "weight_norm_spike"
@@ -266,10 +207,15 @@ class WeightNormSpike(Rule[WeightSpikeSettings, WeightSpikeMemory]):
         s, before = self.settings, memory.previous
         bad: list[int] = []
         if len(before) == len(norms):
+            sizes = numels(rank)
             bad = [
                 i
                 for i, (w, p) in enumerate(zip(norms, before, strict=True))
-                if math.isfinite(w) and math.isfinite(p) and p >= s.min_norm and w > s.ratio * p
+                if math.isfinite(w)
+                and math.isfinite(p)
+                and p >= s.min_norm
+                and sizes[i] >= s.min_numel
+                and w > s.ratio * p
             ]
         memory.previous = list(norms)
         names = [rank.names[i] for i in bad]

@@ -75,7 +75,7 @@ def test_rules_a_huge_finite_loss_is_judged_and_later_rules_still_run() -> None:
 
 
 def test_rules_memory_growth_from_zero_is_reported_not_divided_by() -> None:
-    h, r = Harness("memory_growth"), FakeRank("leak")
+    h, r = Harness("memory_growth", for_seconds=0.0, for_steps=0), FakeRank("leak")
     h.send(r.hello())
     for step in range(1, 40):
         h.send(r.stats(step, metrics={m.MEMORY_ALLOCATED: (step - 1) * 1e9}))

@@ -46,16 +46,36 @@ def test_lr_sanity_fires_on_adamw_above_1e2() -> None:
 
 
 def test_throughput_drop_and_step_time_increase_fire_when_sustained() -> None:
+    slow = {"tokens_per_second": 300.0, "step_time_seconds": 0.3}
     for rule in ("throughput_drop", "step_time_increase"):
-        h, r = Harness(rule), FakeRank()
+        h, r = Harness(rule, for_seconds=10.0, for_steps=5), FakeRank()
         h.send(r.hello())
         for step in range(1, 30):
             h.send(r.stats(step))
-        h.send(r.stats(30, metrics={"tokens_per_second": 300.0, "step_time_seconds": 0.3}))
+        h.send(r.stats(30, metrics=slow))
         assert h.firing() == []  # one slow step is not a trend
-        for step in range(31, 38):
-            h.send(r.stats(step, metrics={"tokens_per_second": 300.0, "step_time_seconds": 0.3}))
-        assert h.firing(rule), rule
+        for step in range(31, 43):
+            h.send(r.stats(step, metrics=slow))
+        assert h.firing() == [], "seen at step 33, it has not held 10 s yet"
+        for step in range(43, 46):
+            h.send(r.stats(step, metrics=slow))
+        [alert] = h.firing(rule)
+        assert alert.first_step == 30 and alert.history[0][0] == 43, rule  # onset; reported
+
+
+def test_slowdowns_of_tiny_steps_on_a_busy_machine_are_not_trends() -> None:
+    """Steps of 10 ms, a 30-step hiccup at 3x: 0.9 s of slowness, far under a minute."""
+    for rule in ("throughput_drop", "step_time_increase"):
+        h, r = Harness(rule), FakeRank()
+        h.send(r.hello())
+        t = 0.0
+        for step in range(1, 300):
+            dt = 0.03 if 100 <= step < 130 else 0.01
+            t += dt
+            tps = 1000.0 * 0.01 / dt
+            metrics = {"tokens_per_second": tps, "step_time_seconds": dt + 0.02}
+            h.send(r.stats(step, metrics=metrics, time=t))
+        assert h.open() == [], rule
 
 
 def test_throughput_silent_on_jitter() -> None:
@@ -89,7 +109,7 @@ def test_memory_pressure_fires_above_95_percent_only() -> None:
 
 
 def test_memory_growth_fires_on_a_4mib_per_step_leak_not_on_a_flat_rss() -> None:
-    h, r = Harness("memory_growth"), FakeRank()
+    h, r = Harness("memory_growth", for_seconds=0.0, for_steps=0), FakeRank()
     h.send(r.hello())
     for step in range(1, 60):
         h.send(r.stats(step, metrics={"rss_bytes": 400 * MiB + (step % 3) * MiB}))
@@ -98,6 +118,19 @@ def test_memory_growth_fires_on_a_4mib_per_step_leak_not_on_a_flat_rss() -> None
         h.send(r.stats(step, metrics={"rss_bytes": 400 * MiB + (step - 59) * 4 * MiB}))
     [alert] = h.firing("memory_growth")
     assert alert.history[0][0] <= 69  # within 10 steps of onset (step 60)
+    assert 59 <= alert.first_step <= 61
+
+
+def test_memory_growth_waits_for_the_leak_to_last_and_ignores_one_allocator_jump() -> None:
+    h, r = Harness("memory_growth"), FakeRank()  # defaults: 60 s and 20 steps
+    h.send(r.hello())
+    for step in range(1, 100):  # one 64 MiB jump at step 50, then a plateau
+        h.send(r.stats(step, metrics={"rss_bytes": (400 + 64 * (step >= 50)) * MiB}))
+    assert h.open() == []
+    for step in range(100, 200):
+        h.send(r.stats(step, metrics={"rss_bytes": 464 * MiB + (step - 99) * 4 * MiB}))
+    [alert] = h.firing("memory_growth")
+    assert alert.history[0][0] >= 100 + 60 and 99 <= alert.first_step <= 101
 
 
 def test_trainer_silent_fires_on_the_tick_and_resolves_when_frames_resume() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -34,14 +35,26 @@ class FakeRank:
         optimizer: str = "AdamW",
         params: Sequence[tuple[str, tuple[int, ...], str]] = PARAMS,
         frozen_by_design: Sequence[str] = (),
+        groups: Mapping[str, int] | None = None,
     ) -> None:
+        """``groups`` puts parameters in optimizer param groups other than 0 (by name)."""
         self.run, self.rank, self.optimizer = run, rank, optimizer
         self.params = [
-            wire.ParamInfo(n, s, d, _numel(s), n not in frozen_by_design) for n, s, d in params
+            wire.ParamInfo(n, s, d, _numel(s), n not in frozen_by_design, (groups or {}).get(n, 0))
+            for n, s, d in params
         ]
         self.names = [p.name for p in self.params if p.requires_grad]
         self.session = uuid.uuid4().hex[:16]
         self.seq = 0
+
+    def set_trainable(self, name: str, trainable: bool) -> None:
+        """Turn ``requires_grad`` of one parameter on or off (send ``hello()`` again after, as
+        the agent re-announces its table)."""
+        self.params = [
+            dataclasses.replace(p, requires_grad=trainable) if p.name == name else p
+            for p in self.params
+        ]
+        self.names = [p.name for p in self.params if p.requires_grad]
 
     def _next(self) -> int:
         self.seq += 1
@@ -69,6 +82,7 @@ class FakeRank:
         metrics: Mapping[str, float] | None = None,
         scalars: Mapping[str, float] | None = None,
         nonfinite: Mapping[str, int] | None = None,
+        time: float | None = None,
     ) -> wire.Stats:
         """Defaults: grad norm 0.5, weight norm 5, update ratio 1e-3. Full columns (update
         ratios, |g| details, weight norms) are sent when ``full`` or any of them is given."""
@@ -92,7 +106,8 @@ class FakeRank:
         m.update(metrics or {})
         return wire.Stats(
             run=self.run, rank=self.rank, session=self.session, seq=self._next(), step=step,
-            time=float(step), loss=loss, lr=tuple(lr), rows=wire.pack_floats(rows),
+            time=float(step) if time is None else time, loss=loss, lr=tuple(lr),
+            rows=wire.pack_floats(rows),
             full=packed_full, nograd=tuple(self.names.index(n) for n in nograd),
             metrics=m, scalars=dict(scalars or {}),
             nonfinite=tuple((self.names.index(n), c) for n, c in (nonfinite or {}).items()),

@@ -1,9 +1,10 @@
 """Fault scenarios: the real trainer with one injected fault against a real collector.
 
-Each fault starts at step ONSET; the right rule must fire within 10 steps (NaN: the same
-step), naming one of ``trainer.faults.targets`` where the fault has a parameter. Healthy
-runs of >= 300 steps with different sizes, optimizers and warmups must raise no alert at all.
-All scenarios share one collector (different run names) to stay fast on 2 cores.
+Each fault of tests/scenarios/catalogue.py starts at step ONSET; its rule must fire with
+``first_step`` (the onset) within the scenario's ``max_delay`` steps, naming one of
+``trainer.faults.targets`` where the fault acts on parameters. All scenarios share one
+collector (different run names), with the settings a user of few-ms steps would choose.
+Healthy runs are in tests/zoo (no alert at all, on a busy machine).
 """
 
 from __future__ import annotations
@@ -15,32 +16,16 @@ from typing import Any
 import pytest
 
 from tests.helpers.processes import CollectorProcess, run_trainer, start_trainer, stop_process
+from tests.scenarios.catalogue import BASE, ONSET, SCENARIOS, TINY_STEPS_RULES, Scenario, rules_toml
 
 pytestmark = pytest.mark.slow
-
-ONSET = 30
-STEPS = 60
-BASE = ("--size", "tiny", "--full-every", "2", "--threads", "1", "--log-every", "1000")
-EXPECTED: dict[str, tuple[str, ...]] = {
-    "nan": ("non_finite",),
-    "spike": ("loss_spike",),
-    "explode": ("grad_explosion",),
-    "freeze": ("frozen_parameters",),
-    "bf16": ("frozen_parameters",),
-    "lr_low": ("lr_sanity",),
-    "dead": ("dead_parameters",),
-    "leak": ("memory_growth",),
-    "slow": ("step_time_increase", "throughput_drop"),
-}
-NAMED = ("freeze", "bf16", "dead")
-"""Faults on specific parameters: the alert must name one of them."""
 
 
 @pytest.fixture(scope="module")
 def collector_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorProcess]:
     work = tmp_path_factory.mktemp("scenarios")
     rules = work / "rules.toml"
-    rules.write_text("[rules.trainer_silent]\nfloor_seconds = 3.0\n")
+    rules.write_text(rules_toml(TINY_STEPS_RULES))
     proc = CollectorProcess(work, "--rules", str(rules))
     proc.start()
     try:
@@ -49,32 +34,35 @@ def collector_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coll
         proc.stop()
 
 
-def _targets(kind: str) -> list[str]:
+def targets(kind: str) -> list[str]:
     from gradwatch.trainer.faults import targets
     from gradwatch.trainer.model import GPT, GPTConfig
 
     return targets(kind, GPT(GPTConfig.preset("tiny")))
 
 
-def _first_step(alert: dict[str, Any]) -> int:
-    return int(alert["first_step"])
-
-
-@pytest.mark.parametrize("kind", list(EXPECTED))
-def test_fault_is_detected_within_ten_steps(collector_process: CollectorProcess, kind: str) -> None:
-    run = f"fault-{kind}"
-    run_trainer(collector_process.listen, run, STEPS, [f"{kind}@{ONSET}"], *BASE)
-    collector_process.wait_ended(run)
-    found = [a for a in collector_process.alerts(run=run) if a["rule"] in EXPECTED[kind]]
+def detect(collector: CollectorProcess, s: Scenario) -> dict[str, Any]:
+    """Run the scenario's trainer; return its earliest alert from ``s.rules``."""
+    run = f"fault-{s.kind}"
+    run_trainer(collector.listen, run, s.steps, [f"{s.kind}@{ONSET}"], *BASE, *s.args)
+    collector.wait_ended(run)
+    found = [a for a in collector.alerts(run=run) if a["rule"] in s.rules]
     found = [a for a in found if a["state"] in ("firing", "resolved")]
-    assert found, f"{kind}: no {EXPECTED[kind]} alert; got {collector_process.alerts(run=run)}"
-    alert = min(found, key=_first_step)
-    delay = _first_step(alert) - ONSET
-    print(f"{kind}: {alert['rule']} at step {_first_step(alert)} (+{delay}) {alert['parameter']}")
-    assert 0 <= delay <= (0 if kind == "nan" else 10), alert
-    if kind in NAMED:
-        assert alert["parameter"] in _targets(kind), alert
-    if kind == "bf16":  # seed 003: say why the layer is frozen, and what to do
+    assert found, f"{s.kind}: no {s.rules} alert; got {collector.alerts(run=run)}"
+    return min(found, key=lambda a: int(a["first_step"]))
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.kind for s in SCENARIOS])
+def test_fault_is_detected_at_its_onset(
+    collector_process: CollectorProcess, scenario: Scenario
+) -> None:
+    alert = detect(collector_process, scenario)
+    delay = int(alert["first_step"]) - ONSET
+    print(f"{scenario.kind}: {alert['rule']} onset +{delay}, at {alert['history'][0]}")
+    assert -1 <= delay <= scenario.max_delay, alert  # -1: an onset fitted to noisy memory
+    if scenario.named:
+        assert alert["parameter"] in targets(scenario.kind), alert
+    if scenario.kind == "bf16":  # seed 003: say why the layer is frozen, and what to do
         assert "round to zero" in alert["message"] and "fp32 master weights" in alert["message"]
 
 
@@ -83,36 +71,10 @@ def test_hang_is_detected_as_trainer_silent(
 ) -> None:
     run = "fault-hang"
     proc = start_trainer(
-        collector_process.listen, run, STEPS, [f"hang@{ONSET}"], *BASE, log=tmp_path / "hang.log"
+        collector_process.listen, run, 60, [f"hang@{ONSET}"], *BASE, log=tmp_path / "hang.log"
     )
     try:
         alert = collector_process.wait_for_alert("trainer_silent", timeout=60, run=run)
         assert alert["state"] == "firing" and ONSET - 2 <= alert["step"] <= ONSET
     finally:
         stop_process(proc)
-
-
-HEALTHY = {
-    "healthy-adamw-tiny": ("--size", "tiny", "--optimizer", "adamw", "--warmup", "20"),
-    "healthy-muon-tiny": ("--size", "tiny", "--optimizer", "muon", "--warmup", "30"),
-    "healthy-sgd-tiny": ("--size", "tiny", "--optimizer", "sgd", "--lr", "0.1", "--warmup", "150"),
-    "healthy-adamw-demo": (
-        "--size",
-        "demo",
-        "--optimizer",
-        "adamw",
-        "--lr",
-        "1e-3",
-        "--warmup",
-        "50",
-    ),
-}
-
-
-@pytest.mark.parametrize("run", list(HEALTHY))
-def test_healthy_run_raises_no_alert(collector_process: CollectorProcess, run: str) -> None:
-    extra = ("--full-every", "5", "--threads", "1", "--log-every", "1000")
-    run_trainer(collector_process.listen, run, 300, [], *HEALTHY[run], *extra)
-    summary = collector_process.wait_ended(run)
-    assert summary["ranks"][0]["last_step"] == 300
-    assert collector_process.alerts(run=run) == []
