@@ -1,6 +1,6 @@
 # gradwatch: `make demo` runs the collector and a faulty training run; `make test` runs everything.
 # Both create what they need: the virtual environment (.venv) and, for tests, Debian's
-# prometheus and prometheus-alertmanager packages.
+# prometheus, prometheus-alertmanager and chromium packages.
 
 PYTHON ?= python3
 VENV ?= .venv

@@ -18,8 +18,10 @@ from gradwatch.keys import read_token
 from .alert import Alert, AlertStateName, Severity
 from .auth import protect
 from .core import Core
+from .pages import add_pages
 from .runs import run_detail, run_list
 from .schemas import AlertList, Health, Problem, Ready, RunDetail, RunList
+from .series import SERIES, RankHistory, SeriesMetric
 from .stream import AlertFilter
 
 NOT_FOUND: dict[int | str, dict[str, object]] = {
@@ -160,6 +162,32 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
         return detail
 
     @app.get(
+        "/runs/{run}/series",
+        response_model=RankHistory,
+        summary="History of one rank's metrics",
+        responses=NOT_FOUND,
+    )
+    def series(
+        run: str,
+        metric: Annotated[
+            list[SeriesMetric] | None, Query(description="Repeatable (default: every metric)")
+        ] = None,
+        rank: Annotated[int | None, Query(ge=0, description="Default: the run's lowest")] = None,
+    ) -> RankHistory:
+        """Per metric, ``steps`` and ``values`` (null: NaN/Inf), downsampled to a fixed size:
+        each bucket's minimum and maximum at their steps, and the exact samples where alerts
+        opened. Empty before the rank's first statistics; 404 if the run or rank is not live."""
+        wanted: list[str] = list(metric or SERIES)
+        live = fleet.runs.get(run)
+        if live is None or not live.ranks:
+            raise HTTPException(404, f"no live run named {run!r}")
+        rank = min(list(live.ranks)) if rank is None else rank
+        if rank not in live.ranks:
+            raise HTTPException(404, f"run {run!r} has no live rank {rank}")
+        history = core.series.read(run, rank, wanted)
+        return history or RankHistory(run=run, rank=rank, last_step=-1, metrics={})
+
+    @app.get(
         "/healthz",
         response_model=Health,
         summary="Liveness",
@@ -200,4 +228,5 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
         """Prometheus text exposition of runs, parameters, alerts and ingest health."""
         return Response(core.registry.text(), media_type=CONTENT_TYPE_LATEST)
 
+    add_pages(app)  # /, /static and /docs/{name}: not in the schema
     return app

@@ -19,6 +19,7 @@ from .exporter import GradwatchRegistry, build_registry
 from .health import IngestHealth
 from .rules import AnyRule, build_rules, overrides
 from .rules.system import SilentSettings, TrainerSilent
+from .series import SeriesStore
 from .state import Fleet
 from .store import Store
 from .stream import AlertStream
@@ -40,6 +41,7 @@ class Core:
     stream: AlertStream
     pusher: AlertmanagerPusher | None
     registry: GradwatchRegistry
+    series: SeriesStore
 
     def close(self) -> int:
         """Stop the fan-out, persist what changed and close the store (after ingest stopped);
@@ -110,4 +112,7 @@ def build_core(
     pusher = AlertmanagerPusher(config, book) if config.alertmanager_url else None
     health.rule_errors.update({rule.name: 0 for rule in rules})  # every rule exported at 0
     registry = build_registry(fleet, book, health, config, notifications=pusher, store=store)
-    return Core(config, rules, store, fleet, book, health, engine, stream, pusher, registry)
+    series = SeriesStore(fleet)  # the page's charts: fed before the rules, pinned by alerts
+    engine.frame_listeners.append(series.observe)
+    book.subscribe(series.on_alert)
+    return Core(config, rules, store, fleet, book, health, engine, stream, pusher, registry, series)

@@ -75,6 +75,8 @@ class Engine:
         self._last_sweep = 0.0
         self._logged_error: dict[str, float] = {}
         fleet.on_forget = self._forgotten
+        self.frame_listeners: list[Callable[[RankState, Frame], None]] = []
+        """Called with every frame before the rules judge it (the page's history)."""
 
     def _memories(self, state: RankState) -> dict[str, Any]:
         if not state.memory:
@@ -131,6 +133,8 @@ class Engine:
         now = time.time() if now is None else now
         self._dirty_runs.add((state.run, state.rank))
         self._expired.discard((state.run, state.rank))
+        for listener in self.frame_listeners:
+            listener(state, frame)
         run = self.fleet.runs[state.run]
         if isinstance(frame, (Hello, Bye)):
             self._check_run(run, now)

@@ -139,7 +139,7 @@ def demo(args: argparse.Namespace) -> int:
     client = Client(http)
     try:
         _wait_healthy(client, procs[0], work)
-        print(f"collector up: {http}  (log: {work / 'collector.log'})", flush=True)
+        print(f"collector up: open {http} in a browser (log: {work / 'collector.log'})", flush=True)
         threading.Thread(target=_print_firing, args=(http, seen), daemon=True).start()
         for job in DDP_SCHEDULE if args.ddp else SCHEDULE:
             where = f" on {job.nproc} ranks (DDP)" if job.nproc > 1 else ""
