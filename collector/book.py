@@ -118,6 +118,8 @@ class AlertBook(AlertLog):
         """Fold one check of one rank (a per-rank rule): each finding opens the alert of its
         rule, run and parameter, or joins it; the rank clears from the run's alerts of the rule
         it is no longer found in."""
+        if not findings and (run, rank) not in self._open_by_rank:
+            return  # nothing found, nothing open on this rank: nothing changes (the hot path)
         self._fold(policy, run, [(rank, step, f) for f in findings], {rank}, False, now)
 
     def observe_run(

@@ -7,10 +7,9 @@ fixed set of aggregates, per parameter only the current top-k offenders (see doc
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry
@@ -23,7 +22,7 @@ from gradwatch.wire import metrics as m
 from .alert import Alert
 from .exposition import MetricSpec, Rank, Samples, TextSamples
 from .health import LIMITS, PEER_REFUSALS, REJECT_REASONS, IngestHealth
-from .ranking import worst
+from .ranking import summary
 from .state import Fleet, RankState
 
 MAX_LR_GROUPS = 16
@@ -289,30 +288,18 @@ def _export_rank(fams: Samples, r: RankState, topk: int) -> None:
     for p in m.GRAD_PERCENTILES:
         put("gradwatch_grad_abs", full_metrics.get(m.grad_percentile(p)), f"p{p}")
 
-    grad = r.columns.get("grad_norm", [])
+    view = summary(r, topk, UPDATE_RATIO_STATS)
     nonfinite = metrics.get(m.NONFINITE_GRADS)
-    if nonfinite is None:
-        nonfinite = sum(not math.isfinite(g) for g in grad)
     put("gradwatch_parameters", len(r.names), "tracked")
     put("gradwatch_parameters", len(h.params) - len(r.names), "frozen")
-    put("gradwatch_parameters", _count_not_updated(r.full_columns), "not_updated")
-    put("gradwatch_parameters", nonfinite, "nonfinite")
+    put("gradwatch_parameters", view.not_updated, "not_updated")
+    put("gradwatch_parameters", view.nonfinite if nonfinite is None else nonfinite, "nonfinite")
     put("gradwatch_parameters", 0 if stats is None else len(stats.nograd), "no_grad")
-
-    ratio = r.full_columns.get("update_ratio", [])
     if r.full_step >= 0:
         put("gradwatch_update_step", r.full_step)
-        finite = sorted(x for x in ratio if math.isfinite(x))
-        for stat, q in UPDATE_RATIO_STATS.items() if finite else ():
-            put("gradwatch_update_ratio", finite[round(q * (len(finite) - 1))], stat)
-    for name, g in worst(r.names, grad, topk, highest=True):
+        for stat, value in view.ratio_stats:
+            put("gradwatch_update_ratio", value, stat)
+    for name, g in view.top_grad:
         put("gradwatch_param_grad_norm", g, name)
-    for name, u in worst(r.names, ratio, topk, highest=False):
+    for name, u in view.low_ratio:
         put("gradwatch_param_update_ratio", u, name)
-
-
-def _count_not_updated(full: Mapping[str, Sequence[float]]) -> int:
-    """Tracked parameters whose weights did not change at all on the latest full step."""
-    if "unchanged_frac" in full:
-        return sum(1 for u in full["unchanged_frac"] if u >= 1.0)
-    return sum(1 for u in full.get("update_norm", ()) if u == 0.0)

@@ -7,6 +7,7 @@ import math
 import time
 
 from .book import AlertBook
+from .params import Floats
 from .ranking import worst
 from .run_record import RankSummary, RunRecord
 from .schemas import (
@@ -104,8 +105,8 @@ def rank_detail(
     s: RankState, topk: int, status: RankStatus = "running", now: float | None = None
 ) -> RankDetail:
     stats = s.stats
-    grads = s.latest("grad_norm") or []
-    weights = s.latest("weight_norm") or []
+    grads = _listed(s.latest("grad_norm"))
+    weights = _listed(s.latest("weight_norm"))
     bad = {
         s.names[i]
         for column in (grads, weights)
@@ -115,7 +116,7 @@ def rank_detail(
     worst = WorstParams(
         by_grad_norm=_top(s.names, grads, topk, highest=True),
         lowest_update_ratio=_top(
-            s.names, s.full_columns.get("update_ratio", []), topk, highest=False
+            s.names, _listed(s.full_columns.get("update_ratio")), topk, highest=False
         ),
         non_finite=[n for n in s.names if n in bad],
         frozen_by_design=list(s.frozen_by_design),
@@ -173,3 +174,7 @@ def run_detail(fleet: Fleet, book: AlertBook, name: str, topk: int) -> RunDetail
         silent=having("silent"), crashed=having("crashed"), terminated=having("terminated"),
         ranks=ranks,
     )  # fmt: skip
+
+
+def _listed(column: Floats | None) -> list[float]:
+    return [] if column is None else column.tolist()

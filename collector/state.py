@@ -18,9 +18,10 @@ from gradwatch.wire import (
     Stats,
     WireError,
     check_shape,
-    unpack_columns,
 )
 from gradwatch.wire.metrics import STEP_PHASES, phase_seconds
+
+from .params import Floats, ParamTable, unpack
 
 if TYPE_CHECKING:
     from .run_record import RunRecord
@@ -74,9 +75,9 @@ class RankState:
     """Step of the first stats/heartbeat frame of this session (for warmups); -1 before."""
     stats: Stats | None = None
     """The latest stats frame."""
-    columns: dict[str, list[float]] = field(default_factory=dict)
+    columns: dict[str, Floats] = field(default_factory=dict)
     """Latest cheap per-parameter columns (``wire.CHEAP_FIELDS`` names), tracked order."""
-    full_columns: dict[str, list[float]] = field(default_factory=dict)
+    full_columns: dict[str, Floats] = field(default_factory=dict)
     """Latest full per-parameter columns (``wire.FULL_FIELDS`` names), tracked order."""
     full_metrics: dict[str, float] = field(default_factory=dict)
     """Frame-level metrics of the latest full step (the gradient percentiles travel only there)."""
@@ -117,6 +118,18 @@ class RankState:
     a declared phase is not time stalled."""
     bye: Bye | None = None
     """The bye, once it arrived: how the rank ended (reason, error, signal)."""
+    derived: dict[object, object] = field(default_factory=dict)
+    """What readers derive from the latest frame (the exporter's parameter summary), kept
+    until the next stats frame replaces it."""
+    _table: ParamTable | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def table(self) -> ParamTable:
+        """What the current hello says about the tracked parameters (derived once per hello)."""
+        table = self._table
+        if table is None or table.hello is not self.hello:
+            table = self._table = ParamTable(self.hello)
+        return table
 
     @property
     def frozen_by_design(self) -> tuple[str, ...]:
@@ -129,12 +142,12 @@ class RankState:
         """Steps since the first frame of this session (0 before any)."""
         return 0 if self.first_step < 0 else self.last_step - self.first_step
 
-    def latest(self, name: str) -> list[float] | None:
+    def latest(self, name: str) -> Floats | None:
         """Latest values of the per-parameter column ``name``, from a cheap or a full step."""
         got = self.columns.get(name)
         return got if got is not None else self.full_columns.get(name)
 
-    def fresh(self, name: str) -> list[float] | None:
+    def fresh(self, name: str) -> Floats | None:
         """The per-parameter column ``name`` if the latest stats frame carried it, else None."""
         if name in self.columns:
             return self.columns[name]
@@ -382,7 +395,8 @@ class Fleet:
         if old is not None and old.hello.session == hello.session:
             # A reconnect, or the table re-announced (a dtype or requires_grad changed): the
             # same process, so keep what we know; columns follow the new table.
-            names = _tracked_names(hello)
+            table = ParamTable(hello)
+            names = table.names
             if names != old.names:
                 trainable = {p.name for p in hello.params if p.requires_grad}
                 for name in old.names:
@@ -392,7 +406,7 @@ class Fleet:
                     old.untracked.pop(name, None)
                 old.names, old.columns, old.full_columns = names, {}, {}
                 old.full_step = -1
-            old.hello = hello
+            old.hello, old._table = hello, table
             self._seen(old, now)
             old.ended, old.bye = False, None
             old.frames += 1
@@ -426,10 +440,11 @@ class Fleet:
         return state
 
     def _new_rank(self, hello: Hello, now: float, fresh: bool) -> RankState:
-        names = _tracked_names(hello)
+        table = ParamTable(hello)
         state = RankState(
-            hello.run, hello.rank, hello, now, now, names=names, frames=1, progress_at=now
+            hello.run, hello.rank, hello, now, now, names=table.names, frames=1, progress_at=now
         )
+        state._table = table
         previous = self._recall(hello.run, hello.rank) if fresh else None
         if previous is not None and previous.session == hello.session:
             # The collector restarted under a running session: continue its record.
@@ -475,11 +490,12 @@ class Fleet:
     @staticmethod
     def _stats(state: RankState, stats: Stats) -> None:
         state.stats = stats
-        state.columns = unpack_columns(state.hello.fields, stats.rows)
+        state.columns = unpack(state.hello.fields, stats.rows)
         if stats.full:
-            state.full_columns = unpack_columns(state.hello.full_fields, stats.full)
+            state.full_columns = unpack(state.hello.full_fields, stats.full)
             state.full_step = stats.step
             state.full_metrics = dict(stats.metrics)
+        state.derived = {}  # after the columns: see ranking.summary
 
     def forget(self, run: str) -> None:
         """Drop a run and its sessions from memory (``on_forget`` first)."""
@@ -492,8 +508,3 @@ class Fleet:
         self.ranks_held -= len(state.ranks)
         for rank in state.ranks.values():
             self._sessions.pop(rank.hello.session, None)
-
-
-def _tracked_names(hello: Hello) -> tuple[str, ...]:
-    """Names of the parameters a hello's stats rows carry, in row order."""
-    return tuple(hello.params[i].name for i in hello.tracked)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Generic, Literal, TypeVar
@@ -226,15 +225,6 @@ def fmt(x: float | None) -> str:
 def name_list(names: Sequence[str], k: int) -> str:
     shown = ", ".join(names[:k])
     return shown + (f" (+{len(names) - k} more)" if len(names) > k else "")
-
-
-_LAYER = re.compile(r"(?:^|\.)(?:blocks|layers|layer|h|block)\.(\d+)\.")
-
-
-def layer_index(name: str) -> int | None:
-    """The block number in ``blocks.3.attn.weight``-style names, else None."""
-    match = _LAYER.search(name)
-    return int(match.group(1)) if match else None
 
 
 def metric(rank: RankState, key: str) -> float | None:

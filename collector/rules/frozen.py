@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ..params import Floats
 from ..state import RankState
 from .base import Finding, Rule, RuleSettings, fmt, name_list, sticky
 from .updates import LOW_PRECISION, dtypes, is_full_step
@@ -99,7 +100,7 @@ class FrozenParameters(Rule[FrozenSettings, FrozenMemory]):
         """Tracked parameters whose group's learning rate is exactly 0, with its onset."""
         assert rank.stats is not None
         s, step, frozen = self.settings, rank.stats.step, {}
-        groups = {rank.hello.params[i].group for i in rank.hello.tracked}
+        groups = rank.table.group_set
         for g, lr in enumerate(rank.stats.lr):
             if not math.isfinite(lr) or lr != 0.0:
                 memory.lr_was_positive[g] = memory.lr_was_positive.get(g, False) or lr > 0
@@ -110,8 +111,8 @@ class FrozenParameters(Rule[FrozenSettings, FrozenMemory]):
             memory.zero_frames[g] = memory.zero_frames.get(g, 0) + 1
             due = memory.lr_was_positive.get(g) or rank.steps_seen >= s.zero_lr_grace_steps
             if g in groups and due and memory.zero_frames[g] >= s.zero_lr_frames:
-                for i, row in enumerate(rank.hello.tracked):
-                    if rank.hello.params[row].group == g:
+                for i, group in enumerate(rank.table.groups):
+                    if group == g:
                         frozen[rank.names[i]] = memory.zero_since[g]
         return frozen
 
@@ -119,10 +120,11 @@ class FrozenParameters(Rule[FrozenSettings, FrozenMemory]):
         """The sampled causes, judged on a full step (kept until the next one)."""
         assert rank.stats is not None
         s, step = self.settings, rank.stats.step
-        ratios = rank.full_columns.get("update_ratio", [])
-        unchanged = rank.full_columns.get("unchanged_frac", [0.0] * len(ratios))
-        underflow = rank.full_columns.get("underflow_frac", [0.0] * len(ratios))
-        grads = rank.columns.get("grad_norm", [0.0] * len(ratios))
+        full = rank.full_columns
+        ratios = _listed(full.get("update_ratio"), 0)
+        unchanged = _listed(full.get("unchanged_frac"), len(ratios))
+        underflow = _listed(full.get("underflow_frac"), len(ratios))
+        grads = _listed(rank.columns.get("grad_norm"), len(ratios))
         kinds, missing = dtypes(rank), set(rank.stats.nograd)
         memory.sampled, memory.underflow, memory.ratio = {}, {}, {}
         for i, (name, r) in enumerate(zip(rank.names, ratios, strict=False)):
@@ -192,4 +194,9 @@ class FrozenParameters(Rule[FrozenSettings, FrozenMemory]):
 
 
 def _group(rank: RankState, name: str) -> int:
-    return next(p.group for p in rank.hello.params if p.name == name)
+    return rank.table.group_of[name]
+
+
+def _listed(column: Floats | None, n: int) -> list[float]:
+    """``column`` as a list, or ``n`` zeros when the frame does not carry it."""
+    return [0.0] * n if column is None else column.tolist()

@@ -6,8 +6,11 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from gradwatch.wire import metrics as m
 
+from ..params import Bools, Ints
 from ..state import RankState
 from .base import (
     Finding,
@@ -15,7 +18,6 @@ from .base import (
     RuleSettings,
     finite,
     fmt,
-    layer_index,
     median,
     name_list,
     sticky,
@@ -27,8 +29,9 @@ def global_grad_norm(rank: RankState) -> float | None:
     if rank.stats is None:
         return None
     value = rank.stats.metrics.get(m.GRAD_NORM)
-    if value is None and rank.columns.get("grad_norm"):
-        value = math.sqrt(sum(x * x for x in rank.columns["grad_norm"]))
+    grads = rank.columns.get("grad_norm")
+    if value is None and grads is not None and len(grads):
+        value = math.sqrt(sum(x * x for x in grads.tolist()))
     return value
 
 
@@ -78,7 +81,8 @@ class GradExplosion(Rule[GradExplosionSettings, GradExplosionMemory]):
             memory.norms.append(norm)
             memory.parameter = None
             return []
-        column = rank.columns.get("grad_norm", [])
+        grads = rank.columns.get("grad_norm")
+        column = [] if grads is None else grads.tolist()
         ranked = sorted(
             (i for i in range(len(column)) if finite(column[i])), key=lambda i: -column[i]
         )
@@ -126,19 +130,23 @@ class VanishingGradients(Rule[VanishingSettings, None]):
         if norm < s.min_norm:
             msg = f"global gradient norm {fmt(norm)} is below {fmt(s.min_norm)}"
             return [self.finding(msg, value=norm, threshold=s.min_norm)]
-        squares: dict[int, float] = {}
-        for name, g in zip(rank.names, rank.columns.get("grad_norm", ()), strict=False):
-            layer = layer_index(name)
-            if layer is not None and math.isfinite(g):
-                squares[layer] = squares.get(layer, 0.0) + g * g
-        if len(squares) < 2:
+        table, grads = rank.table, rank.columns.get("grad_norm")
+        if grads is None or table.layer_count < 2 or len(grads) != len(table):
             return []
-        first, last = math.sqrt(squares[min(squares)]), math.sqrt(squares[max(squares)])
+        use = table.has_layer & np.isfinite(grads)
+        layers = table.layer[use]
+        present = np.flatnonzero(np.bincount(layers, minlength=table.layer_count))
+        if len(present) < 2:
+            return []
+        g = grads[use]
+        squares = np.bincount(layers, weights=g * g, minlength=table.layer_count)
+        low, high = int(present[0]), int(present[-1])
+        first, last = math.sqrt(squares[low]), math.sqrt(squares[high])
         if last > 0 and first / last < s.layer_ratio:
             return [
                 self.finding(
-                    f"block {min(squares)} gradient norm {fmt(first)} is "
-                    f"{first / last:.2e} of block {max(squares)}'s {fmt(last)}",
+                    f"block {low} gradient norm {fmt(first)} is "
+                    f"{first / last:.2e} of block {high}'s {fmt(last)}",
                     value=first / last,
                     threshold=s.layer_ratio,
                 )
@@ -156,8 +164,10 @@ class DeadSettings(RuleSettings):
 
 @dataclass
 class DeadMemory:
-    streak: list[int] = field(default_factory=list)
-    alive_before: list[bool] = field(default_factory=list)
+    streak: Ints = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """Consecutive zero or missing gradients, per row."""
+    alive_before: Bools = field(default_factory=lambda: np.zeros(0, dtype=np.bool_))
+    """The row had a finite non-zero gradient at some point."""
     since: dict[str, int] = field(default_factory=dict)
     """Step of the first zero or missing gradient of each parameter's current streak."""
     parameter: str | None = None
@@ -183,21 +193,19 @@ class DeadParameters(Rule[DeadSettings, DeadMemory]):
         grads = rank.columns.get("grad_norm")
         if rank.stats is None or grads is None:
             return None
-        n = len(grads)
+        n, step = len(grads), rank.stats.step
         if len(memory.streak) != n:
-            memory.streak, memory.alive_before = [0] * n, [False] * n
-        missing, step = set(rank.stats.nograd), rank.stats.step
-        dead: list[str] = []
-        for i, g in enumerate(grads):
-            if i in missing or g == 0.0:
-                if memory.streak[i] == 0:
-                    memory.since[rank.names[i]] = step
-                memory.streak[i] += 1
-            else:
-                memory.streak[i] = 0
-                memory.alive_before[i] = memory.alive_before[i] or math.isfinite(g)
-            if memory.alive_before[i] and memory.streak[i] >= self.settings.window:
-                dead.append(rank.names[i])
+            memory.streak = np.zeros(n, dtype=np.int64)
+            memory.alive_before = np.zeros(n, dtype=np.bool_)
+        zero = grads == 0.0
+        if rank.stats.nograd:
+            zero[list(rank.stats.nograd)] = True
+        for i in np.flatnonzero(zero & (memory.streak == 0)).tolist():
+            memory.since[rank.names[i]] = step
+        memory.streak = np.where(zero, memory.streak + 1, 0)
+        memory.alive_before |= ~zero & np.isfinite(grads)
+        rows = np.flatnonzero(memory.alive_before & (memory.streak >= self.settings.window))
+        dead = [rank.names[i] for i in rows.tolist()]
         memory.parameter = sticky(memory.parameter, dead)
         if not dead or memory.parameter is None:
             return []

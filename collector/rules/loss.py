@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..state import RankState
 from .base import Finding, Rule, RuleSettings, finite, fmt, mean_std
+from .window import Window
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,17 @@ class LossSpikeSettings(RuleSettings):
 
 @dataclass
 class LossSpikeMemory:
-    losses: deque[float] = field(default_factory=deque)
+    losses: Window
+    """The moving window of losses (spikes kept out)."""
+    logs: Window
+    """Their logarithms (0.0 in place of a loss <= 0), for the z-score of positive losses."""
+    nonpositive: int = 0
+    """Losses <= 0 in the window (then the z-score is judged in linear space)."""
+
+    def append(self, loss: float) -> None:
+        out = self.losses.append(loss)
+        self.logs.append(math.log(loss) if loss > 0 else 0.0)
+        self.nonpositive += (loss <= 0) - (out is not None and out <= 0)
 
 
 class LossSpike(Rule[LossSpikeSettings, LossSpikeMemory]):
@@ -46,7 +57,7 @@ class LossSpike(Rule[LossSpikeSettings, LossSpikeMemory]):
     settings_type = LossSpikeSettings
 
     def new_memory(self) -> LossSpikeMemory:
-        return LossSpikeMemory(deque(maxlen=self.settings.window))
+        return LossSpikeMemory(Window(self.settings.window), Window(self.settings.window))
 
     def check(self, rank: RankState, memory: LossSpikeMemory) -> list[Finding] | None:
         loss = None if rank.stats is None else rank.stats.loss
@@ -55,7 +66,7 @@ class LossSpike(Rule[LossSpikeSettings, LossSpikeMemory]):
         s, history = self.settings, memory.losses
         found: list[Finding] = []
         if len(history) >= s.min_history:
-            avg, _ = mean_std(history)
+            avg = history.mean()
             if avg > 0 and loss > s.ratio * avg:
                 found.append(
                     self.finding(
@@ -65,7 +76,7 @@ class LossSpike(Rule[LossSpikeSettings, LossSpikeMemory]):
                     )
                 )
             elif len(history) >= s.zscore_warmup:
-                z, threshold = _zscore(loss, history, s.zscore)
+                z, threshold = _zscore(loss, memory, s.zscore)
                 if z > s.zscore:
                     found.append(
                         self.finding(
@@ -77,22 +88,22 @@ class LossSpike(Rule[LossSpikeSettings, LossSpikeMemory]):
                         )
                     )
         if not found:
-            history.append(loss)
+            memory.append(loss)
         return found
 
 
-def _zscore(loss: float, history: deque[float], limit: float) -> tuple[float, float]:
+def _zscore(loss: float, memory: LossSpikeMemory, limit: float) -> tuple[float, float]:
     """How many standard deviations ``loss`` lies above ``history``, and the loss that would
     lie ``limit`` standard deviations above it.
 
     Positive losses are judged in log space: near convergence a batch's loss varies by factors
     (one misclassified sample turns a loss of 0.001 into 0.005), not by a fixed amount, and a
     real spike is a jump by a factor too."""
-    if loss > 0 and min(history) > 0:
-        mean, spread = mean_std([math.log(x) for x in history])
+    if loss > 0 and not memory.nonpositive:
+        mean, spread = memory.logs.mean_std()
         std = max(spread, 1e-3)
         return (math.log(loss) - mean) / std, math.exp(min(mean + limit * std, 709.0))
-    avg, spread = mean_std(history)
+    avg, spread = memory.losses.mean_std()
     std = max(spread, 1e-3 * abs(avg), 1e-12)
     return (loss - avg) / std, avg + limit * std
 
@@ -111,8 +122,12 @@ class LossPlateauSettings(RuleSettings):
 
 @dataclass
 class LossPlateauMemory:
-    losses: deque[float] = field(default_factory=deque)
-    steps: deque[int] = field(default_factory=deque)
+    losses: deque[float]
+    steps: deque[int]
+    recent: Window
+    """The latest ``window`` losses."""
+    earlier: Window
+    """The ``window`` losses that start ``lookback`` frames back (full once ``losses`` is)."""
 
 
 class LossPlateau(Rule[LossPlateauSettings, LossPlateauMemory]):
@@ -132,8 +147,8 @@ class LossPlateau(Rule[LossPlateauSettings, LossPlateauMemory]):
     settings_type = LossPlateauSettings
 
     def new_memory(self) -> LossPlateauMemory:
-        n = self.settings.lookback
-        return LossPlateauMemory(deque(maxlen=n), deque(maxlen=n))
+        n, w = self.settings.lookback, self.settings.window
+        return LossPlateauMemory(deque(maxlen=n), deque(maxlen=n), Window(w), Window(w))
 
     def check(self, rank: RankState, memory: LossPlateauMemory) -> list[Finding] | None:
         loss = None if rank.stats is None else rank.stats.loss
@@ -142,12 +157,15 @@ class LossPlateau(Rule[LossPlateauSettings, LossPlateauMemory]):
         s, history = self.settings, memory.losses
         history.append(loss)
         memory.steps.append(rank.stats.step if rank.stats is not None else -1)
+        memory.recent.append(loss)
+        back = len(history) - 1 - (s.lookback - s.window)  # where the earlier window ends
+        if 0 <= back < len(history):
+            memory.earlier.append(history[back])
         if len(history) < s.lookback:
             return []
-        values = list(history)
-        earlier = mean_std(values[: s.window])[0]
-        recent = mean_std(values[-s.window :])[0]
+        earlier, recent = memory.earlier.mean(), memory.recent.mean()
         if earlier > 0 and recent >= s.ratio * earlier:
+            values = list(history)
             return [
                 self.finding(
                     f"loss has not improved over {s.lookback} frames: recent mean "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from gradwatch.wire import metrics as m
 
 from ..state import RankState
@@ -54,13 +56,7 @@ class NonFinite(Rule[NonFiniteSettings, NonFiniteMemory]):
         stats = rank.stats
         if stats is None:
             return None
-        skip = set(stats.nograd)
-        offenders: list[str] = []
-        for column in ("grad_norm", "weight_norm"):
-            for i, x in enumerate(rank.fresh(column) or ()):
-                if i not in skip and not math.isfinite(x) and rank.names[i] not in offenders:
-                    offenders.append(rank.names[i])
-        ordered = [n for n in rank.names if n in offenders]
+        ordered = _offenders(rank, stats.nograd)
         loss_bad = stats.loss is not None and not math.isfinite(stats.loss)
         global_norm = stats.metrics.get(m.GRAD_NORM)
         grad_bad = global_norm is not None and not finite(global_norm)
@@ -96,7 +92,23 @@ class NonFinite(Rule[NonFiniteSettings, NonFiniteMemory]):
         ]
 
 
+def _offenders(rank: RankState, skip: tuple[int, ...]) -> list[str]:
+    """Tracked parameters with a non-finite gradient or weight norm in the latest frame (rows
+    in ``skip`` had no gradient), in table order."""
+    bad: np.ndarray | None = None
+    for column in ("grad_norm", "weight_norm"):
+        values = rank.fresh(column)
+        if values is not None and not np.isfinite(values).all():
+            here = ~np.isfinite(values)
+            bad = here if bad is None else bad | here
+    if bad is None:
+        return []
+    if skip:
+        bad[list(skip)] = False
+    return [rank.names[i] for i in np.flatnonzero(bad).tolist()]
+
+
 def _counts(rank: RankState, pairs: tuple[tuple[int, int], ...]) -> str:
     """``name count/numel`` for the exact counts the agent sent for flagged parameters."""
-    numel = [rank.hello.params[i].numel for i in rank.hello.tracked]
+    numel = rank.table.numels
     return ", ".join(f"{rank.names[row]} {count}/{numel[row]}" for row, count in pairs[:5])

@@ -6,6 +6,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from ..params import LOW_PRECISION, Floats
 from ..state import RankState
 from .base import (
     Finding,
@@ -16,7 +19,7 @@ from .base import (
     sticky,
 )
 
-LOW_PRECISION = ("bfloat16", "float16", "bf16", "fp16", "half")
+__all__ = ["LOW_PRECISION", "dtypes", "is_full_step", "numels"]
 
 
 def is_full_step(rank: RankState) -> bool:
@@ -25,12 +28,18 @@ def is_full_step(rank: RankState) -> bool:
 
 def dtypes(rank: RankState) -> list[str]:
     """Dtype of each tracked parameter, in row order."""
-    return [rank.hello.params[i].dtype for i in rank.hello.tracked]
+    return rank.table.dtypes
 
 
 def numels(rank: RankState) -> list[int]:
     """Element count of each tracked parameter, in row order."""
-    return [rank.hello.params[i].numel for i in rank.hello.tracked]
+    return rank.table.numels
+
+
+def _column(rank: RankState, name: str, n: int, fill: float) -> Floats:
+    """The full-step column ``name`` (``fill`` when the frame does not carry it)."""
+    got = rank.full_columns.get(name)
+    return np.full(n, fill) if got is None else got
 
 
 MIN_NUMEL = 16
@@ -76,19 +85,18 @@ class UpdateRatioHigh(Rule[RatioHighSettings, ParamMemory]):
         if not is_full_step(rank):
             return None
         s = self.settings
-        ratios = rank.full_columns.get("update_ratio", [])
-        weights = rank.fresh("weight_norm") or [math.inf] * len(ratios)
-        sizes = numels(rank)
-        bad = [
-            i
-            for i, r in enumerate(ratios)
-            if math.isfinite(r)
-            and r > s.max_ratio
-            and weights[i] >= s.min_weight_norm
-            and sizes[i] >= s.min_numel
-        ]
-        bad.sort(key=lambda i: -ratios[i])
-        return _ratio_findings(self, rank, memory, bad, ratios, "above", s.max_ratio, s.topk)
+        ratios = _column(rank, "update_ratio", len(rank.names), 0.0)
+        weights = rank.fresh("weight_norm")
+        if weights is None:
+            weights = np.full(len(ratios), math.inf)
+        weights = weights[: len(ratios)]
+        with np.errstate(invalid="ignore"):
+            mask = np.isfinite(ratios) & (ratios > s.max_ratio) & (weights >= s.min_weight_norm)
+        mask &= rank.table.numel[: len(ratios)] >= s.min_numel
+        rows = np.flatnonzero(mask)
+        bad = rows[np.argsort(-ratios[rows], kind="stable")].tolist()
+        values = ratios.tolist()
+        return _ratio_findings(self, rank, memory, bad, values, "above", s.max_ratio, s.topk)
 
 
 def _ratio_findings(
@@ -106,7 +114,7 @@ def _ratio_findings(
     memory.parameter = sticky(memory.parameter, names)
     if not bad:
         return []
-    value = ratios[rank.names.index(memory.parameter)] if memory.parameter else None
+    value = ratios[rank.table.rows[memory.parameter]] if memory.parameter else None
     listed = name_list([f"{n} ({fmt(ratios[i])})" for n, i in zip(names, bad, strict=True)], topk)
     return [
         rule.finding(
@@ -150,19 +158,20 @@ class UpdateRatioLow(Rule[RatioLowSettings, ParamMemory]):
         if not is_full_step(rank) or rank.stats is None or not any(rank.stats.lr):
             return None
         s = self.settings
-        ratios = rank.full_columns.get("update_ratio", [])
-        grads = rank.columns.get("grad_norm", [0.0] * len(ratios))
-        missing, sizes = set(rank.stats.nograd), numels(rank)
-        bad = [
-            i
-            for i, r in enumerate(ratios)
-            if s.frozen_ratio < r < s.min_ratio
-            and grads[i] > 0
-            and i not in missing
-            and sizes[i] >= s.min_numel
-        ]
-        bad.sort(key=lambda i: ratios[i])
-        return _ratio_findings(self, rank, memory, bad, ratios, "below", s.min_ratio, s.topk)
+        ratios = _column(rank, "update_ratio", len(rank.names), 0.0)
+        grads = rank.columns.get("grad_norm")
+        if grads is None:
+            grads = np.zeros(len(ratios))
+        grads = grads[: len(ratios)]
+        with np.errstate(invalid="ignore"):
+            mask = (s.frozen_ratio < ratios) & (ratios < s.min_ratio) & (grads > 0)
+        mask &= rank.table.numel[: len(ratios)] >= s.min_numel
+        if rank.stats.nograd:
+            mask[list(rank.stats.nograd)] = False
+        rows = np.flatnonzero(mask)
+        bad = rows[np.argsort(ratios[rows], kind="stable")].tolist()
+        values = ratios.tolist()
+        return _ratio_findings(self, rank, memory, bad, values, "below", s.min_ratio, s.topk)
 
 
 @dataclass(frozen=True)
@@ -179,7 +188,7 @@ class WeightSpikeSettings(RuleSettings):
 
 @dataclass
 class WeightSpikeMemory:
-    previous: list[float] = field(default_factory=list)
+    previous: Floats = field(default_factory=lambda: np.zeros(0))
     parameter: str | None = None
 
 
@@ -204,31 +213,28 @@ class WeightNormSpike(Rule[WeightSpikeSettings, WeightSpikeMemory]):
         norms = rank.fresh("weight_norm")
         if norms is None:  # not measured this step (weights travel on full steps)
             return None
-        s, before = self.settings, memory.previous
+        s, previous = self.settings, memory.previous
         bad: list[int] = []
-        if len(before) == len(norms):
-            sizes = numels(rank)
-            bad = [
-                i
-                for i, (w, p) in enumerate(zip(norms, before, strict=True))
-                if math.isfinite(w)
-                and math.isfinite(p)
-                and p >= s.min_norm
-                and sizes[i] >= s.min_numel
-                and w > s.ratio * p
-            ]
-        memory.previous = list(norms)
+        if len(previous) == len(norms):
+            with np.errstate(invalid="ignore", over="ignore"):
+                mask = np.isfinite(norms) & np.isfinite(previous) & (previous >= s.min_norm)
+                mask &= (rank.table.numel[: len(norms)] >= s.min_numel) & (
+                    norms > s.ratio * previous
+                )
+            bad = np.flatnonzero(mask).tolist()
+        memory.previous = norms.copy()
         names = [rank.names[i] for i in bad]
         memory.parameter = sticky(memory.parameter, names)
         if not bad:
             return []
-        i = rank.names.index(memory.parameter) if memory.parameter else bad[0]
+        i = rank.table.rows[memory.parameter] if memory.parameter else bad[0]
+        now, before = float(norms[i]), float(previous[i])
         return [
             self.finding(
-                f"weight norm of {rank.names[i]} jumped {norms[i] / before[i]:.1f}x to "
-                f"{fmt(norms[i])}; spiking: {name_list(names, s.topk)}",
+                f"weight norm of {rank.names[i]} jumped {now / before:.1f}x to "
+                f"{fmt(now)}; spiking: {name_list(names, s.topk)}",
                 parameter=memory.parameter,
-                value=norms[i],
-                threshold=s.ratio * before[i],
+                value=now,
+                threshold=s.ratio * before,
             )
         ]

@@ -6,6 +6,7 @@ import sys
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 VERSION = 1
@@ -116,9 +117,10 @@ class Hello:
     device_uuid: str = ""
     """The CUDA device UUID (``GPU-...``, as nvidia-smi and DCGM name it); "" off CUDA."""
 
-    @property
+    @cached_property
     def tracked(self) -> tuple[int, ...]:
-        """Indices into ``params`` of the rows that stats frames carry (requires_grad ones)."""
+        """Indices into ``params`` of the rows that stats frames carry (requires_grad ones;
+        derived once per hello)."""
         return tuple(i for i, p in enumerate(self.params) if p.requires_grad)
 
 

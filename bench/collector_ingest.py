@@ -1,0 +1,541 @@
+"""The collector at fleet scale (issue 12): ingest rate, a fleet's backlog, ``/metrics`` and
+frame → alert times, each beside a baseline measured in the same run.
+
+Frames are built with the project's encoder as the agent builds them (per-parameter rows, a
+full step every 50, the agent's frame metrics) and pre-encoded; the bench process sends them
+over real ZeroMQ PUSH sockets from the other core. The collector is a real process
+(``python -m gradwatch.collector``) pinned to one core (``os.sched_setaffinity`` before exec,
+so all its threads inherit it); the baseline is a bare PULL + ``msgpack.unpackb`` loop pinned
+to the same core. End of a batch: a sentinel hello sent after the batch on the same socket
+(ZeroMQ keeps one pipe's order) and polled for with ``GET /runs/<sentinel>``.
+
+Parts: ``ingest`` (frames/s, 200 and 500 params x 1, 8, 64 ranks), ``fleet`` (256 ranks x 10
+frames/s: ingested in time, lag p99, CPU, RSS, drain time, frame → alert under load),
+``metrics`` (``/metrics`` p50/p99 at 64 and 256 ranks x 500 params; keep-alive requests),
+``workers`` (ingest with 1 and 2 ingest processes, 8 runs x 8 ranks, both cores).
+
+Run: .venv/bin/python bench/collector_ingest.py [--quick] [--parts ingest,fleet,metrics,workers]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import zmq
+
+from gradwatch import wire
+from gradwatch.wire import metrics as m
+
+COLLECTOR_CORE = 0
+SENDER_CORE = 1
+FULL_EVERY = 50
+GOALS = {"ingest_200": 20_000.0, "ingest_500": 8_000.0, "metrics_p99_ms": 100.0,
+         "alert_p99_ms": 50.0, "keepalive_ms": 5.0, "lag_p99_s": 1.0}  # fmt: skip
+
+BARE_LOOP = r"""
+import os, sys, time, resource, msgpack, zmq
+os.sched_setaffinity(0, {%d})
+ctx = zmq.Context(); sock = ctx.socket(zmq.PULL); sock.setsockopt(zmq.RCVHWM, 100000)
+port = sock.bind_to_random_port("tcp://127.0.0.1"); print(port, flush=True)
+lags, n, cpu0 = [], 0, time.process_time()
+while True:
+    obj = msgpack.unpackb(sock.recv(), raw=False)
+    n += 1
+    lags.append(time.time() - obj["time"])
+    if obj["run"].startswith("sentinel"):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        lags.sort(); p99 = lags[int(0.99 * (len(lags) - 1))]
+        late = sum(1 for x in lags if x > 1.0)
+        print(time.time(), n, p99, late, rss, time.process_time() - cpu0, flush=True)
+        lags, n, cpu0 = [], 0, time.process_time()
+"""
+
+
+def pin(core: int | set[int]) -> Callable[[], None]:
+    cores = {core} if isinstance(core, int) else core
+    return lambda: os.sched_setaffinity(0, cores)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        time.sleep(interval)
+    return value
+
+
+# ----------------------------------------------------------------------------- frames
+
+
+def names(params: int) -> list[str]:
+    """A transformer's parameter names: 8 tensors a block."""
+    parts = ("ln1.weight", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
+             "ln2.weight", "mlp.fc.weight", "mlp.fc.bias", "mlp.proj.weight")  # fmt: skip
+    return [f"blocks.{i // 8}.{parts[i % 8]}" for i in range(params)]
+
+
+class Rank:
+    """One rank's frames, as the agent encodes them."""
+
+    def __init__(self, run: str, rank: int, world: int, params: int) -> None:
+        self.run, self.rank, self.world, self.params = run, rank, world, params
+        self.session, self.seq = uuid.uuid4().hex[:16], 0
+        shape = (64, 64)
+        self.table = tuple(wire.ParamInfo(n, shape, "float32", 4096, True) for n in names(params))
+
+    def hello(self) -> bytes:
+        self.seq += 1
+        frame = wire.Hello(self.run, self.rank, self.session, self.world, "bench", 1000 + self.rank,
+                           "2.4", "cuda:0", "AdamW", self.table, seq=self.seq, time=time.time(),
+                           replicated=True)  # fmt: skip
+        return wire.encode(frame)
+
+    def stats(self, step: int, when: float | None = None, loss: float | None = None) -> bytes:
+        self.seq += 1
+        wobble = 1.0 + 0.01 * math.sin(step * 0.7 + self.rank)
+        norms = [0.05 * wobble * (1 + (i % 7) * 0.1) for i in range(self.params)]
+        full = b""
+        metrics = {m.GRAD_NORM: math.sqrt(math.fsum(x * x for x in norms)),
+                   m.NONFINITE_GRADS: 0.0, m.STEP_TIME: 0.1, m.TOKENS_PER_SECOND: 1e5,
+                   m.phase_seconds("data"): 0.002, m.phase_seconds("forward"): 0.03,
+                   m.phase_seconds("backward"): 0.06, m.phase_seconds("optimizer"): 0.01,
+                   m.MEMORY_ALLOCATED: 2e9, m.MEMORY_RESERVED: 3e9, m.RSS: 4e9}  # fmt: skip
+        if step % FULL_EVERY == 0:
+            row = [1e-3 * 5, 1e-3 * wobble, 0.0, 0.0, 0.5, 0.05, 5.0]
+            full = wire.pack_floats(row * self.params)
+            metrics.update({m.grad_percentile(p): 0.01 * p for p in m.GRAD_PERCENTILES})
+        loss = 2.0 * wobble * (1 - step * 1e-5) if loss is None else loss
+        frame = wire.Stats(self.run, self.rank, self.session, self.seq, step,
+                           time.time() if when is None else when, loss, (1e-3,),
+                           wire.pack_floats(norms), full, metrics=metrics)  # fmt: skip
+        return wire.encode(frame)
+
+
+def job(run: str, ranks: int, params: int) -> list[Rank]:
+    return [Rank(run, r, ranks, params) for r in range(ranks)]
+
+
+def sentinel() -> bytes:
+    return Rank(f"sentinel-{uuid.uuid4().hex[:8]}", 0, 1, 1).hello()
+
+
+def sentinel_run(data: bytes) -> str:
+    return wire.decode(data).run
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+class Pusher:
+    """A PUSH socket that never blocks the bench (no send high-water mark)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+
+    def send(self, frames: Iterable[bytes]) -> None:
+        for data in frames:
+            self.sock.send(data, copy=False)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+
+class Collector:
+    """``python -m gradwatch.collector`` on free ports, pinned to ``cores``."""
+
+    def __init__(self, workdir: Path, cores: int | set[int], *extra: str) -> None:
+        ready = workdir / f"ready-{uuid.uuid4().hex[:6]}"
+        cmd = [sys.executable, "-m", "gradwatch.collector", "--listen", "tcp://127.0.0.1:0",
+               "--http", "127.0.0.1:0", "--db", str(workdir / f"{ready.name}.db"),
+               "--ready-file", str(ready), "--log-level", "warning", *extra]  # fmt: skip
+        log = (workdir / f"{ready.name}.log").open("wb")
+        self.proc = subprocess.Popen(cmd, stderr=log, preexec_fn=pin(cores))
+        info = wait_until(lambda: ready.exists() and json.loads(ready.read_text()), 60, 0.1)
+        self.listen, self.http, self.pid = info["listen"], info["http"], self.proc.pid
+        self.client = httpx.Client(timeout=120)
+
+    def has_run(self, run: str) -> bool:
+        return self.client.get(f"{self.http}/runs/{run}").status_code == 200
+
+    def deliver(self, push: Pusher, frames: list[bytes], timeout: float = 600) -> float:
+        """Send ``frames`` then a sentinel on ``push``; seconds until the sentinel is handled."""
+        mark = sentinel()
+        start = time.perf_counter()
+        push.send(frames)
+        push.send([mark])
+        wait_until(lambda: self.has_run(sentinel_run(mark)), timeout)
+        return time.perf_counter() - start
+
+    def metric(self, name: str) -> float:
+        text = self.client.get(self.http + "/metrics").text
+        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+        return float(found.group(1)) if found else math.nan
+
+    def stop(self) -> None:
+        self.client.close()
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+
+
+class BareLoop:
+    """PULL + ``msgpack.unpackb`` pinned to the collector's core: the floor of any collector."""
+
+    def __init__(self, core: int = COLLECTOR_CORE) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", BARE_LOOP % core],
+                                     stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert self.proc.stdout is not None
+        self.listen = f"tcp://127.0.0.1:{int(self.proc.stdout.readline())}"
+
+    def deliver(self, push: Pusher, frames: list[bytes]) -> tuple[float, dict[str, float]]:
+        """Seconds until the bare loop read ``frames`` and a sentinel; its lag figures."""
+        start_wall = time.time()
+        push.send(frames)
+        push.send([sentinel()])
+        assert self.proc.stdout is not None
+        done, n, p99, late, rss, cpu = map(float, self.proc.stdout.readline().split())
+        figures = {"n": n, "lag_p99": p99, "late": late, "rss": rss, "cpu": cpu}
+        return done - start_wall, figures
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def rss_mib(pid: int) -> float:
+    found = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(found.group(1)) / 1024 if found else math.nan
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else math.nan
+
+
+def batch(ranks: list[Rank], frames: int) -> list[bytes]:
+    """``frames`` stats frames, every rank's step n before any rank's step n+1."""
+    out: list[bytes] = []
+    step = 0
+    while len(out) < frames:
+        step += 1
+        out += [r.stats(step, when=time.time()) for r in ranks]
+    return out[:frames]
+
+
+# ----------------------------------------------------------------------------- parts
+
+
+def part_ingest(tmp: Path, args: argparse.Namespace) -> list[str]:
+    rows = ["| params x ranks | collector frames/s | bare PULL+unpack frames/s | ratio | goal |",
+            "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    bare = BareLoop()
+    try:
+        for params in (200, 500):
+            for nranks in (1, 8, 64):
+                ranks = job(f"ingest-{params}-{nranks}", nranks, params)
+                frames = batch(ranks, args.frames)
+                proc = Collector(tmp, COLLECTOR_CORE)
+                push = Pusher(proc.listen)
+                try:
+                    proc.deliver(push, [r.hello() for r in ranks])
+                    seconds = proc.deliver(push, frames)
+                    if args.py_spy and params == 200 and nranks == 8:
+                        profile(proc, push, frames, args.py_spy)
+                finally:
+                    push.close()
+                    proc.stop()
+                bare_push = Pusher(bare.listen)
+                bare_s, _ = bare.deliver(bare_push, frames)
+                bare_push.close()
+                rate, floor = len(frames) / seconds, len(frames) / bare_s
+                goal = GOALS.get(f"ingest_{params}")
+                verdict = f">= {goal:,.0f}: {'met' if rate >= goal else 'NOT met'}" if goal else ""
+                rows.append(f"| {params} x {nranks} | {rate:,.0f} | {floor:,.0f} | "
+                            f"{100 * rate / floor:.1f} % | {verdict} |")  # fmt: skip
+                print(rows[-1], flush=True)
+    finally:
+        bare.stop()
+    return rows
+
+
+def profile(proc: Collector, push: Pusher, frames: list[bytes], out: str) -> None:
+    """py-spy on the collector while it ingests ``frames`` (collapsed stacks to ``out``)."""
+    spy = Path(sys.executable).with_name("py-spy")
+    rec = subprocess.Popen([str(spy), "record", "--pid", str(proc.pid), "--rate", "250",
+                            "--format", "raw", "--output", out, "--nonblocking"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(1.0)  # py-spy attaches
+    for _ in range(3):
+        proc.deliver(push, frames)
+    rec.send_signal(signal.SIGINT)
+    rec.wait(60)
+
+
+class AlertWatch:
+    """Reads ``/alerts/stream`` and notes when each run's first firing alert arrived."""
+
+    def __init__(self, http: str) -> None:
+        self.seen: dict[str, float] = {}
+        self._thread = threading.Thread(target=self._read, args=(http,), daemon=True)
+        self._thread.start()
+
+    def _read(self, http: str) -> None:
+        with (
+            httpx.Client(timeout=None) as client,
+            client.stream("GET", http + "/alerts/stream") as r,
+        ):
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    alert = json.loads(line[5:])
+                    if alert.get("state") == "firing":
+                        self.seen.setdefault(alert["run"], time.perf_counter())
+
+
+def probe(push: Pusher) -> tuple[str, float]:
+    """A new run whose first frame has a NaN loss (a critical alert at once); its send time."""
+    rank = Rank(f"probe-{uuid.uuid4().hex[:8]}", 0, 1, 8)
+    push.send([rank.hello()])
+    start = time.perf_counter()
+    push.send([rank.stats(1, loss=math.nan)])
+    return rank.run, start
+
+
+def alert_times(proc: Collector, count: int, every: float, load: Callable[[], None]) -> list[float]:
+    """Milliseconds from a probe's NaN frame to its firing alert on the stream, ``count``
+    probes ``every`` seconds apart, calling ``load()`` between (the fleet's frames)."""
+    watch = AlertWatch(proc.http)
+    time.sleep(0.5)  # the stream is connected
+    push = Pusher(proc.listen)
+    sent: dict[str, float] = {}
+    next_probe = time.perf_counter()
+    while len(sent) < count:
+        if time.perf_counter() >= next_probe:
+            run, at = probe(push)
+            sent[run] = at
+            next_probe += every
+        load()
+    wait_until(lambda: all(r in watch.seen for r in sent), 120)
+    push.close()
+    return [(watch.seen[r] - at) * 1e3 for r, at in sent.items()]
+
+
+def part_fleet(tmp: Path, args: argparse.Namespace) -> list[str]:
+    nranks, rate, params = args.fleet_ranks, args.fleet_rate, 200
+    duration = args.fleet_seconds
+    ranks = job("fleet", nranks, params)
+    hellos = [r.hello() for r in ranks]
+    proc = Collector(tmp, COLLECTOR_CORE)
+    push = Pusher(proc.listen)
+    out: dict[str, float] = {}
+    try:
+        idle = alert_times(proc, 20, 0.1, lambda: time.sleep(0.005))
+        proc.deliver(push, hellos)
+        out["rss0"], cpu0 = rss_mib(proc.pid), cpu_seconds(proc.pid)
+        step, start = 0, time.perf_counter()
+
+        def load() -> None:
+            nonlocal step
+            due = int((time.perf_counter() - start) * rate)
+            while step < due:
+                step += 1
+                push.send([r.stats(step) for r in ranks])
+            time.sleep(max(0.0, start + (step + 1) / rate - time.perf_counter()))
+
+        n_probes = int(duration * 2)
+        busy = alert_times(proc, n_probes, duration / n_probes, load)
+        while time.perf_counter() - start < duration:
+            load()
+        loaded_s = time.perf_counter() - start
+        out["cpu"] = (cpu_seconds(proc.pid) - cpu0) / loaded_s
+        out["drain"] = proc.deliver(push, [])
+        out["rss1"] = rss_mib(proc.pid)
+        out["frames"] = step * nranks
+        text = proc.client.get(proc.http + "/metrics").text
+        out.update(lag_figures(text))
+    finally:
+        push.close()
+        proc.stop()
+    bare = BareLoop()
+    try:
+        bare_push = Pusher(bare.listen)
+        step, start = 0, time.perf_counter()
+        while time.perf_counter() - start < duration:
+            due = int((time.perf_counter() - start) * rate)
+            while step < due:
+                step += 1
+                bare_push.send([r.stats(step) for r in ranks])
+            time.sleep(max(0.0, start + (step + 1) / rate - time.perf_counter()))
+        _, b = bare.deliver(bare_push, [])
+        bare_push.close()
+    finally:
+        bare.stop()
+    total = out["frames"]
+    in_time = out.get("in_time", math.nan)
+    rows = [f"fleet: {nranks} ranks x {rate} frames/s x {duration:.0f} s, {params} params "
+            f"({total:,.0f} frames)", "",
+            "| measure | collector | bare PULL+unpack (same load) | goal |",
+            "| --- | --- | --- | --- |",
+            f"| ingested in time (lag <= 1 s) | {100 * in_time / total:.1f} % | "
+            f"{100 * (b['n'] - 1 - b['late']) / max(b['n'] - 1, 1):.1f} % | 100 % |",
+            f"| lag p99 s | {out.get('lag_p99', math.nan):.3f} | {b['lag_p99']:.3f} | <= 1 |",
+            f"| CPU while loaded | {100 * out['cpu']:.0f} % | "
+            f"{100 * b['cpu'] / duration:.0f} % | |",
+            f"| RSS MiB start → end | {out['rss0']:.0f} → {out['rss1']:.0f} | max {b['rss']:.0f} "
+            "| flat |",
+            f"| backlog drained after the load | {out['drain']:.2f} s | | |",
+            f"| frames shed (per-parameter rules skipped) | {out.get('shed', 0):,.0f} | | |",
+            "", "| frame → alert (NaN probe to SSE) | p50 ms | p99 ms | goal |",
+            "| --- | --- | --- | --- |",
+            f"| idle collector (baseline) | {pct(idle, .5):.1f} | {pct(idle, .99):.1f} | |",
+            f"| under the fleet's load | {pct(busy, .5):.1f} | {pct(busy, .99):.1f} | "
+            f"<= {GOALS['alert_p99_ms']:g} |"]  # fmt: skip
+    for row in rows:
+        print(row, flush=True)
+    return rows
+
+
+def lag_figures(text: str) -> dict[str, float]:
+    """Frames handled within 1 s, the lag p99 (bucket bound) and shed frames, from /metrics."""
+    buckets = [(float(le), float(v)) for le, v in re.findall(
+        r'^gradwatch_ingest_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)]  # fmt: skip
+    out: dict[str, float] = {}
+    if buckets:
+        total = buckets[-1][1]
+        out["in_time"] = next(v for le, v in buckets if le >= 1.0)
+        out["lag_p99"] = next(le for le, v in buckets if v >= 0.99 * total)
+    shed = re.search(r"^gradwatch_frames_shed_total (\S+)$", text, re.M)
+    if shed:
+        out["shed"] = float(shed.group(1))
+    return out
+
+
+def timed_gets(client: httpx.Client, url: str, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        client.get(url).raise_for_status()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def part_metrics(tmp: Path, args: argparse.Namespace) -> list[str]:
+    rows = ["| ranks x 500 params | /metrics p50 ms | p99 ms | bytes | /healthz p50 ms (baseline) "
+            "| goal (p99) |", "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    proc = Collector(tmp, COLLECTOR_CORE)
+    push = Pusher(proc.listen)
+    try:
+        held: list[Rank] = []
+        for nranks in (64, 256):
+            new = [Rank("scrape", r, 256, 500) for r in range(len(held), nranks)]
+            proc.deliver(push, [r.hello() for r in new])
+            held += new
+            proc.deliver(push, [r.stats(s) for s in (FULL_EVERY, FULL_EVERY + 1) for r in held])
+            times = timed_gets(proc.client, proc.http + "/metrics", args.scrapes)
+            size = len(proc.client.get(proc.http + "/metrics").content)
+            health = timed_gets(proc.client, proc.http + "/healthz", args.scrapes)
+            p99, goal = pct(times, 0.99), GOALS["metrics_p99_ms"]
+            verdict = "met" if p99 <= goal else "NOT met"
+            rows.append(f"| {nranks} | {pct(times, .5):.1f} | {p99:.1f} | {size:,} | "
+                        f"{pct(health, .5):.1f} | <= {goal:g}: {verdict} |")  # fmt: skip
+            print(rows[-1], flush=True)
+        keep = timed_gets(proc.client, proc.http + "/healthz", 200)
+        fresh = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            httpx.get(proc.http + "/healthz").raise_for_status()
+            fresh.append((time.perf_counter() - t0) * 1e3)
+        goal = GOALS["keepalive_ms"]
+        rows += ["", "| /healthz x 200 | p50 ms | p99 ms | goal |", "| --- | --- | --- | --- |",
+                 f"| one keep-alive connection | {pct(keep, .5):.2f} | {pct(keep, .99):.2f} | "
+                 f"<= {goal:g}: {'met' if pct(keep, .5) <= goal else 'NOT met'} |",
+                 f"| a new connection each (baseline) | {pct(fresh, .5):.2f} | "
+                 f"{pct(fresh, .99):.2f} | |"]  # fmt: skip
+        for row in rows[-4:]:
+            print(row, flush=True)
+    finally:
+        push.close()
+        proc.stop()
+    return rows
+
+
+def part_workers(tmp: Path, args: argparse.Namespace) -> list[str]:
+    """Ingest with 1 and 2 worker processes, 8 runs x 8 ranks x 200 params, on both cores
+    (the bench's sender shares them: it only sends pre-encoded bytes)."""
+    jobs = [job(f"w{i}", 8, 200) for i in range(8)]
+    every = [r for j in jobs for r in j]
+    frames = batch(every, args.frames * 2)
+    rows = ["| ingest workers (both cores) | frames/s | vs 1 worker |", "| --- | --- | --- |"]
+    first = 0.0
+    for workers in (1, 2):
+        proc = Collector(tmp, {0, 1}, "--workers", str(workers))
+        push = Pusher(proc.listen)
+        try:
+            proc.deliver(push, [r.hello() for r in every])
+            rate = len(frames) / proc.deliver(push, frames)
+        finally:
+            push.close()
+            proc.stop()
+        first = first or rate
+        rows.append(f"| {workers} | {rate:,.0f} | {rate / first:.2f}x |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+PARTS: dict[str, Callable[[Path, argparse.Namespace], list[str]]] = {
+    "ingest": part_ingest, "fleet": part_fleet, "metrics": part_metrics, "workers": part_workers,
+}  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter fleet run, fewer frames")
+    parser.add_argument("--parts", default="ingest,fleet,metrics,workers")
+    parser.add_argument("--frames", type=int, default=30_000, help="frames per ingest batch")
+    parser.add_argument("--fleet-ranks", type=int, default=256)
+    parser.add_argument("--fleet-rate", type=float, default=10.0, help="frames/s per rank")
+    parser.add_argument("--fleet-seconds", type=float, default=60.0)
+    parser.add_argument("--scrapes", type=int, default=50)
+    parser.add_argument("--py-spy", default="", help="collapsed stacks of the 200 x 8 ingest")
+    args = parser.parse_args()
+    if args.quick:
+        args.frames, args.fleet_seconds, args.scrapes = 10_000, 15.0, 20
+    os.sched_setaffinity(0, {SENDER_CORE})
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"collector pinned to core {COLLECTOR_CORE}, sender to core {SENDER_CORE}; "
+          f"load average {load}", flush=True)  # fmt: skip
+    report: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.parts.split(","):
+            print(f"\n## {name}\n", flush=True)
+            report += ["", f"## {name}", "", *PARTS[name](Path(tmp), args)]
+    print("\n".join(["", "# summary", *report]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
