@@ -34,6 +34,8 @@ class ParamTable:
         params = [hello.params[i] for i in tracked]
         self.names: tuple[str, ...] = tuple(p.name for p in params)
         """Names of the tracked parameters, in row order."""
+        self.all_names: tuple[str, ...] = tuple(p.name for p in hello.params)
+        """Names of every parameter of the table, tracked or not."""
         self.rows: dict[str, int] = {}
         """Row of each tracked name (the first, should a name repeat)."""
         for row, name in enumerate(self.names):

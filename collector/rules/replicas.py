@@ -13,6 +13,7 @@ import numpy as np
 from gradwatch.wire import Hello, Stats
 from gradwatch.wire import metrics as m
 
+from ..params import ParamTable
 from ..rank_ranges import compact_ranks
 from ..state import RunState, StepRanks
 from .base import Finding, Rule, RuleSettings, fmt, median
@@ -320,11 +321,13 @@ class ReplicaDivergence(Rule[DivergenceSettings, DivergenceMemory]):
         self, run: RunState, step: StepRanks, memory: DivergenceMemory, now: float
     ) -> list[Finding] | None:
         replicas = {r: hs for r, hs in step.items() if hs[0].replicated}
-        tables = {tuple(p.name for p in h.params) for h, _ in replicas.values()}
-        if len(replicas) < 2 or len(tables) != 1:
+        if len(replicas) < 2:
+            return None
+        tables = {_table(run, r, h) for r, (h, _) in replicas.items()}
+        if len({t.all_names for t in tables}) != 1:
             return None
         hello = next(iter(replicas.values()))[0]
-        names = tuple(hello.params[i].name for i in hello.tracked)
+        names = _table(run, next(iter(replicas)), hello).names
         sharded = set(hello.sharded)
         skip = {row for row, i in enumerate(hello.tracked) if i in sharded}
         for _, stats in replicas.values():
@@ -360,6 +363,12 @@ class ReplicaDivergence(Rule[DivergenceSettings, DivergenceMemory]):
             self.finding(message, parameter=memory.parameter, value=float(len(params)), rank=r)
             for r in sorted(found)
         ]
+
+
+def _table(run: RunState, rank: int, hello: Hello) -> ParamTable:
+    """The parameter table of ``hello`` (the rank's own, derived once, when it is current)."""
+    state = run.ranks.get(rank)
+    return state.table if state is not None and state.hello is hello else ParamTable(hello)
 
 
 def _present(columns: dict[int, np.ndarray | None]) -> dict[int, np.ndarray]:

@@ -8,6 +8,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from gradwatch.wire import metrics as m
 
 from ..state import RankState
@@ -184,10 +186,16 @@ class GrowthMemory:
 def theil_sen_slope(points: Sequence[tuple[int, float]]) -> float:
     """The median of the pairwise slopes: a line fit that a few jumps or plateaus (an
     allocator growing its pool once) do not move, unlike least squares."""
-    slopes = [
-        (b - a) / (j - i) for k, (i, a) in enumerate(points) for j, b in points[k + 1 :] if j != i
-    ]
-    return median(slopes) if slopes else 0.0
+    steps = np.array([p[0] for p in points], dtype=np.float64)
+    values = np.array([p[1] for p in points], dtype=np.float64)
+    first, second = np.triu_indices(len(points), 1)
+    apart = steps[second] - steps[first]
+    keep = apart != 0
+    if not keep.any():
+        return 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        slopes = (values[second] - values[first])[keep] / apart[keep]
+    return median(slopes.tolist())
 
 
 class MemoryGrowth(Rule[MemoryGrowthSettings, GrowthMemory]):
