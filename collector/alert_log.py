@@ -10,9 +10,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 from .alert import Alert
-from .store import Store, StoreError
+from .store import ALERTS, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +22,21 @@ Listener = Callable[[Alert], None]
 CHANGE_LOG = 1024
 """Recent changes kept in memory: a stream client this far behind still gets every change."""
 SEQ_COUNTER = "alert_seq"
+SEQ_BLOCK = 1024
+"""With writes in the background, change numbers are reserved in the store this many at a
+time before they are handed out: a crash never lets a restarted collector reuse a number a
+client has seen (it skips at most this many)."""
+
+
+@dataclass
+class Batch:
+    """Alert changes taken for one background write (rows copied under the lock)."""
+
+    ids: set[int] = field(default_factory=set)
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    deleted: set[int] = field(default_factory=set)
+    counter: int | None = None
+    """The change counter to save, when due."""
 
 
 class AlertLog:
@@ -48,6 +65,12 @@ class AlertLog:
         self._counter_due = False
         """The change counter must be written (a dropped alert's number)."""
         self._failing = False
+        self._wake: Callable[[], None] | None = None
+        """Set by :meth:`write_behind`: writes are the writer thread's, this wakes it."""
+        self._reserved = 0
+        """Change numbers up to this are reserved in the store (background writes)."""
+        self._inflight: set[int] = set()
+        """Alerts whose rows a background write holds right now."""
 
     # -------------------------------------------------------------------- listeners
 
@@ -80,11 +103,13 @@ class AlertLog:
         for alert in changed:
             self._seq += 1
             alert.seq = self._seq
+            if self._wake is not None and self._seq > self._reserved:
+                self._reserve()
             if alert.id in self._alerts:
                 self._save(alert)
             else:
                 self._counter_due = True
-                self._persist([])
+                self._persist_soon([])
             out.append(self._copy(alert))
         self._log.extend(out)
         return out
@@ -159,11 +184,67 @@ class AlertLog:
     def unsaved(self) -> int:
         """Alerts whose latest change is not in the database yet (the store failed)."""
         with self._lock:
-            return len(self._dirty) + len(self._deleted) if self._failing else 0
+            pending = len(self._dirty | self._inflight) + len(self._deleted)
+            return pending if self._failing else 0
 
     def _save(self, alert: Alert) -> None:
         self._dirty.add(alert.id)
-        self._persist([alert.id])
+        self._persist_soon([alert.id])
+
+    def _persist_soon(self, ids: Iterable[int] | None = None) -> None:
+        """Write now (``_persist``), or wake the background writer."""
+        if self._wake is None:
+            self._persist(ids)
+        else:
+            self._wake()
+
+    def write_behind(self, wake: Callable[[], None]) -> None:
+        """From now on a writer thread saves changes (``take``/``done``/``put_back``);
+        ``wake()`` tells it there is work. Listeners hear of a change without waiting for it."""
+        with self._lock:
+            self._wake = wake
+            self._reserve()
+
+    def _reserve(self) -> None:
+        """Reserve the next SEQ_BLOCK change numbers in the store (lock held); on a store
+        failure the numbers are still handed out (and the counter written when it recovers)."""
+        self._reserved = self._seq + SEQ_BLOCK
+        if self.store is None:
+            return
+        try:
+            self.store.save_counter(SEQ_COUNTER, self._reserved)
+        except StoreError:
+            self._counter_due = True
+
+    def take(self) -> Batch:
+        """The changes to write now (they leave the dirty set; ``put_back`` on failure)."""
+        with self._lock:
+            ids, self._dirty = self._dirty, set()
+            rows = [ALERTS.row(self._alerts[i]) for i in ids if i in self._alerts]
+            deleted, self._deleted = self._deleted, set()
+            counter = max(self._seq, self._reserved) if self._counter_due else None
+            self._counter_due = False
+            self._inflight = ids
+            return Batch(ids, rows, deleted, counter)
+
+    def done(self, batch: Batch) -> None:
+        """``batch`` is in the store."""
+        with self._lock:
+            self._inflight = set()
+            if self._failing and not self._dirty and not self._deleted:
+                self._failing = False
+                log.info("alerts saved again: the database recovered")
+
+    def put_back(self, batch: Batch, exc: StoreError) -> None:
+        """Writing ``batch`` failed: keep it for the next write, and say so (once a spell)."""
+        with self._lock:
+            self._inflight = set()
+            self._dirty |= {i for i in batch.ids if i in self._alerts}
+            self._deleted |= batch.deleted
+            self._counter_due = self._counter_due or batch.counter is not None
+            if not self._failing:
+                log.error("could not save alerts (kept in memory, retried): %s", exc)
+            self._failing = True
 
     def _persist(self, ids: Iterable[int] | None = None) -> None:
         """Write the alerts ``ids`` (every changed one when None) and pending deletions; on a
@@ -195,7 +276,10 @@ class AlertLog:
 
     def flush(self) -> None:
         """Write alerts updated since the last flush (value, step, history), and any whose
-        earlier write failed."""
+        earlier write failed (with a writer thread: wake it)."""
+        if self._wake is not None:
+            self._wake()
+            return
         with self._lock:
             self._persist()
 
@@ -218,5 +302,5 @@ class AlertLog:
                 except StoreError as exc:
                     log.warning("could not prune the database (retried later): %s", exc)
                 self._counter_due = True  # the newest alert may have been pruned
-                self._persist([])
+                self._persist_soon([])
         return len(ids)

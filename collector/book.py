@@ -296,7 +296,7 @@ class AlertBook(AlertLog):
             self._alerts.pop(alert.id, None)
             self._dirty.discard(alert.id)
             self._deleted.add(alert.id)
-            self._persist()
+            self._persist_soon()
         else:
             self._resolved_at[fp] = now  # written with its change (_stamp)
             self._resolved_ids[alert.id] = None
@@ -308,7 +308,7 @@ class AlertBook(AlertLog):
             return
         extra = len(self._resolved_ids) - self.max_resolved
         for alert_id in list(self._resolved_ids)[: max(extra, 0)]:
-            if alert_id in self._dirty:
+            if alert_id in self._dirty or alert_id in self._inflight:
                 continue  # not saved yet: it stays until it is
             del self._resolved_ids[alert_id]
             alert = self._alerts.pop(alert_id, None)

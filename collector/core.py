@@ -23,6 +23,7 @@ from .series import SeriesStore
 from .state import Fleet
 from .store import Store
 from .stream import AlertStream
+from .writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class Core:
     pusher: AlertmanagerPusher | None
     registry: GradwatchRegistry
     series: SeriesStore
+    writer: StoreWriter | None = None
+    """The background writer (the collector process's); None: writes on the ingest thread."""
 
     def close(self) -> int:
         """Stop the fan-out, persist what changed and close the store (after ingest stopped);
@@ -50,6 +53,8 @@ class Core:
         if self.pusher is not None:
             self.pusher.stop()
         self.engine.flush()
+        if self.writer is not None:
+            self.writer.stop()
         unsaved = self.book.unsaved
         if unsaved and self.store is not None:
             log.error(
@@ -81,10 +86,12 @@ def build_core(
     *,
     persist: bool = True,
     store: Store | None = None,
+    write_behind: bool = False,
 ) -> Core:
     """Wire the parts for ``config``: rules from ``config.config_path`` and ``rules_path``
     unless given, SQLite at ``config.db_path`` when ``persist`` (or ``store`` when given),
-    Alertmanager pushing when a URL is set."""
+    Alertmanager pushing when a URL is set; ``write_behind`` starts a background writer
+    (otherwise the ingest thread writes)."""
     if rules is None:
         rules = build_rules(overrides(config.config_path, config.rules_path))
     if store is None and persist:
@@ -115,4 +122,10 @@ def build_core(
     series = SeriesStore(fleet)  # the page's charts: fed before the rules, pinned by alerts
     engine.frame_listeners.append(series.observe)
     book.subscribe(series.on_alert)
-    return Core(config, rules, store, fleet, book, health, engine, stream, pusher, registry, series)
+    writer = None
+    if write_behind and store is not None:
+        writer = engine.writer = StoreWriter(store, book)
+        writer.start()
+    return Core(
+        config, rules, store, fleet, book, health, engine, stream, pusher, registry, series, writer
+    )

@@ -25,6 +25,7 @@ from .rules.base import Finding
 from .run_record import RunRecord
 from .state import Fleet, RankState, RunState, StepRanks
 from .store import Store, StoreError
+from .writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class Engine:
         self._last_sweep = 0.0
         self._logged_error: dict[str, float] = {}
         fleet.on_forget = self._forgotten
+        self.writer: StoreWriter | None = None
+        """When set, run records go to the background writer instead of the store."""
         self.frame_listeners: list[Callable[[RankState, Frame], None]] = []
         """Called with every frame before the rules judge it (the page's history)."""
 
@@ -229,6 +232,9 @@ class Engine:
             self._dirty_runs.clear()
 
     def _save_runs(self, records: list[RunRecord]) -> bool:
+        if self.writer is not None:
+            self.writer.save_runs(records)
+            return True
         if self.store is None:
             return True
         try:

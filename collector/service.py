@@ -78,7 +78,7 @@ class Service:
                 config = dataclasses.replace(config, public_url=config.public_url[:-1] + str(port))
             self.config = config = dataclasses.replace(config, http=f"{config.http_host}:{port}")
             try:
-                self.core = core = build_core(config)
+                self.core = core = build_core(config, write_behind=True)
             except StoreError as exc:
                 raise ConfigError("db_path", str(exc)) from None
             try:

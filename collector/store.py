@@ -163,11 +163,7 @@ class Store:
         rows = [RUNS.row(r) for r in records]
         if rows:
             self._write(lambda db: db.executemany(RUNS.upsert_sql(), rows))
-            with self._lock:  # readers copy the index under the same lock
-                index = self._index
-                if index is not None:
-                    for r in records:
-                        index[r.run] = max(index.get(r.run, r.last_seen), r.last_seen)
+            self._indexed(records)
 
     def load_runs(self, runs: Sequence[str] | None = None) -> list[RunRecord]:
         """Stored ranks of ``runs`` (every run when None), by run and rank."""
@@ -197,6 +193,42 @@ class Store:
                     self._index = loaded
         with self._lock:
             return dict(self._index or {})
+
+    # -------------------------------------------------------------------- batches
+
+    def save_batch(
+        self,
+        alert_rows: Sequence[tuple[Any, ...]],
+        deleted: Iterable[int],
+        counters: Sequence[tuple[str, int]],
+        runs: Sequence[RunRecord],
+    ) -> None:
+        """Alert rows (``ALERTS.row``), deletions, counters and run records in one
+        transaction (the background writer's)."""
+        gone = [(i,) for i in deleted]
+        counter_rows = [COUNTERS.row(Counter(n, v)) for n, v in counters]
+        run_rows = [RUNS.row(r) for r in runs]
+
+        def write(db: sqlite3.Connection) -> None:
+            if gone:
+                db.executemany("DELETE FROM alerts WHERE id = ?", gone)
+            if counter_rows:
+                db.executemany(COUNTERS.upsert_sql(), counter_rows)
+            if alert_rows:
+                db.executemany(ALERTS.upsert_sql(), alert_rows)
+            if run_rows:
+                db.executemany(RUNS.upsert_sql(), run_rows)
+
+        if gone or counter_rows or alert_rows or run_rows:
+            self._write(write)
+            self._indexed(runs)
+
+    def _indexed(self, records: Sequence[RunRecord]) -> None:
+        with self._lock:  # readers copy the index under the same lock
+            index = self._index
+            if index is not None:
+                for r in records:
+                    index[r.run] = max(index.get(r.run, r.last_seen), r.last_seen)
 
     # -------------------------------------------------------------------- counters
 
