@@ -40,7 +40,7 @@ lint: venv
 	$(VENV)/bin/mypy
 
 test: venv stack-deps lint
-	GRADWATCH_REQUIRE_STACK=1 $(PY) -m pytest -q
+	GRADWATCH_REQUIRE_STACK=1 $(PY) -m pytest -q --durations=10
 
 docs: venv
 	$(PY) -m gradwatch.collector.rules.docs > docs/rules.md
