@@ -77,6 +77,9 @@ class Core:
         unsaved = self.book.unsaved
         if unsaved:
             out.append(f"{unsaved} alert change(s) not saved yet (kept in memory, retried)")
+        behind = self.health.lagging()
+        if behind:
+            out.append(behind)
         return out
 
 

@@ -69,6 +69,8 @@ class Engine:
         self.policies = {rule.name: policy_of(rule) for rule in rules}
         self.rank_rules = [r for r in rules if r.scope == "rank"]
         self.run_rules = [r for r in rules if r.scope == "run"]
+        self.scalar_rules = [r for r in self.rank_rules if not r.per_parameter]
+        """The rules a shed frame still gets (ingest behind)."""
         self._collector_memory = {rule.name: rule.new_memory() for rule in rules}
         self._dirty_runs: set[tuple[str, int]] = set()
         self._expired: set[tuple[str, int]] = set()
@@ -130,9 +132,12 @@ class Engine:
             items.append((f.rank, step, f))
         self.book.observe_run(self.policies[rule.name], run.name, items, now)
 
-    def on_frame(self, state: RankState, frame: Frame, now: float | None = None) -> None:
+    def on_frame(
+        self, state: RankState, frame: Frame, now: float | None = None, *, shed: bool = False
+    ) -> None:
         """Judge a rank after one of its frames was applied to the fleet (and its run, when
-        the frame completes a step of every rank or changes who is running)."""
+        the frame completes a step of every rank or changes who is running). ``shed``: ingest
+        is behind and a newer frame of this rank is waiting: skip the per-parameter rules."""
         now = time.time() if now is None else now
         self._dirty_runs.add((state.run, state.rank))
         self._expired.discard((state.run, state.rank))
@@ -147,7 +152,7 @@ class Engine:
             return
         memory = self._memories(state)
         where = f"run {state.run} rank {state.rank} step {frame.step}"
-        for rule in self.rank_rules:
+        for rule in self.scalar_rules if shed else self.rank_rules:
             found = self._judge(rule, where, rule.check, state, memory[rule.name])
             self._observe(rule, state, found, now)
         if self.run_rules:

@@ -104,6 +104,20 @@ SPECS: tuple[MetricSpec, ...] = (
     _S("gradwatch_alerts_unsaved", "gauge", (), "Alert changes not saved to the database yet."),
     _S("gradwatch_ingest_latency_seconds", "histogram", (), "Handling time of one frame."),
     _S(
+        "gradwatch_ingest_lag_seconds",
+        "histogram",
+        (),
+        "Collector time at handling minus the frame's own time.",
+    ),
+    _S("gradwatch_ingest_queue_depth", "gauge", (), "Messages read and not handled yet."),
+    _S("gradwatch_ingest_behind", "gauge", (), "1 while ingest is behind (load shedding)."),
+    _S(
+        "gradwatch_frames_shed_total",
+        "counter",
+        (),
+        "Stats frames judged without the per-parameter rules (ingest behind).",
+    ),
+    _S(
         "gradwatch_alertmanager_notifications_total",
         "counter",
         ("result",),
@@ -243,6 +257,10 @@ class GradwatchCollector:
         )
         fams.add("gradwatch_alerts_unsaved", [], self.book.unsaved)
         fams.histogram("gradwatch_ingest_latency_seconds", h.latency.cumulative(), h.latency.total)
+        fams.histogram("gradwatch_ingest_lag_seconds", h.lag.cumulative(), h.lag.total)
+        fams.add("gradwatch_ingest_queue_depth", [], h.queued)
+        fams.add("gradwatch_ingest_behind", [], float(bool(h.lagging())))
+        fams.add("gradwatch_frames_shed_total", [], h.shed)
         counts = {} if self.notifications is None else dict(self.notifications.counts)
         for result in sorted({*NOTIFICATION_RESULTS, *counts}):
             fams.add("gradwatch_alertmanager_notifications_total", [result], counts.get(result, 0))

@@ -8,6 +8,7 @@ accepted (``received`` by kind) or rejected (``rejected`` by one of :data:`REJEC
 from __future__ import annotations
 
 import bisect
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -48,6 +49,13 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     0.5,
     1.0,
 )
+
+
+BEHIND_SECONDS = 5.0
+"""Ingest counts as behind (``/readyz``, ``gradwatch_ingest_behind``) for this long after it
+last found a full read batch waiting."""
+LAG_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+"""Bounds of ``gradwatch_ingest_lag_seconds``."""
 
 
 @dataclass
@@ -107,7 +115,22 @@ class IngestHealth:
     rule_errors: Counter[str] = field(default_factory=Counter)
     """Exceptions raised by a rule, by rule name (the frame is still judged by the others)."""
     latency: Histogram = field(default_factory=Histogram)
+    lag: Histogram = field(default_factory=lambda: Histogram(LAG_BUCKETS))
+    """Collector wall clock at handling minus the frame's own ``time`` (clock skew between
+    hosts included; negative values count as 0)."""
+    queued: int = 0
+    """Messages read from ZeroMQ and not handled yet (at most one read batch)."""
+    shed: int = 0
+    """Stats frames whose per-parameter rules were skipped (load shedding)."""
+    behind: str = ""
+    """How far behind ingest was when it last fell behind, for ``/readyz``."""
+    behind_at: float = -1e18
+    """``time.monotonic()`` when ingest last found a full read batch waiting."""
     started_at: float = 0.0
+
+    def lagging(self) -> str:
+        """Why ingest is behind now ("" when it keeps up)."""
+        return self.behind if time.monotonic() - self.behind_at < BEHIND_SECONDS else ""
 
     def reject(self, exc: wire.WireError, now: float) -> None:
         """Count a rejected message; a refusal by a limit (``exc.limit``) is also a hit."""

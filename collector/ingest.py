@@ -33,6 +33,10 @@ SOCKET_LIMIT_FACTOR = 4
 counted ``oversized``; only beyond this does ZeroMQ drop the connection unseen."""
 DRAIN_SECONDS = 2.0
 """At shutdown, messages already received are handled for up to this long, then counted."""
+BATCH = 256
+"""Messages read from ZeroMQ at a time. A read that finds this many waiting means ingest is
+behind: then, within the batch, a stats frame of a rank followed by a newer one of the same
+session skips the per-parameter rules (load shedding; full steps are always judged)."""
 _REFUSALS: dict[int, str] = {
     int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): "auth",
     int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): "handshake",
@@ -167,13 +171,53 @@ class Ingest:
         """Handle queued messages until none is left or ``until()``; return how many."""
         n = 0
         while not until():
+            batch = self._read(BATCH)
+            if not batch:
+                break
+            n += len(batch)
+            if len(batch) < BATCH:
+                self.health.queued = len(batch)
+                for data in batch:
+                    self.handle(data)
+                    self.health.queued -= 1
+                break
+            self.handle_batch(batch)
+        return n
+
+    def _read(self, most: int) -> list[bytes]:
+        out: list[bytes] = []
+        while len(out) < most:
             try:
-                data = self._sock.recv(zmq.NOBLOCK, copy=True)
+                out.append(self._sock.recv(zmq.NOBLOCK, copy=True))
             except zmq.Again:
                 break
-            self.handle(data)
-            n += 1
-        return n
+        return out
+
+    def handle_batch(self, batch: list[bytes]) -> None:
+        """Messages read while ingest is behind (a full read batch): decode them all, then
+        judge each rank's newest stats frame (and every full step) with every rule, the older
+        ones with all but the per-parameter rules (counted as shed)."""
+        health = self.health
+        health.queued = len(batch)
+        decoded: list[tuple[wire.Frame | None, float]] = []
+        for data in batch:
+            start = time.perf_counter()
+            decoded.append((self._decode(data), time.perf_counter() - start))
+        newest = {f.session: i for i, (f, _) in enumerate(decoded) if isinstance(f, wire.Stats)}
+        for i, (frame, spent) in enumerate(decoded):
+            start = time.perf_counter()
+            if frame is not None:
+                shed = isinstance(frame, wire.Stats) and not frame.full
+                self._take(frame, shed and newest[frame.session] != i)
+            health.latency.observe(spent + time.perf_counter() - start)
+            health.queued -= 1
+        last = next((f for f, _ in reversed(decoded) if f is not None), None)
+        lag = 0.0 if last is None else max(0.0, time.time() - last.time)
+        health.behind_at = time.monotonic()
+        health.behind = (
+            f"ingest is behind: {BATCH}+ messages were waiting, the latest frame read was "
+            f"{lag:.1f} s old; per-parameter rules judge each rank's newest frame only"
+        )
 
     def _shutdown(self) -> None:
         """Stop receiving; handle what was received until the deadline, count the rest."""
@@ -228,20 +272,42 @@ class Ingest:
     def handle(self, data: bytes) -> None:
         """Decode, apply and judge one message; count the outcome (exactly once)."""
         start = time.perf_counter()
+        frame = self._decode(data)
+        if frame is not None:
+            self._take(frame)
+        self.health.latency.observe(time.perf_counter() - start)
+
+    def _decode(self, data: bytes) -> wire.Frame | None:
+        """The frame in ``data``, counted as a message; None (counted) when rejected."""
         self.health.messages += 1
         try:
             if len(data) > self.max_frame_bytes:
                 raise wire.WireError("oversized", f"{len(data)} bytes > {self.max_frame_bytes}")
-            frame = wire.decode(data)
-            state = self.fleet.apply(frame)
+            return wire.decode(data)
         except wire.WireError as exc:
-            self.health.reject(exc, time.time())
-            log.debug("rejected frame: %s", exc)
+            self._reject(exc)
         except Exception:  # the ingest loop must never die: count, log once, keep serving
             self.health.rejected["internal"] += 1
             self._log_internal()
-        else:
-            self.health.received[type(frame).__name__.lower()] += 1
-            self._guarded(lambda: self.engine.on_frame(state, frame))
-        finally:
-            self.health.latency.observe(time.perf_counter() - start)
+        return None
+
+    def _reject(self, exc: wire.WireError) -> None:
+        self.health.reject(exc, time.time())
+        log.debug("rejected frame: %s", exc)
+
+    def _take(self, frame: wire.Frame, shed: bool = False) -> None:
+        """Apply a decoded frame and judge it (``shed``: without the per-parameter rules)."""
+        try:
+            state = self.fleet.apply(frame)
+        except wire.WireError as exc:
+            self._reject(exc)
+            return
+        except Exception:  # the ingest loop must never die: count, log once, keep serving
+            self.health.rejected["internal"] += 1
+            self._log_internal()
+            return
+        health = self.health
+        health.received[type(frame).__name__.lower()] += 1
+        health.lag.observe(max(0.0, time.time() - frame.time))
+        health.shed += shed
+        self._guarded(lambda: self.engine.on_frame(state, frame, shed=shed))

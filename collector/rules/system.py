@@ -3,12 +3,14 @@ trainer_silent."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from gradwatch.wire import metrics as m
 
@@ -183,12 +185,21 @@ class GrowthMemory:
     streak: Streak = field(default_factory=Streak)
 
 
+@functools.lru_cache(maxsize=16)
+def _pairs(n: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Every pair (i < j) of ``n`` points, as two index arrays."""
+    first, second = np.triu_indices(n, 1)
+    return first, second
+
+
 def theil_sen_slope(points: Sequence[tuple[int, float]]) -> float:
     """The median of the pairwise slopes: a line fit that a few jumps or plateaus (an
     allocator growing its pool once) do not move, unlike least squares."""
-    steps = np.array([p[0] for p in points], dtype=np.float64)
     values = np.array([p[1] for p in points], dtype=np.float64)
-    first, second = np.triu_indices(len(points), 1)
+    if len(points) < 2 or values.min() == values.max():
+        return 0.0  # flat (the usual case), or no pair: every slope is 0
+    steps = np.array([p[0] for p in points], dtype=np.float64)
+    first, second = _pairs(len(points))
     apart = steps[second] - steps[first]
     keep = apart != 0
     if not keep.any():

@@ -12,6 +12,8 @@ import zmq
 
 from gradwatch import wire
 from gradwatch.collector.book import AlertBook
+from gradwatch.collector.config import CollectorConfig
+from gradwatch.collector.core import build_core
 from gradwatch.collector.engine import Engine
 from gradwatch.collector.health import IngestHealth
 from gradwatch.collector.ingest import Ingest, bind_endpoint, connectable
@@ -115,3 +117,29 @@ def test_endpoint_helpers() -> None:
     assert bind_endpoint("tcp://127.0.0.1:0") == "tcp://127.0.0.1:*"
     assert bind_endpoint("tcp://0.0.0.0:5555") == "tcp://0.0.0.0:5555"
     assert connectable("tcp://0.0.0.0:5555") == "tcp://127.0.0.1:5555"
+
+
+def test_ingest_behind_sheds_per_parameter_rules_on_all_but_the_newest_frame() -> None:
+    core = build_core(CollectorConfig(), persist=False)
+    ing = Ingest("tcp://127.0.0.1:0", core.fleet, core.engine, core.health)
+    try:
+        a, b = FakeRank("shed", 0), FakeRank("shed", 1)
+        for frame in (a.hello(), b.hello()):
+            ing.handle(wire.encode(frame))
+        zero = {"blocks.0.ln1.weight": 0.0}
+        batch = []
+        for step in range(1, 6):
+            loss = math.nan if step == 2 else 2.0  # a shed frame still gets the scalar rules
+            batch.append(wire.encode(a.stats(step, grad=zero, full=step == 3, loss=loss)))
+            batch.append(wire.encode(b.stats(step, grad=zero)))
+        ing.handle_batch(batch)
+        assert core.health.shed == 3 + 4  # a: 1, 2, 4 (3 is a full step, 5 the newest); b: 1-4
+        assert core.health.received["stats"] == 10 and core.health.queued == 0
+        assert [x.rule for x in core.book.alerts("firing")] == ["non_finite"]
+        dead = core.fleet.rank("shed", 0).memory["dead_parameters"]  # type: ignore[union-attr]
+        assert dead.streak[a.names.index("blocks.0.ln1.weight")] == 2  # steps 3 and 5 only
+        assert "ingest is behind" in core.health.lagging()
+        assert any("ingest is behind" in p for p in core.problems())
+        assert "gradwatch_frames_shed_total 7.0" in core.registry.text().decode()
+    finally:
+        ing.stop()
