@@ -41,6 +41,8 @@ import zmq
 from gradwatch import wire
 from gradwatch.wire import metrics as m
 
+TREE = Path(__file__).resolve().parents[1]
+"""The checkout whose collector runs (``--tree`` runs another, e.g. main's, for a before)."""
 COLLECTOR_CORE = 0
 SENDER_CORE = 1
 FULL_EVERY = 50
@@ -170,7 +172,7 @@ class Collector:
                "--http", "127.0.0.1:0", "--db", str(workdir / f"{ready.name}.db"),
                "--ready-file", str(ready), "--log-level", "warning", *extra]  # fmt: skip
         log = (workdir / f"{ready.name}.log").open("wb")
-        self.proc = subprocess.Popen(cmd, stderr=log, preexec_fn=pin(cores))
+        self.proc = subprocess.Popen(cmd, stderr=log, preexec_fn=pin(cores), cwd=TREE)
         info = wait_until(lambda: ready.exists() and json.loads(ready.read_text()), 60, 0.1)
         self.listen, self.http, self.pid = info["listen"], info["http"], self.proc.pid
         self.client = httpx.Client(timeout=120)
@@ -544,12 +546,16 @@ def main() -> int:
     parser.add_argument("--fleet-seconds", type=float, default=60.0)
     parser.add_argument("--scrapes", type=int, default=50)
     parser.add_argument("--py-spy", default="", help="collapsed stacks of the 200 x 8 ingest")
+    parser.add_argument("--tree", default="", help="run the collector of this checkout")
     args = parser.parse_args()
+    if args.tree:
+        global TREE
+        TREE = Path(args.tree).resolve()
     if args.quick:
         args.frames, args.fleet_seconds, args.scrapes = 10_000, 15.0, 20
     os.sched_setaffinity(0, {SENDER_CORE})
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"collector pinned to core {COLLECTOR_CORE}, sender to core {SENDER_CORE}; "
+    print(f"collector of {TREE} pinned to core {COLLECTOR_CORE}, sender to core {SENDER_CORE}; "
           f"load average {load}", flush=True)  # fmt: skip
     report: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,6 +3,7 @@ trainer_silent."""
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 from collections import deque
@@ -48,6 +49,21 @@ class SeriesMemory:
     recent: deque[tuple[int, float]] = field(default_factory=deque)
     """(step, value) of the latest frames."""
     streak: Streak = field(default_factory=Streak)
+    ordered: list[float] = field(default_factory=list)
+    """``values`` sorted (kept as they come and go: the running median in O(log n))."""
+
+    def add(self, value: float) -> None:
+        values = self.values
+        if values.maxlen is not None and len(values) >= values.maxlen:
+            del self.ordered[bisect.bisect_left(self.ordered, values[0])]
+        values.append(value)
+        bisect.insort(self.ordered, value)
+
+    def typical(self) -> float:
+        """The median of ``values`` (as ``median`` computes it)."""
+        ordered, n = self.ordered, len(self.ordered)
+        mid = n // 2
+        return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 class ThroughputDrop(Rule[SlowdownSettings, SeriesMemory]):
@@ -82,15 +98,15 @@ class ThroughputDrop(Rule[SlowdownSettings, SeriesMemory]):
         s, step, when = self.settings, rank.stats.step, rank.stats.time
         memory.recent.append((step, value))
         if len(memory.values) < s.min_history:
-            memory.values.append(value)
+            memory.add(value)
             return []
-        typical = median(memory.values)
+        typical = memory.typical()
         bad, limit = self.bad(median(v for _, v in memory.recent), typical)
         # The drop began at the first slow frame of the recent window that made its median slow.
         onset = next((k for k, v in memory.recent if self.bad(v, typical)[0]), step)
         memory.streak.update(bad, step, when, onset)
         if not bad:
-            memory.values.append(value)
+            memory.add(value)
             return []
         if not memory.streak.held(s, step, when):
             return []
@@ -183,6 +199,8 @@ class GrowthMemory:
     points: deque[tuple[int, float]] = field(default_factory=deque)
     """(step, bytes) of the latest frames."""
     streak: Streak = field(default_factory=Streak)
+    same: int = 0
+    """The latest frames with the very same value (all of ``points``: a flat line)."""
 
 
 @functools.lru_cache(maxsize=16)
@@ -233,11 +251,12 @@ class MemoryGrowth(Rule[MemoryGrowthSettings, GrowthMemory]):
         if value is None or not math.isfinite(value) or rank.stats is None:
             return None
         s, step, when, points = self.settings, rank.stats.step, rank.stats.time, memory.points
+        memory.same = memory.same + 1 if points and points[-1][1] == value else 1
         points.append((step, value))
         if len(points) < s.window:
             return []
         first, last = points[0][0], points[-1][0]
-        slope = theil_sen_slope(list(points))
+        slope = 0.0 if memory.same >= len(points) else theil_sen_slope(list(points))
         growth = slope * (last - first)
         bad = growth >= s.min_growth_bytes and growth >= s.min_growth_ratio * points[0][1]
         if bad and memory.streak.onset < 0:
