@@ -69,7 +69,7 @@ class Engine:
         self.policies = {rule.name: policy_of(rule) for rule in rules}
         self.rank_rules = [r for r in rules if r.scope == "rank"]
         self.run_rules = [r for r in rules if r.scope == "run"]
-        self.scalar_rules = [r for r in self.rank_rules if not r.per_parameter]
+        self.scalar_rules = [r for r in self.rank_rules if not r.sheddable]
         """The rules a shed frame still gets (ingest behind)."""
         self._collector_memory = {rule.name: rule.new_memory() for rule in rules}
         self._dirty_runs: set[tuple[str, int]] = set()
@@ -137,7 +137,7 @@ class Engine:
     ) -> None:
         """Judge a rank after one of its frames was applied to the fleet (and its run, when
         the frame completes a step of every rank or changes who is running). ``shed``: ingest
-        is behind and a newer frame of this rank is waiting: skip the per-parameter rules."""
+        is behind and a newer frame of this rank is waiting: skip the sheddable rules."""
         now = time.time() if now is None else now
         self._dirty_runs.add((state.run, state.rank))
         self._expired.discard((state.run, state.rank))

@@ -115,7 +115,7 @@ SPECS: tuple[MetricSpec, ...] = (
         "gradwatch_frames_shed_total",
         "counter",
         (),
-        "Stats frames judged without the per-parameter rules (ingest behind).",
+        "Stats frames judged without the sheddable rules (ingest behind).",
     ),
     _S(
         "gradwatch_alertmanager_notifications_total",

@@ -121,7 +121,7 @@ class IngestHealth:
     queued: int = 0
     """Messages read from ZeroMQ and not handled yet (at most one read batch)."""
     shed: int = 0
-    """Stats frames whose per-parameter rules were skipped (load shedding)."""
+    """Stats frames judged without the sheddable rules (load shedding)."""
     behind: str = ""
     """How far behind ingest was when it last fell behind, for ``/readyz``."""
     behind_at: float = -1e18

@@ -36,7 +36,7 @@ DRAIN_SECONDS = 2.0
 BATCH = 256
 """Messages read from ZeroMQ at a time. A read that finds this many waiting means ingest is
 behind: then, within the batch, a stats frame of a rank followed by a newer one of the same
-session skips the per-parameter rules (load shedding; full steps are always judged)."""
+session skips the sheddable rules (load shedding; full steps are always judged)."""
 _REFUSALS: dict[int, str] = {
     int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): "auth",
     int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): "handshake",
@@ -196,7 +196,7 @@ class Ingest:
     def handle_batch(self, batch: list[bytes]) -> None:
         """Messages read while ingest is behind (a full read batch): decode them all, then
         judge each rank's newest stats frame (and every full step) with every rule, the older
-        ones with all but the per-parameter rules (counted as shed)."""
+        ones with all but the sheddable rules (counted as shed)."""
         health = self.health
         health.queued = len(batch)
         decoded: list[tuple[wire.Frame | None, float]] = []
@@ -216,7 +216,7 @@ class Ingest:
         health.behind_at = time.monotonic()
         health.behind = (
             f"ingest is behind: {BATCH}+ messages were waiting, the latest frame read was "
-            f"{lag:.1f} s old; per-parameter rules judge each rank's newest frame only"
+            f"{lag:.1f} s old; per-parameter and trend rules judge each rank's newest frame only"
         )
 
     def _shutdown(self) -> None:
@@ -296,7 +296,7 @@ class Ingest:
         log.debug("rejected frame: %s", exc)
 
     def _take(self, frame: wire.Frame, shed: bool = False) -> None:
-        """Apply a decoded frame and judge it (``shed``: without the per-parameter rules)."""
+        """Apply a decoded frame and judge it (``shed``: without the sheddable rules)."""
         try:
             state = self.fleet.apply(frame)
         except wire.WireError as exc:

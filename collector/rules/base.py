@@ -86,9 +86,10 @@ class Rule(Generic[S, M]):
     action: ClassVar[str]
     settings_type: ClassVar[type[RuleSettings]]
     scope: ClassVar[Literal["rank", "run"]] = "rank"
-    per_parameter: ClassVar[bool] = False
-    """``check`` reads per-parameter columns: when ingest is behind it judges each rank's
-    newest frame (and every full step) only; the others judge every frame."""
+    sheddable: ClassVar[bool] = False
+    """``check`` reads per-parameter columns or a trend over many frames: when ingest is
+    behind it judges each rank's newest frame (and every full step) only. The others (a single
+    frame's loss, NaN, learning rate or gradient norm matters) judge every frame."""
     collector_settings: ClassVar[tuple[str, ...]] = ()
     """Fields of ``CollectorConfig`` (flags) that this rule reports on (docs/rules.md)."""
 

@@ -71,7 +71,7 @@ class FrozenParameters(Rule[FrozenSettings, FrozenMemory]):
         "the model"
     )
     settings_type = FrozenSettings
-    per_parameter = True
+    sheddable = True
 
     def new_memory(self) -> FrozenMemory:
         return FrozenMemory()

@@ -118,7 +118,7 @@ class VanishingGradients(Rule[VanishingSettings, None]):
     severity = "warning"
     action = "raise the LR; check residual connections, normalisation and initialisation"
     settings_type = VanishingSettings
-    per_parameter = True
+    sheddable = True
 
     def new_memory(self) -> None:
         return None
@@ -186,7 +186,7 @@ class DeadParameters(Rule[DeadSettings, DeadMemory]):
     severity = "error"
     action = "check the module is still in the forward graph (no detach, no zero mask)"
     settings_type = DeadSettings
-    per_parameter = True
+    sheddable = True
 
     def new_memory(self) -> DeadMemory:
         return DeadMemory()

@@ -145,6 +145,7 @@ class LossPlateau(Rule[LossPlateauSettings, LossPlateauMemory]):
         "raise the LR or stop if the run has converged"
     )
     settings_type = LossPlateauSettings
+    sheddable = True
 
     def new_memory(self) -> LossPlateauMemory:
         n, w = self.settings.lookback, self.settings.window

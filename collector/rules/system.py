@@ -81,6 +81,7 @@ class ThroughputDrop(Rule[SlowdownSettings, SeriesMemory]):
     severity = "warning"
     action = "check the data loader, device contention, throttling and new host syncs"
     settings_type = SlowdownSettings
+    sheddable = True
     key = m.TOKENS_PER_SECOND
 
     def new_memory(self) -> SeriesMemory:
@@ -168,6 +169,7 @@ class MemoryPressure(Rule[MemoryPressureSettings, None]):
     severity = "warning"
     action = "lower the micro-batch, enable activation checkpointing, free cached tensors"
     settings_type = MemoryPressureSettings
+    sheddable = True
 
     def new_memory(self) -> None:
         return None
@@ -242,6 +244,7 @@ class MemoryGrowth(Rule[MemoryGrowthSettings, GrowthMemory]):
     severity = "warning"
     action = "look for per-step tensors kept alive (store loss.item(), not loss), growing caches"
     settings_type = MemoryGrowthSettings
+    sheddable = True
 
     def new_memory(self) -> GrowthMemory:
         return GrowthMemory(deque(maxlen=self.settings.window))

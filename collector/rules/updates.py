@@ -77,7 +77,7 @@ class UpdateRatioHigh(Rule[RatioHighSettings, ParamMemory]):
     severity = "warning"
     action = "reduce the learning rate 5-10x (or that parameter group's) and use warmup"
     settings_type = RatioHighSettings
-    per_parameter = True
+    sheddable = True
 
     def new_memory(self) -> ParamMemory:
         return ParamMemory()
@@ -151,7 +151,7 @@ class UpdateRatioLow(Rule[RatioLowSettings, ParamMemory]):
     severity = "warning"
     action = "raise the learning rate 5-10x; check it matches the optimizer"
     settings_type = RatioLowSettings
-    per_parameter = True
+    sheddable = True
 
     def new_memory(self) -> ParamMemory:
         return ParamMemory()
@@ -207,7 +207,7 @@ class WeightNormSpike(Rule[WeightSpikeSettings, WeightSpikeMemory]):
     severity = "error"
     action = "restore the last good checkpoint; lower the LR and enable gradient clipping"
     settings_type = WeightSpikeSettings
-    per_parameter = True
+    sheddable = True
 
     def new_memory(self) -> WeightSpikeMemory:
         return WeightSpikeMemory()

@@ -119,7 +119,7 @@ def test_endpoint_helpers() -> None:
     assert connectable("tcp://0.0.0.0:5555") == "tcp://127.0.0.1:5555"
 
 
-def test_ingest_behind_sheds_per_parameter_rules_on_all_but_the_newest_frame() -> None:
+def test_ingest_behind_sheds_sheddable_rules_on_all_but_the_newest_frame() -> None:
     core = build_core(CollectorConfig(), persist=False)
     ing = Ingest("tcp://127.0.0.1:0", core.fleet, core.engine, core.health)
     try:
