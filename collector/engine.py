@@ -151,6 +151,8 @@ class Engine:
         if not isinstance(frame, Stats):
             return
         memory = self._memories(state)
+        if not shed:
+            state.judged_at = frame.time
         where = f"run {state.run} rank {state.rank} step {frame.step}"
         for rule in self.scalar_rules if shed else self.rank_rules:
             found = self._judge(rule, where, rule.check, state, memory[rule.name])

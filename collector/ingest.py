@@ -35,8 +35,11 @@ DRAIN_SECONDS = 2.0
 """At shutdown, messages already received are handled for up to this long, then counted."""
 BATCH = 256
 """Messages read from ZeroMQ at a time. A read that finds this many waiting means ingest is
-behind: then, within the batch, a stats frame of a rank followed by a newer one of the same
-session skips the sheddable rules (load shedding; full steps are always judged)."""
+behind: then a stats frame skips the sheddable rules (load shedding) when a newer frame of the
+same session is in the batch, or when they judged the rank less than ``SHED_SECONDS`` before
+(frame time); full steps are always judged."""
+SHED_SECONDS = 1.0
+"""While behind, the sheddable rules judge a rank at most once per this many seconds."""
 _REFUSALS: dict[int, str] = {
     int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): "auth",
     int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): "handshake",
@@ -207,8 +210,8 @@ class Ingest:
         for i, (frame, spent) in enumerate(decoded):
             start = time.perf_counter()
             if frame is not None:
-                shed = isinstance(frame, wire.Stats) and not frame.full
-                self._take(frame, shed and newest[frame.session] != i)
+                sheddable = isinstance(frame, wire.Stats) and not frame.full
+                self._take(frame, sheddable, newest.get(frame.session) != i)
             health.latency.observe(spent + time.perf_counter() - start)
             health.queued -= 1
         last = next((f for f, _ in reversed(decoded) if f is not None), None)
@@ -295,8 +298,10 @@ class Ingest:
         self.health.reject(exc, time.time())
         log.debug("rejected frame: %s", exc)
 
-    def _take(self, frame: wire.Frame, shed: bool = False) -> None:
-        """Apply a decoded frame and judge it (``shed``: without the sheddable rules)."""
+    def _take(self, frame: wire.Frame, sheddable: bool = False, newer: bool = False) -> None:
+        """Apply a decoded frame and judge it; a ``sheddable`` one (ingest behind) without the
+        sheddable rules when a ``newer`` frame of its session waits or they judged the rank
+        less than SHED_SECONDS before."""
         try:
             state = self.fleet.apply(frame)
         except wire.WireError as exc:
@@ -309,5 +314,6 @@ class Ingest:
         health = self.health
         health.received[type(frame).__name__.lower()] += 1
         health.lag.observe(max(0.0, time.time() - frame.time))
+        shed = sheddable and (newer or frame.time - state.judged_at < SHED_SECONDS)
         health.shed += shed
         self._guarded(lambda: self.engine.on_frame(state, frame, shed=shed))

@@ -118,6 +118,8 @@ class RankState:
     a declared phase is not time stalled."""
     bye: Bye | None = None
     """The bye, once it arrived: how the rank ended (reason, error, signal)."""
+    judged_at: float = 0.0
+    """Frame time of the latest stats frame every rule judged (load shedding skips others)."""
     derived: dict[object, object] = field(default_factory=dict)
     """What readers derive from the latest frame (the exporter's parameter summary), kept
     until the next stats frame replaces it."""

@@ -143,3 +143,21 @@ def test_ingest_behind_sheds_sheddable_rules_on_all_but_the_newest_frame() -> No
         assert "gradwatch_frames_shed_total 7.0" in core.registry.text().decode()
     finally:
         ing.stop()
+
+
+def test_ingest_behind_judges_each_rank_with_sheddable_rules_once_a_second() -> None:
+    """A fleet's batch holds one frame per rank: behind, the sheddable rules judge a rank at
+    most once per second of its frames' time, the other rules every frame."""
+    core = build_core(CollectorConfig(), persist=False)
+    ing = Ingest("tcp://127.0.0.1:0", core.fleet, core.engine, core.health)
+    try:
+        ranks = [FakeRank("fleet", r) for r in range(4)]
+        for r in ranks:
+            ing.handle(wire.encode(r.hello()))
+        for step in range(1, 21):  # 10 frames a second, one batch per step
+            ing.handle_batch([wire.encode(r.stats(step, time=1000 + step / 10)) for r in ranks])
+        assert core.health.received["stats"] == 80
+        assert core.health.shed == 4 * (20 - 2)  # judged at 1000.1 and 1001.1 only
+        assert core.fleet.rank("fleet", 0).judged_at == 1001.1  # type: ignore[union-attr]
+    finally:
+        ing.stop()
