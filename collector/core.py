@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from .alertmanager import AlertmanagerPusher
+from .back_channel import BackChannel
 from .book import AlertBook, ConsoleLog
 from .config import CollectorConfig
 from .engine import Engine
@@ -39,6 +40,8 @@ class Core:
     stream: AlertStream
     pusher: AlertmanagerPusher | None
     registry: GradwatchRegistry
+    back: BackChannel
+    """Firing alerts back to the ranks of their run (sent by the ingest thread)."""
 
     def close(self) -> int:
         """Stop the fan-out, persist what changed and close the store (after ingest stopped);
@@ -108,4 +111,7 @@ def build_core(
     pusher = AlertmanagerPusher(config, book) if config.alertmanager_url else None
     health.rule_errors.update({rule.name: 0 for rule in rules})  # every rule exported at 0
     registry = build_registry(fleet, book, health, config, notifications=pusher, store=store)
-    return Core(config, rules, store, fleet, book, health, engine, stream, pusher, registry)
+    policies = {rule.name: rule.settings.action for rule in rules}
+    back = BackChannel(fleet, policies, config.action_lead_seconds)
+    book.subscribe(back)
+    return Core(config, rules, store, fleet, book, health, engine, stream, pusher, registry, back)

@@ -91,6 +91,7 @@ class Service:
                     rcvhwm=config.rcvhwm,
                     tick_seconds=config.tick_seconds,
                     curve_keys=config.curve_keys,
+                    back=core.back,
                 )
             except zmq.ZMQError as exc:
                 core.close()

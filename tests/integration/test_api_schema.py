@@ -26,7 +26,7 @@ def test_api_schema_holds_under_schemathesis(tmp_path: Path) -> None:
     proc = CollectorProcess(tmp_path, "--api-token-file", str(token)).start()
     try:
         ctx = zmq.Context()
-        push = ctx.socket(zmq.PUSH)
+        push = ctx.socket(zmq.DEALER)
         push.setsockopt(zmq.LINGER, 5000)
         push.connect(proc.listen)
         for i in range(3):  # alerts with a history, so their schema is checked on real data
