@@ -17,6 +17,7 @@ from .config import CollectorConfig
 from .engine import Engine
 from .exporter import GradwatchRegistry, build_registry
 from .health import IngestHealth
+from .recorder import FlightRecorder, Tape
 from .rules import AnyRule, build_rules, overrides
 from .rules.system import SilentSettings, TrainerSilent
 from .state import Fleet
@@ -42,6 +43,10 @@ class Core:
     registry: GradwatchRegistry
     back: BackChannel
     """Firing alerts back to the ranks of their run (sent by the ingest thread)."""
+    recorder: FlightRecorder
+    """Recent frames per rank; a recording of each firing alert."""
+    tape: Tape | None = None
+    """Every frame, with ``--record DIR``."""
 
     def close(self) -> int:
         """Stop the fan-out, persist what changed and close the store (after ingest stopped);
@@ -49,6 +54,9 @@ class Core:
         self.stream.close()
         if self.pusher is not None:
             self.pusher.stop()
+        self.recorder.flush()
+        if self.tape is not None:
+            self.tape.close()
         self.engine.flush()
         unsaved = self.book.unsaved
         if unsaved and self.store is not None:
@@ -114,4 +122,10 @@ def build_core(
     policies = {rule.name: rule.settings.action for rule in rules}
     back = BackChannel(fleet, policies, config.action_lead_seconds)
     book.subscribe(back)
-    return Core(config, rules, store, fleet, book, health, engine, stream, pusher, registry, back)
+    recorder = FlightRecorder(config, rules, fleet, enabled=persist or bool(config.recordings_dir))
+    book.subscribe(recorder)
+    tape = Tape(config, rules) if config.record else None
+    return Core(
+        config, rules, store, fleet, book, health, engine, stream, pusher, registry, back,
+        recorder, tape,
+    )  # fmt: skip

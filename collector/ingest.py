@@ -26,6 +26,7 @@ from gradwatch.keys import server_keys
 from .back_channel import BackChannel
 from .engine import Engine
 from .health import IngestHealth
+from .recorder import FlightRecorder, Tape
 from .state import Fleet
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,11 @@ class Ingest:
         tick_seconds: float = 1.0,
         curve_keys: str | Path | None = None,
         back: BackChannel | None = None,
+        recorder: FlightRecorder | None = None,
+        tape: Tape | None = None,
     ) -> None:
         self.fleet, self.engine, self.health = fleet, engine, health
-        self.back = back
+        self.back, self.recorder, self.tape = back, recorder, tape
         self.tick_seconds = tick_seconds
         self.max_frame_bytes = max_frame_bytes
         self._ctx = zmq.Context()
@@ -168,6 +171,8 @@ class Ingest:
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self.tick_seconds
                     self._guarded(self.engine.tick)
+                    if self.recorder is not None:
+                        self._guarded(lambda: self._recorder_tick())
                     self._send_back()
         finally:
             self._shutdown()
@@ -185,6 +190,10 @@ class Ingest:
             n += 1
             self._send_back()
         return n
+
+    def _recorder_tick(self) -> None:
+        assert self.recorder is not None
+        self.recorder.tick(time.time())
 
     def _send_back(self) -> None:
         """Send the actions of alerts that fired since the last call (cheap when none)."""
@@ -269,6 +278,10 @@ class Ingest:
             self.health.received[type(frame).__name__.lower()] += 1
             if identity is not None and self.back is not None:
                 self.back.learn(identity, frame)
+            if self.recorder is not None:
+                self.recorder.keep(frame, data, now)
+            if self.tape is not None:
+                self.tape.write(data, now)
             self._guarded(lambda: self.engine.on_frame(state, frame, now))
         finally:
             self.health.latency.observe(time.perf_counter() - start)

@@ -92,6 +92,8 @@ class Service:
                     tick_seconds=config.tick_seconds,
                     curve_keys=config.curve_keys,
                     back=core.back,
+                    recorder=core.recorder,
+                    tape=core.tape,
                 )
             except zmq.ZMQError as exc:
                 core.close()
