@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from collections import defaultdict
@@ -36,6 +37,7 @@ def replay(args: argparse.Namespace) -> int:
     from gradwatch.collector.replay import replay as run
     from gradwatch.collector.rules import RulesError, load
 
+    logging.getLogger("gradwatch.collector.alerts").setLevel(logging.ERROR)  # printed below
     try:
         done = run(args.files, load(args.rules) if args.rules else None)
     except (RecordingError, RulesError) as exc:
