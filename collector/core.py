@@ -12,14 +12,16 @@ from dataclasses import dataclass
 
 from .alertmanager import AlertmanagerPusher
 from .back_channel import BackChannel
-from .book import AlertBook, ConsoleLog
+from .book import AlertBook
 from .config import CollectorConfig
+from .console import ConsoleLog
 from .engine import Engine
 from .exporter import GradwatchRegistry, build_registry
 from .health import IngestHealth
 from .recorder import FlightRecorder, Tape
 from .rules import AnyRule, build_rules, overrides
 from .rules.system import SilentSettings, TrainerSilent
+from .series import SeriesStore
 from .state import Fleet
 from .store import Store
 from .stream import AlertStream
@@ -41,6 +43,7 @@ class Core:
     stream: AlertStream
     pusher: AlertmanagerPusher | None
     registry: GradwatchRegistry
+    series: SeriesStore
     back: BackChannel
     """Firing alerts back to the ranks of their run (sent by the ingest thread)."""
     recorder: FlightRecorder
@@ -100,6 +103,7 @@ def build_core(
     health = IngestHealth()
     book = AlertBook(
         store,
+        origin_seconds=config.origin_window_seconds,
         max_open_alerts=config.max_open_alerts,
         max_resolved=config.max_resolved_alerts,
         on_limit=lambda limit, value, detail: health.hit(limit, value, detail, time.time()),
@@ -119,6 +123,9 @@ def build_core(
     pusher = AlertmanagerPusher(config, book) if config.alertmanager_url else None
     health.rule_errors.update({rule.name: 0 for rule in rules})  # every rule exported at 0
     registry = build_registry(fleet, book, health, config, notifications=pusher, store=store)
+    series = SeriesStore(fleet)  # the page's charts: fed before the rules, pinned by alerts
+    engine.frame_listeners.append(series.observe)
+    book.subscribe(series.on_alert)
     policies = {rule.name: rule.settings.action for rule in rules}
     back = BackChannel(fleet, policies, config.action_lead_seconds)
     book.subscribe(back)
@@ -126,6 +133,6 @@ def build_core(
     book.subscribe(recorder)
     tape = Tape(config, rules) if config.record else None
     return Core(
-        config, rules, store, fleet, book, health, engine, stream, pusher, registry, back,
-        recorder, tape,
+        config, rules, store, fleet, book, health, engine, stream, pusher, registry, series,
+        back, recorder, tape,
     )  # fmt: skip
