@@ -41,7 +41,7 @@ class CollectorConfig:
     """Everything the collector process needs to know; validated on construction."""
 
     listen: str = "tcp://127.0.0.1:5555"
-    """ZeroMQ endpoint the PULL socket binds (port 0 or ``*`` picks a free port). Loopback by
+    """ZeroMQ endpoint the ROUTER socket binds (port 0 or ``*`` picks a free port). Loopback by
     default: agents on other hosts need e.g. ``tcp://0.0.0.0:5555``, and ``--curve-keys`` on a
     shared network."""
     curve_keys: str | None = None
