@@ -17,13 +17,14 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Mapping
 
 from gradwatch import wire
 from gradwatch.wire import metrics as m
 
-from .alert import COLLECTOR_RUN, Alert
+from .alert import Alert
+from .fired import FiredOnce
 from .rules.base import median
 from .state import Fleet, RunState
 
@@ -31,8 +32,6 @@ log = logging.getLogger(__name__)
 
 Send = Callable[[bytes, bytes], None]
 """``send(identity, payload)``: hand one message to the socket (never blocks)."""
-REMEMBERED = 10_000
-"""Alert ids already sent, remembered so that a later change (an ack) does not resend."""
 QUEUED = 1024
 """Alerts waiting for the ingest thread; beyond it the oldest are dropped (and counted)."""
 
@@ -53,7 +52,7 @@ class BackChannel:
         """Alerts dropped from a full queue before the ingest thread sent them."""
         self._peers: dict[tuple[str, int], bytes] = {}
         self._queue: deque[Alert] = deque()
-        self._seen: OrderedDict[int, None] = OrderedDict()
+        self._fired = FiredOnce()
         self._lock = threading.Lock()
 
     @property
@@ -67,14 +66,9 @@ class BackChannel:
 
     def __call__(self, alert: Alert) -> None:
         """Book listener: queue an alert the first time it is seen firing."""
-        if alert.state != "firing" or alert.run == COLLECTOR_RUN:
+        if not self._fired.first(alert):
             return
         with self._lock:
-            if alert.id in self._seen:
-                return
-            self._seen[alert.id] = None
-            if len(self._seen) > REMEMBERED:
-                self._seen.popitem(last=False)
             if len(self._queue) >= QUEUED:
                 self._queue.popleft()
                 self.dropped += 1

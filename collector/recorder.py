@@ -25,8 +25,9 @@ from typing import Any
 from gradwatch import wire
 
 from . import recording
-from .alert import COLLECTOR_RUN, Alert
+from .alert import Alert
 from .config import CollectorConfig
+from .fired import FiredOnce
 from .rules import AnyRule
 from .state import Fleet
 
@@ -51,7 +52,7 @@ class FlightRecorder:
         self._hellos: dict[tuple[str, int], Kept] = {}
         self._n = 0
         self._due: list[tuple[float, Alert]] = []
-        self._seen: set[int] = set()
+        self._fired = FiredOnce()
         self._lock = threading.Lock()
         self._jobs: queue.Queue[tuple[Path, dict[str, Any], list[recording.Entry]] | None]
         self._jobs = queue.Queue()
@@ -131,12 +132,9 @@ class FlightRecorder:
 
     def __call__(self, alert: Alert) -> None:
         """An alert fired: its recording is due ``recording_after_seconds`` from now."""
-        if self.folder is None or alert.state != "firing" or alert.run == COLLECTOR_RUN:
+        if self.folder is None or not self._fired.first(alert):
             return
         with self._lock:
-            if alert.id in self._seen:
-                return
-            self._seen.add(alert.id)
             self._due.append((time.time() + self.config.recording_after_seconds, alert))
 
     # ------------------------------------------------------------------ writer thread
