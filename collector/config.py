@@ -150,7 +150,8 @@ class CollectorConfig:
     """Folder to record every frame of every run into (``tape-*.gwrec``, for ``gradwatch
     replay``); unset: no tape."""
     record_file_bytes: int = 64 << 20
-    """A tape file is closed and a new one started past this size (compressed)."""
+    """A tape file is closed and a new one started once this many bytes of frames went into
+    it (before compression, which shrinks them several times)."""
     record_max_bytes: int = 1 << 30
     """Tape files kept, all together; the oldest are deleted first."""
 

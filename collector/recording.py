@@ -61,18 +61,15 @@ class Writer:
         self.path = path
         self._raw = path.open("xb")
         self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=3)
+        self.size = 0
+        """Bytes written so far, before compression (the file grows in compressed blocks)."""
         self.write_value(head)
 
     def write_value(self, value: Any) -> None:
-        self._gz.write(msgpack.packb(value, use_bin_type=True))
+        self.size += self._gz.write(msgpack.packb(value, use_bin_type=True))
 
     def write(self, entry: Entry) -> None:
         self.write_value(list(entry))
-
-    @property
-    def size(self) -> int:
-        """Compressed bytes written so far."""
-        return self._raw.tell()
 
     def close(self) -> None:
         self._gz.close()
