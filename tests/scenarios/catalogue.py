@@ -43,6 +43,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("ratio_high", ("update_ratio_high",), 4, named=True),
     Scenario("ratio_low", ("update_ratio_low",), 4, named=True),
     Scenario("weight_jump", ("weight_norm_spike",), 2, named=True),
+    Scenario("mem_pressure", ("memory_pressure",), 6, args=("--memory-limit", str(1 << 30))),
 )
 
 TINY_STEPS_RULES: dict[str, dict[str, Any]] = {
