@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradwatch.agent.actions import format_policies
 from gradwatch.agent.config import AgentConfig, default_rank_world, env_default
 from gradwatch.agent.monitor import Monitor
 
@@ -29,8 +30,8 @@ def watch(
 ) -> Monitor:
     """Attach gradwatch to ``optimizer`` (hooks only; the training loop needs no change).
 
-    ``run``/``endpoint``/``curve_keys`` default to env ``GRADWATCH_RUN``/
-    ``GRADWATCH_ENDPOINT``/``GRADWATCH_CURVE_KEYS``; rank and world size to
+    ``run``/``endpoint``/``curve_keys``/``on_alert`` default to env ``GRADWATCH_RUN``/
+    ``GRADWATCH_ENDPOINT``/``GRADWATCH_CURVE_KEYS``/``GRADWATCH_ON_ALERT``; rank and world size to
     torch.distributed, then env ``RANK``/``WORLD_SIZE``. ``settings`` are any
     other :class:`AgentConfig` fields by name (``every=``, ``full_every=``,
     ``flops_per_token=``, ...); those not given keep AgentConfig's defaults. A full ``config``
@@ -41,6 +42,7 @@ def watch(
         for name, given in (
             ("endpoint", endpoint),
             ("curve_keys", settings.pop("curve_keys", None)),
+            ("on_alert", format_policies(settings.pop("on_alert", None))),
         ):
             chosen = env_default(name.upper(), given, None)
             if chosen is not None:

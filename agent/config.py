@@ -60,6 +60,11 @@ class AgentConfig:
     """The memory this rank may use, reported as ``memory_total_bytes`` (the collector's
     memory_pressure rule compares use against it): a container or job limit below the device
     capacity (CUDA) or physical RAM (CPU), which are reported when None."""
+    on_alert: str | None = None
+    """What this rank does when an alert of its run fires, per rule, over the collector's
+    policy (the rule's ``action``): comma-separated ``RULE=ACTION`` with ACTION ``stop``,
+    ``checkpoint`` or ``notify`` (``non_finite=stop,*=notify``; ``*`` is every other rule).
+    ``watch(on_alert={"non_finite": "stop"})`` also takes a mapping."""
     flops_per_token: float | None = None
     """Model FLOPs per trained token (forward + backward), for ``mfu_ratio``."""
     peak_flops: float | None = None
@@ -113,6 +118,13 @@ class AgentConfig:
             raise ValueError("close_timeout_seconds: must be >= 0")
         if not 0 <= self.flush_seconds <= 10:
             raise ValueError(f"flush_seconds: must be in [0, 10], got {self.flush_seconds}")
+        if self.on_alert is not None:
+            from gradwatch.agent.actions import parse_policies
+
+            try:
+                parse_policies(self.on_alert)
+            except ValueError as exc:
+                raise ValueError(f"on_alert: {exc}") from None
         for name in ("flops_per_token", "peak_flops"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, float)) or value <= 0):

@@ -33,6 +33,7 @@ from torch.utils.hooks import RemovableHandle
 
 from gradwatch import wire
 from gradwatch.agent import exits, stacks
+from gradwatch.agent.actions import Actions, AlertActions, parse_policies
 from gradwatch.agent.config import AgentConfig
 from gradwatch.agent.exits import ExitInfo
 from gradwatch.agent.layout import Segments, StepLayout
@@ -50,8 +51,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 Value = float | int | Tensor
 
 
-class Monitor:
-    """Watches one model/optimizer pair on one rank; create it with :func:`watch`."""
+class Monitor(AlertActions):
+    """Watches one model/optimizer pair on one rank; create it with :func:`watch`. Alerts the
+    collector sends back: :class:`AlertActions` (``should_stop``, ``on_alert``, ...)."""
 
     def __init__(
         self,
@@ -87,6 +89,7 @@ class Monitor:
         """``_backwards`` at the latest pre-hook: log() calls made before it belong to the
         frame sealed by the next post-hook (a closure may run backward inside ``step()``)."""
         self._full_now = False
+        self._actions = Actions(parse_policies(config.on_alert))
         self._sender = Sender(
             config.endpoint,
             self._hello_builder(),
@@ -99,6 +102,7 @@ class Monitor:
             flush_seconds=config.flush_seconds,
             on_error=lambda exc: self._error("sender", exc),
             curve_keys=config.curve_keys,
+            on_message=self._actions.receive,
         )
         # torch.compile must run the phase hooks as they are, around the compiled forward,
         # not trace them (a clock read is no graph op). torch.optim has imported dynamo.
@@ -212,6 +216,7 @@ class Monitor:
             recount = self._recount  # before sealing: the sender may build that frame at once
             self._seal(self._mark)
             self.step += 1
+            self._actions.deliver(self.step)
             if self._full_now or self.step % self.config.every == 0:
                 with torch.no_grad():
                     self._open_frame(step_time, phases, recount)

@@ -1,4 +1,5 @@
-"""The ingest thread: ZeroMQ PULL → wire.decode → Fleet.apply → rules → alert book.
+"""The ingest thread: ZeroMQ ROUTER → wire.decode → Fleet.apply → rules → alert book; and
+back: firing alerts to the ranks of their run (back_channel.py), on the same socket.
 
 Every message read is counted (``IngestHealth.messages``) and then accepted or rejected by
 reason. ZeroMQ's own size limit is set above the decoder's, so an oversized frame is read and
@@ -22,8 +23,10 @@ from zmq.auth.thread import ThreadAuthenticator
 from gradwatch import wire
 from gradwatch.keys import server_keys
 
+from .back_channel import BackChannel
 from .engine import Engine
 from .health import IngestHealth
+from .recorder import FlightRecorder, Tape
 from .state import Fleet
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,10 @@ def connectable(endpoint: str) -> str:
 
 
 class Ingest:
-    """Binds the PULL socket at construction; ``start()`` runs the loop in a daemon thread."""
+    """Binds the ROUTER socket at construction; ``start()`` runs the loop in a daemon thread.
+
+    Agents connect DEALER sockets (a PUSH of an agent older than the back channel fails the
+    ZeroMQ handshake: the socket types do not match)."""
 
     def __init__(
         self,
@@ -70,14 +76,19 @@ class Ingest:
         rcvhwm: int = 100_000,
         tick_seconds: float = 1.0,
         curve_keys: str | Path | None = None,
+        back: BackChannel | None = None,
+        recorder: FlightRecorder | None = None,
+        tape: Tape | None = None,
     ) -> None:
         self.fleet, self.engine, self.health = fleet, engine, health
+        self.back, self.recorder, self.tape = back, recorder, tape
         self.tick_seconds = tick_seconds
         self.max_frame_bytes = max_frame_bytes
         self._ctx = zmq.Context()
         self._auth: ThreadAuthenticator | None = None
-        self._sock = self._ctx.socket(zmq.PULL)
+        self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.MAXMSGSIZE, SOCKET_LIMIT_FACTOR * max_frame_bytes)
+        self._sock.setsockopt(zmq.SNDHWM, 64)  # per peer; beyond it actions are dropped
         self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._monitor: zmq.Socket[bytes] | None = None
@@ -160,6 +171,9 @@ class Ingest:
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self.tick_seconds
                     self._guarded(self.engine.tick)
+                    if self.recorder is not None:
+                        self._guarded(lambda: self._recorder_tick())
+                    self._send_back()
         finally:
             self._shutdown()
 
@@ -168,12 +182,30 @@ class Ingest:
         n = 0
         while not until():
             try:
-                data = self._sock.recv(zmq.NOBLOCK, copy=True)
+                parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 break
-            self.handle(data)
+            # [identity, payload]; a peer sending several parts sent something malformed
+            self.handle(parts[1] if len(parts) == 2 else b"", parts[0])
             n += 1
+            self._send_back()
         return n
+
+    def _recorder_tick(self) -> None:
+        assert self.recorder is not None
+        self.recorder.tick(time.time())
+
+    def _send_back(self) -> None:
+        """Send the actions of alerts that fired since the last call (cheap when none)."""
+        back = self.back
+        if back is not None and back.pending:
+            self._guarded(lambda: back.send_due(self._send_to))
+
+    def _send_to(self, identity: bytes, payload: bytes) -> None:
+        try:
+            self._sock.send_multipart([identity, payload], zmq.NOBLOCK)
+        except zmq.ZMQError:  # the peer is gone or its queue is full: the alert stands anyway
+            pass
 
     def _shutdown(self) -> None:
         """Stop receiving; handle what was received until the deadline, count the rest."""
@@ -182,7 +214,7 @@ class Ingest:
         self._drain(until=lambda: time.monotonic() > deadline)
         while True:
             try:
-                self._sock.recv(zmq.NOBLOCK, copy=False)
+                self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             self.health.messages += 1
@@ -225,15 +257,17 @@ class Ingest:
             self._internal_logged = True
             log.exception("internal error in ingest (logged once)")
 
-    def handle(self, data: bytes) -> None:
-        """Decode, apply and judge one message; count the outcome (exactly once)."""
+    def handle(self, data: bytes, identity: bytes | None = None) -> None:
+        """Decode, apply and judge one message; count the outcome (exactly once). One clock
+        reading serves the fleet and the rules, as in a replay (replay.py)."""
         start = time.perf_counter()
+        now = time.time()
         self.health.messages += 1
         try:
             if len(data) > self.max_frame_bytes:
                 raise wire.WireError("oversized", f"{len(data)} bytes > {self.max_frame_bytes}")
             frame = wire.decode(data)
-            state = self.fleet.apply(frame)
+            state = self.fleet.apply(frame, now)
         except wire.WireError as exc:
             self.health.reject(exc, time.time())
             log.debug("rejected frame: %s", exc)
@@ -242,6 +276,12 @@ class Ingest:
             self._log_internal()
         else:
             self.health.received[type(frame).__name__.lower()] += 1
-            self._guarded(lambda: self.engine.on_frame(state, frame))
+            if identity is not None and self.back is not None:
+                self.back.learn(identity, frame)
+            if self.recorder is not None:
+                self.recorder.keep(frame, data, now)
+            if self.tape is not None:
+                self.tape.write(data, now)
+            self._guarded(lambda: self.engine.on_frame(state, frame, now))
         finally:
             self.health.latency.observe(time.perf_counter() - start)

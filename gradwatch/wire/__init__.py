@@ -8,6 +8,7 @@ torch-free and is imported by both sides; docs/wire-protocol.md describes it for
 """
 
 from . import metrics
+from .actions import ACTIONS, MAX_ACTION_BYTES, Action, decode_action, encode_action
 from .codec import check_shape, decode, encode
 from .frames import (
     BYE_REASONS,
@@ -42,6 +43,11 @@ from .frames import (
 from .metrics import METRICS
 
 __all__ = [
+    "ACTIONS",
+    "MAX_ACTION_BYTES",
+    "Action",
+    "decode_action",
+    "encode_action",
     "BYE_REASONS",
     "CHEAP_FIELDS",
     "ERROR_KINDS",

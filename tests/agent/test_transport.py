@@ -78,7 +78,7 @@ def test_transport_restarted_collector_relearns_parameter_table() -> None:
 
 def test_transport_slow_collector_never_blocks_training() -> None:
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.PULL)
+    sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.RCVHWM, 1)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     try:

@@ -28,7 +28,7 @@ def ingest() -> Iterator[tuple[Ingest, zmq.Socket[bytes]]]:
     ing = Ingest("tcp://127.0.0.1:0", fleet, engine, IngestHealth(), tick_seconds=0.2)
     ing.start()
     ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
+    push = ctx.socket(zmq.DEALER)
     push.setsockopt(zmq.LINGER, 0)
     push.connect(ing.endpoint)
     try:
