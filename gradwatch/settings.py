@@ -7,10 +7,11 @@ TOML config file's table (the flag without dashes, ``-`` → ``_``: ``db``, ``al
 ``metadata={"file": False}`` leaves a field out of files), a type (``int``, ``float``, ``str``,
 ``bool``, optionally ``| None``), a default and its help (the docstring under the field).
 
-Precedence: flag > variable > file > default. Values are parsed here, so an error names where
-the bad value came from: ``--topk: expected an integer, got 'x'``, ``GRADWATCH_TOPK: ...`` or
-``gradwatch.toml: collector.topk: ...``. Standard library only (the agent uses it too), plus
-``tomli`` before Python 3.11.
+Precedence: flag > variable > file > default (:func:`resolve`); for a library call such as
+``gradwatch.agent.watch``, argument > variable > default (:func:`resolve_code`). Values are
+parsed here, so an error names where the bad value came from: ``--topk: expected an integer,
+got 'x'``, ``GRADWATCH_TOPK: ...`` or ``gradwatch.toml: collector.topk: ...``. Standard
+library only (the agent uses it too), plus ``tomli`` before Python 3.11.
 """
 
 from __future__ import annotations
@@ -250,6 +251,21 @@ def resolve(
     defaults. Every error, in parsing or in the class's own validation, is a ConfigError naming
     the flag, the variable or the file key the value came from."""
     return build(cls, gather(settings, given, environ, file))
+
+
+def resolve_code(
+    cls: type[C],
+    settings: Sequence[Setting],
+    values: Mapping[str, Any],
+    environ: Mapping[str, str],
+    fallback: Mapping[str, tuple[Any, str]] | None = None,
+) -> C:
+    """Build ``cls`` for a library call: typed ``values`` given in code (by field; None counts
+    as not given), then the environment, then ``fallback`` (values with their origin), then
+    defaults. Errors name the argument or the variable the bad value came from."""
+    gathered = gather(settings, {}, environ, fallback)
+    gathered.update((name, (v, name)) for name, v in values.items() if v is not None)
+    return build(cls, gathered)
 
 
 def toml_value(value: Any) -> str:
