@@ -27,9 +27,9 @@ class AgentConfig:
     ``server.key``, from ``gradwatch-collector keys``), for a collector started with
     ``--curve-keys``; unset: plain ZeroMQ."""
     disabled: bool = False
-    """``watch()`` returns a monitor that does nothing (no hooks, no thread, no socket) and
-    reads no other setting: ``GRADWATCH_DISABLED=1`` switches gradwatch off without editing
-    code."""
+    """``watch()`` returns a monitor that does nothing (no hooks, no thread, no socket, no
+    error over the other settings): ``GRADWATCH_DISABLED=1`` switches gradwatch off without
+    editing code."""
     params: str | None = None
     """Watch only the parameters whose names match one of these comma-separated glob patterns
     (``blocks.*.attn.*,lm_head.weight``; fnmatch, matched against ``named_parameters()``

@@ -293,14 +293,15 @@ def to_toml(
     return "\n".join(lines) + "\n"
 
 
-def reference(settings: Sequence[Setting], keys: bool = True) -> str:
-    """A Markdown table of the settings: file key (when ``keys``), flag, variable, default and
-    meaning."""
-    head = ["key"] * keys + ["flag", "variable", "default", "meaning"]
+def reference(settings: Sequence[Setting], keys: bool = True, arguments: bool = False) -> str:
+    """A Markdown table of the settings: file key (when ``keys``), flag (or, when
+    ``arguments``, the keyword argument of a library call), variable, default and meaning."""
+    head = ["key"] * keys + ["argument" if arguments else "flag", "variable", "default", "meaning"]
     out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for s in settings:
         default = "unset" if s.default is None else f"`{toml_value(s.default)}`"
         cells = [f"`{s.key}`" if s.key else "—"] * keys
-        cells += [f"`{s.flag}`", f"`{s.env}`", default, s.help.replace("|", "\\|")]
+        cells.append(f"`{s.field}=`" if arguments else f"`{s.flag}`")
+        cells += [f"`{s.env}`", default, s.help.replace("|", "\\|")]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
