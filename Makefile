@@ -1,16 +1,17 @@
 # gradwatch: `make demo` runs the collector and a faulty training run; `make test` runs everything.
 # Both create what they need: the virtual environment (.venv) and, for tests, Debian's
-# prometheus and prometheus-alertmanager packages.
+# prometheus, prometheus-alertmanager and chromium packages.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gradwatch-installed
 
-.PHONY: help venv demo test lint stack-deps docs clean
+.PHONY: help venv demo demo-ddp test lint stack-deps docs clean
 
 help:
 	@echo "make demo   collector + demo trainer with injected faults (Ctrl-C stops it)"
+	@echo "make demo-ddp  the same with 2-rank torchrun jobs: hang, straggler, NaN, crash"
 	@echo "make test   lint and the whole test suite"
 	@echo "make lint   ruff and mypy only"
 
@@ -29,6 +30,9 @@ stack-deps:
 
 demo: venv
 	$(PY) -m gradwatch.cli demo
+
+demo-ddp: venv
+	$(PY) -m gradwatch.cli demo --ddp
 
 lint: venv
 	$(VENV)/bin/ruff check .

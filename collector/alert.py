@@ -61,6 +61,9 @@ class Alert:
     state: AlertStateName
     run: str
     rank: int
+    """The origin or culprit: the rank where the condition started (the first whose loss went
+    non-finite, the first to crash, the one a hang waits for), else the first rank it was
+    seen on."""
     parameter: str | None
     """Offending parameter, when the rule names one."""
     step: int
@@ -81,14 +84,25 @@ class Alert:
     """Flight recorder: recent ``{step, value}`` points that led to the alert."""
     first_step: int = -1
     """Training step at which the condition was first seen: the onset."""
+    ranks: list[int] = field(default_factory=list)
+    """Every rank the alert covers, ascending (one alert per job and cause: the same rule
+    firing on several ranks of a run joins it). Empty in alerts stored before ranks were
+    recorded: then just ``rank``."""
     seq: int = 0
     """Change sequence number of the alert's latest change (state or ack): rises with every
     change of any alert, survives restarts, and is the id of the change's ``/alerts/stream``
     event (0: unchanged since before sequences were recorded)."""
 
     @property
-    def fingerprint(self) -> tuple[str, str, int, str]:
-        return (self.rule, self.run, self.rank, self.parameter or "")
+    def fingerprint(self) -> tuple[str, str, str]:
+        """Identity of an open alert: one per rule, run and cause (parameter), whatever ranks
+        it covers."""
+        return (self.rule, self.run, self.parameter or "")
+
+    @property
+    def covers(self) -> list[int]:
+        """The ranks it covers: ``ranks``, or just ``rank`` for an older stored alert."""
+        return self.ranks or [self.rank]
 
     def to_json(self) -> bytes:
         """The alert as the API shows it (NaN and Inf become null)."""

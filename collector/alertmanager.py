@@ -33,7 +33,7 @@ BATCH = 500
 ENDS_AFTER_RESENDS = 4
 """A firing alert's ``endsAt`` lies this many resend intervals ahead."""
 
-Fingerprint = tuple[str, str, int, str]
+Fingerprint = tuple[str, str, str]
 Post = Callable[[str, bytes], None]
 
 
@@ -167,25 +167,26 @@ class AlertmanagerPusher:
     def payload(self, alert: Alert) -> dict[str, Any]:
         """One element of the ``POST /api/v2/alerts`` body.
 
-        Labels (identity, routing): ``alertname`` (the rule), ``severity``, ``run``, ``rank`` (the
-        rank it was seen on first), ``parameter`` (when there is one), ``job="gradwatch"``.
-        Annotations (text, links): ``summary``, ``description`` (at most 1,000 characters),
-        ``action``, ``value``, ``threshold``, ``step``, ``first_step``, ``ranks`` (every rank the
-        alert covers, compact: ``0-39``), ``link`` (the alert in the collector) and
+        Labels (identity, routing): ``alertname`` (the rule), ``severity``, ``run``,
+        ``parameter`` (when there is one), ``job="gradwatch"``: one alert per job and cause, as
+        the collector keeps them. Annotations (text, links): ``rank`` (the origin or culprit:
+        an annotation, so that an origin settling after the alert opened does not make a second
+        Alertmanager alert), ``ranks`` (every rank the alert covers, compact: ``0-39``),
+        ``summary``, ``description`` (at most 1,000 characters), ``action``, ``value``,
+        ``threshold``, ``step``, ``first_step``, ``link`` (the alert in the collector) and
         ``runbook_url`` (the rule's section of docs/rules.md), both under ``public_url``.
         deploy/alertmanager/templates/gradwatch.tmpl reads these names.
         """
         base = self.config.public_url.rstrip("/")
         link = f"{base}/alerts/{alert.id}"
-        # Job-level alerts carry every rank they cover; a per-rank alert covers its own.
-        ranks = compact_ranks(getattr(alert, "ranks", None) or (alert.rank,))
-        where = f"ranks {ranks}" if ranks != str(alert.rank) else f"rank {alert.rank}"
+        ranks = compact_ranks(alert.covers)
+        where = f"ranks {ranks} (origin rank {alert.rank})" if len(alert.covers) > 1 else ""
+        where = where or f"rank {alert.rank}"
         message = alert.message if len(alert.message) <= 1000 else alert.message[:999] + "…"
         labels: dict[str, str] = {
             "alertname": alert.rule,
             "severity": alert.severity,
             "run": alert.run,
-            "rank": str(alert.rank),
             "job": "gradwatch",
         }
         if alert.parameter:
@@ -199,6 +200,7 @@ class AlertmanagerPusher:
             "threshold": _num(alert.threshold),
             "step": str(alert.step),
             "first_step": str(alert.first_step) if alert.first_step >= 0 else "",
+            "rank": str(alert.rank),
             "ranks": ranks,
             "link": link,
             "runbook_url": f"{base}/docs/rules.md#{alert.rule}",

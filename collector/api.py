@@ -18,8 +18,10 @@ from gradwatch.keys import read_token
 from .alert import Alert, AlertStateName, Severity
 from .auth import protect
 from .core import Core
+from .pages import add_pages
 from .runs import run_detail, run_list
 from .schemas import AlertList, Health, Problem, Ready, RunDetail, RunList
+from .series import SERIES, RankHistory, SeriesMetric
 from .stream import AlertFilter
 
 NOT_FOUND: dict[int | str, dict[str, object]] = {
@@ -71,7 +73,9 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
     @app.get("/alerts", response_model=AlertList, summary="List alerts, newest first")
     def list_alerts(
         run: str | None = None,
-        rank: Annotated[int | None, Query(ge=0)] = None,
+        rank: Annotated[
+            int | None, Query(ge=0, description="Alerts covering this rank (any of ``ranks``)")
+        ] = None,
         rule: str | None = None,
         severity: Severity | None = None,
         state: AlertStateName | None = None,
@@ -145,15 +149,43 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
     @app.get(
         "/runs/{run}",
         response_model=RunDetail,
-        summary="Latest statistics of one run",
+        summary="One run as a job",
         responses=NOT_FOUND,
     )
     def run(run: str) -> RunDetail:
-        """Per rank: step, loss, LR, metrics and the worst parameters by each measure."""
-        detail = run_detail(fleet, run, config.topk)
+        """The job: world size and the ranks seen, missing, live, stalled, silent, crashed and
+        terminated; per rank its status, phase, how it ended, step, loss, LR, metrics and the
+        worst parameters by each measure."""
+        detail = run_detail(fleet, book, run, config.topk)
         if detail is None:
             raise HTTPException(404, f"no live run named {run!r}")
         return detail
+
+    @app.get(
+        "/runs/{run}/series",
+        response_model=RankHistory,
+        summary="History of one rank's metrics",
+        responses=NOT_FOUND,
+    )
+    def series(
+        run: str,
+        metric: Annotated[
+            list[SeriesMetric] | None, Query(description="Repeatable (default: every metric)")
+        ] = None,
+        rank: Annotated[int | None, Query(ge=0, description="Default: the run's lowest")] = None,
+    ) -> RankHistory:
+        """Per metric, ``steps`` and ``values`` (null: NaN/Inf), downsampled to a fixed size:
+        each bucket's minimum and maximum at their steps, and the exact samples where alerts
+        opened. Empty before the rank's first statistics; 404 if the run or rank is not live."""
+        wanted: list[str] = list(metric or SERIES)
+        live = fleet.runs.get(run)
+        if live is None or not live.ranks:
+            raise HTTPException(404, f"no live run named {run!r}")
+        rank = min(list(live.ranks)) if rank is None else rank
+        if rank not in live.ranks:
+            raise HTTPException(404, f"run {run!r} has no live rank {rank}")
+        history = core.series.read(run, rank, wanted)
+        return history or RankHistory(run=run, rank=rank, last_step=-1, metrics={})
 
     @app.get(
         "/healthz",
@@ -196,4 +228,5 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
         """Prometheus text exposition of runs, parameters, alerts and ingest health."""
         return Response(core.registry.text(), media_type=CONTENT_TYPE_LATEST)
 
+    add_pages(app)  # /, /static and /docs/{name}: not in the schema
     return app

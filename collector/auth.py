@@ -3,8 +3,9 @@
 An ASGI middleware, so every route is covered, those added later included: with a token set,
 every mutating call (POST, PUT, PATCH, DELETE) needs ``Authorization: Bearer TOKEN``, and with
 ``reads`` every other call too, except :data:`OPEN_PATHS` (scrapes, probes, the API's own
-documentation). Routes read ``request.state.authenticated`` to decide what to show (session ids
-only to callers with the token). The OpenAPI schema declares the scheme where it applies.
+documentation, the page) and :data:`OPEN_PREFIXES` (the page's files, the docs pages). Routes
+read ``request.state.authenticated`` to decide what to show (session ids only to callers with
+the token). The OpenAPI schema declares the scheme where it applies.
 """
 
 from __future__ import annotations
@@ -19,14 +20,20 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 OPEN_PATHS = frozenset(
     {"/metrics", "/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+    | {"/"}
 )
-"""Never need the token: Prometheus, probes and the API documentation."""
+"""Never need the token: Prometheus, probes, the API documentation and the page."""
+OPEN_PREFIXES = ("/static/", "/docs/")
+"""Nor do the page's files and the docs pages that notifications link to (pages.py): nothing
+secret, and the page (``/``, in :data:`OPEN_PATHS`) must load to ask for the token."""
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def needs_token(method: str, path: str, reads: bool) -> bool:
     """Whether a call needs the token (when one is set)."""
-    return method in MUTATING or (reads and path not in OPEN_PATHS)
+    if method in MUTATING:
+        return True
+    return reads and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES)
 
 
 def bearer(scope: Scope) -> str | None:

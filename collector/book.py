@@ -1,29 +1,40 @@
-"""The alert book: lifecycle (pending → firing → resolved), dedup, cooldown, persistence."""
+"""The alert book: one alert per job and cause; lifecycle (pending → firing → resolved), dedup,
+cooldown, persistence."""
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
-import logging
-import threading
+import bisect
+import math
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .alert import COLLECTOR_RUN, SEVERITIES, Alert, Severity
+from .alert_log import SEQ_COUNTER, AlertLog
 from .rules.base import Finding
-from .store import Store, StoreError
+from .store import Store
 
-log = logging.getLogger(__name__)
-
-Fingerprint = tuple[str, str, int, str]
-Listener = Callable[[Alert], None]
+Fingerprint = tuple[str, str, str]
+"""(rule, run, parameter or ""): one open alert each, whatever ranks it covers."""
 LimitHit = Callable[[str, int, str], None]
 """``(limit, value, detail)``: called when ``max_open_alerts`` keeps an alert from opening."""
-CHANGE_LOG = 1024
-"""Recent changes kept in memory: a stream client this far behind still gets every change."""
-SEQ_COUNTER = "alert_seq"
+
+
+@dataclass
+class RankTrack:
+    """How one open alert stands on each rank it covers (in memory only)."""
+
+    holds: dict[int, int] = field(default_factory=dict)
+    """Checks that found the condition, per rank (it fires once one reaches ``for_checks``);
+    its keys are the ranks the alert covers."""
+    clears: dict[int, int] = field(default_factory=dict)
+    """Checks in a row that did not, per rank."""
+    done: set[int] = field(default_factory=set)
+    """Ranks clear for ``clear_checks`` checks, or ended: it resolves once all are."""
+    claim: float | None = None
+    """The origin's claim, the step its condition started at (an earlier one takes over);
+    None: the origin is only the first rank seen; -inf: fixed (reloaded)."""
 
 
 @dataclass(frozen=True)
@@ -37,18 +48,19 @@ class Policy:
     cooldown_seconds: float = 300.0
 
 
-class AlertBook:
+class AlertBook(AlertLog):
     """Every open alert and the latest resolved ones, in memory and (when a store is given) in
     SQLite.
 
-    ``observe`` is called by the ingest thread once per rule check of one rank; the API reads
-    concurrently. Listeners run on the calling thread after the book's lock is released and
-    must not block (queue work elsewhere). A failing store never loses an alert: it stays in
-    memory, reaches the listeners all the same, and its write is retried on every ``flush``.
+    ``observe`` is called by the ingest thread once per rule check of one rank (``observe_run``
+    once per check of a run-level rule); the API reads concurrently. Findings of one rule on
+    several ranks of a run for the same parameter join one alert (``Alert.ranks``). Keeping,
+    numbering, saving and announcing the alerts is :class:`AlertLog`'s.
 
-    ``max_open_alerts`` bounds the open alerts of one run (collector-level alerts excepted);
-    ``max_resolved`` the resolved alerts held in memory (older ones stay in the database until
-    the retention prunes them). None: no bound.
+    ``origin_seconds``: how long after an alert opens a rank with an earlier claim to be its
+    origin takes its ``rank`` over. ``max_open_alerts`` bounds the open alerts of one run
+    (collector-level alerts excepted); ``max_resolved`` the resolved alerts held in memory
+    (older ones stay in the database until the retention prunes them). None: no bound.
     """
 
     def __init__(
@@ -56,109 +68,41 @@ class AlertBook:
         store: Store | None = None,
         history_len: int = 32,
         *,
+        origin_seconds: float = 60.0,
         max_open_alerts: int | None = None,
         max_resolved: int | None = None,
         on_limit: LimitHit | None = None,
     ) -> None:
-        self.store = store
+        super().__init__(store)
         self.history_len = history_len
+        self.origin_seconds = origin_seconds
         self.max_open_alerts, self.max_resolved = max_open_alerts, max_resolved
         self.on_limit = on_limit
-        self._lock = threading.RLock()
-        self._alerts: dict[int, Alert] = {}
         self._open: dict[Fingerprint, Alert] = {}
         self._open_by_run: Counter[str] = Counter()
         self._open_by_rank: dict[tuple[str, int], set[Fingerprint]] = {}
-        """Open fingerprints per (run, rank): a check touches only its own rank's alerts."""
-        self._holds: dict[Fingerprint, int] = {}
-        self._clears: dict[Fingerprint, int] = {}
+        """Open fingerprints per (run, rank) covered: a check touches only its rank's alerts."""
+        self._ranks: dict[Fingerprint, RankTrack] = {}
         self._resolved_at: dict[Fingerprint, float] = {}
-        self._resolved_ids: dict[int, None] = {}
-        """Ids of resolved alerts in memory, oldest first (a dict keeps insertion order)."""
-        self._dirty: set[int] = set()
-        self._deleted: set[int] = set()
-        """Ids to delete from the store (pending alerts that never fired), not yet done."""
-        self._listeners: list[Listener] = []
-        self._next_id = 1
-        self._seq = 0
-        self._log: deque[Alert] = deque(maxlen=CHANGE_LOG)
-        self._counter_due = False
-        """The change counter must be written (a dropped alert's number)."""
-        self._failing = False
         if store is not None:
             self._reload(store)
 
     def _reload(self, store: Store) -> None:
         for alert in store.load_alerts(resolved=self.max_resolved):
             self._alerts[alert.id] = alert
+            fp = alert.fingerprint
+            if alert.state != "resolved" and fp in self._open:  # per-rank alerts of old
+                alert.state, alert.resolved_at = "resolved", alert.updated_at
+                self._save(alert)
             if alert.state == "resolved":
-                self._resolved_at[alert.fingerprint] = alert.resolved_at or alert.updated_at
+                self._resolved_at[fp] = alert.resolved_at or alert.updated_at
                 self._resolved_ids[alert.id] = None
             else:
-                self._opened(alert)
-                self._holds[alert.fingerprint] = 1 if alert.state == "pending" else 1 << 30
+                held = 1 if alert.state == "pending" else 1 << 30
+                self._opened(alert, RankTrack({r: held for r in alert.covers}, claim=-math.inf))
         self._next_id = max(store.max_alert_id(), max(self._alerts, default=0)) + 1
         seqs = (a.seq for a in self._alerts.values())
         self._seq = max(store.counter(SEQ_COUNTER), max(seqs, default=0))
-
-    # -------------------------------------------------------------------- listeners
-
-    def subscribe(self, callback: Listener) -> None:
-        """Call ``callback(alert_copy)`` on every state change (and on ack)."""
-        self._listeners.append(callback)
-
-    def _notify(self, changed: Iterable[Alert]) -> None:
-        for alert in changed:
-            for listener in self._listeners:
-                try:
-                    listener(alert)
-                except Exception:  # a broken listener must not stop ingest
-                    log.exception("alert listener %r failed", listener)
-
-    @staticmethod
-    def _copy(alert: Alert) -> Alert:
-        return dataclasses.replace(alert, history=list(alert.history))
-
-    # -------------------------------------------------------------------- change sequence
-
-    def _stamp(self, changed: Iterable[Alert]) -> list[Alert]:
-        """Number each change, persist it and log it (lock held); the copies are for listeners.
-
-        Every change a listener (or stream) sees is written to the store first, so its number
-        is not reused after a restart (a dropped alert's number is kept by the store's
-        counter). While the store fails, changes still reach the listeners and are written
-        when it recovers."""
-        out: list[Alert] = []
-        for alert in changed:
-            self._seq += 1
-            alert.seq = self._seq
-            if alert.id in self._alerts:
-                self._save(alert)
-            else:
-                self._counter_due = True
-                self._persist([])
-            out.append(self._copy(alert))
-        self._log.extend(out)
-        return out
-
-    @property
-    def seq(self) -> int:
-        """The number of the latest change (0: none yet)."""
-        with self._lock:
-            return self._seq
-
-    def changes_since(self, seq: int) -> list[Alert]:
-        """Changes numbered above ``seq``, oldest first: each change while the recent log reaches
-        back that far, else the latest state of every alert in memory changed since. Shared
-        copies: do not modify them."""
-        with self._lock:
-            if seq >= self._seq:
-                return []
-            if self._log and self._log[0].seq <= seq + 1:
-                return list(itertools.islice(self._log, seq + 1 - self._log[0].seq, None))
-            out = [self._copy(a) for a in self._alerts.values() if a.seq > seq]
-        out.sort(key=lambda a: a.seq)
-        return out
 
     # -------------------------------------------------------------------- lifecycle
 
@@ -171,14 +115,39 @@ class AlertBook:
         findings: list[Finding],
         now: float | None = None,
     ) -> None:
-        """Fold one check's findings for (rule, run, rank); open fingerprints not found clear."""
+        """Fold one check of one rank (a per-rank rule): each finding opens the alert of its
+        rule, run and parameter, or joins it; the rank clears from the run's alerts of the rule
+        it is no longer found in."""
+        self._fold(policy, run, [(rank, step, f) for f in findings], {rank}, False, now)
+
+    def observe_run(
+        self,
+        policy: Policy,
+        run: str,
+        findings: list[tuple[int, int, Finding]],
+        now: float | None = None,
+    ) -> None:
+        """Fold one check of a whole run (a run-level rule): ``(rank, step, finding)`` each;
+        every rank of the rule's open alerts on the run not found clears. The rule names the
+        origin (``Finding.origin``): it takes over the alert's ``rank`` while the alert is
+        young."""
+        self._fold(policy, run, findings, None, True, now)
+
+    def _fold(
+        self,
+        policy: Policy,
+        run: str,
+        items: list[tuple[int, int, Finding]],
+        judged: set[int] | None,
+        authoritative: bool,
+        now: float | None,
+    ) -> None:
         now = time.time() if now is None else now
         changed: list[Alert] = []
         with self._lock:
-            seen: set[Fingerprint] = set()
-            for f in findings:
-                fp = (policy.rule, run, rank, f.parameter or "")
-                seen.add(fp)
+            seen: dict[Fingerprint, set[int]] = {}
+            for rank, step, f in items:
+                fp = (policy.rule, run, f.parameter or "")
                 alert = self._open.get(fp)
                 if alert is None:
                     if now < self._resolved_at.get(fp, -1e18) + policy.cooldown_seconds:
@@ -186,21 +155,34 @@ class AlertBook:
                     if self._run_full(run, policy.rule, rank):
                         continue
                     alert = self._create(policy, run, rank, step, f, now)
-                    self._holds[fp] = 0
                     changed.append(alert)
-                self._update(alert, step, f, now)
-                self._clears[fp] = 0
-                self._holds[fp] += 1
-                if alert.state == "pending" and self._holds[fp] >= policy.for_checks:
+                seen.setdefault(fp, set()).add(rank)
+                track = self._ranks[fp]
+                if self._join(alert, track, rank, step, f, now, authoritative):
+                    changed.append(alert)
+                track.clears[rank] = 0
+                track.done.discard(rank)
+                track.holds[rank] = track.holds.get(rank, 0) + 1
+                if alert.state == "pending" and track.holds[rank] >= policy.for_checks:
                     alert.state = "firing"
                     changed.append(alert)
-            for fp in list(self._open_by_rank.get((run, rank), ())):
-                if fp[0] == policy.rule and fp not in seen:
-                    self._clears[fp] = self._clears.get(fp, 0) + 1
-                    if self._clears[fp] >= policy.clear_checks:
-                        changed.append(self._resolve(fp, now))
+            if judged is None:
+                fps = [fp for fp in self._open if fp[:2] == (policy.rule, run)]
+            else:  # one rank's check touches only that rank's alerts
+                fps = [fp for r in judged for fp in self._open_by_rank.get((run, r), ())]
+            for fp in dict.fromkeys(fps):
+                if fp[0] != policy.rule or fp not in self._open:
+                    continue
+                track, found = self._ranks[fp], seen.get(fp, set())
+                for r in track.holds if judged is None else judged & track.holds.keys():
+                    if r not in found:
+                        track.clears[r] = track.clears.get(r, 0) + 1
+                        if track.clears[r] >= policy.clear_checks:
+                            track.done.add(r)
+                if len(track.done) >= len(track.holds):
+                    changed.append(self._resolve(fp, now))
             unique = {id(a): a for a in changed}
-            snapshot = self._stamp(unique.values())
+            snapshot = self._stamp(unique.values()) if unique else []
             self._trim()
         self._notify(snapshot)
 
@@ -232,38 +214,80 @@ class AlertBook:
             action=f.action,
             started_at=now,
             updated_at=now,
+            ranks=[rank],
         )
         self._next_id += 1
         self._alerts[alert.id] = alert
-        self._opened(alert)
+        self._opened(alert, RankTrack({rank: 0}))
         return alert  # written with its change (_stamp); later updates on flush
 
-    def _opened(self, alert: Alert) -> None:
-        self._open[alert.fingerprint] = alert
+    def _opened(self, alert: Alert, track: RankTrack) -> None:
+        fp = alert.fingerprint
+        self._open[fp] = alert
+        self._ranks[fp] = track
         self._open_by_run[alert.run] += 1
-        self._open_by_rank.setdefault((alert.run, alert.rank), set()).add(alert.fingerprint)
+        for rank in track.holds:
+            self._open_by_rank.setdefault((alert.run, rank), set()).add(fp)
+
+    def _join(
+        self,
+        alert: Alert,
+        track: RankTrack,
+        rank: int,
+        step: int,
+        f: Finding,
+        now: float,
+        authoritative: bool,
+    ) -> bool:
+        """Fold ``rank``'s finding into ``alert``; True when its ranks or origin changed."""
+        changed = False
+        if rank not in track.holds:  # its keys are the ranks covered
+            if not alert.ranks:
+                alert.ranks = [alert.rank]
+            bisect.insort(alert.ranks, rank)
+            self._open_by_rank.setdefault((alert.run, rank), set()).add(alert.fingerprint)
+            changed = True
+        if f.origin:
+            claim = step if f.claim_step is None else f.claim_step
+            young = now - alert.started_at <= self.origin_seconds
+            if rank == alert.rank:
+                track.claim = claim if track.claim is None else min(track.claim, claim)
+            elif young and (authoritative or track.claim is None or claim < track.claim):
+                alert.rank, track.claim = rank, claim
+                alert.first_step = min(alert.first_step, claim)
+                changed = True
+        if rank == alert.rank or track.clears.get(alert.rank, 0) > 0:  # the origin, or it cleared
+            self._update(alert, step, f, now)
+        else:
+            alert.updated_at = now
+            self._raise_severity(alert, f)
+            self._dirty.add(alert.id)
+        return changed
 
     def _update(self, alert: Alert, step: int, f: Finding, now: float) -> None:
         alert.step, alert.value, alert.threshold = step, f.value, f.threshold
         alert.message, alert.updated_at = f.message, now
-        if f.severity and SEVERITIES.index(f.severity) > SEVERITIES.index(alert.severity):
-            alert.severity = f.severity
+        self._raise_severity(alert, f)
         if f.value is not None:
             alert.history.append((step, f.value))
             del alert.history[: -self.history_len]
         self._dirty.add(alert.id)
+
+    @staticmethod
+    def _raise_severity(alert: Alert, f: Finding) -> None:
+        if f.severity and SEVERITIES.index(f.severity) > SEVERITIES.index(alert.severity):
+            alert.severity = f.severity
 
     def _resolve(self, fp: Fingerprint, now: float) -> Alert:
         alert = self._open.pop(fp)
         self._open_by_run[alert.run] -= 1
         if self._open_by_run[alert.run] <= 0:
             del self._open_by_run[alert.run]
-        same_rank = self._open_by_rank[alert.run, alert.rank]
-        same_rank.discard(fp)
-        if not same_rank:
-            del self._open_by_rank[alert.run, alert.rank]
-        self._holds.pop(fp, None)
-        self._clears.pop(fp, None)
+        for rank in self._ranks.pop(fp).holds:
+            same_rank = self._open_by_rank[alert.run, rank]
+            same_rank.discard(fp)
+            if not same_rank:
+                del self._open_by_rank[alert.run, rank]
         was_pending = alert.state == "pending"
         alert.state, alert.resolved_at, alert.updated_at = "resolved", now, now
         if was_pending:  # it never fired: forget it rather than keep a false alarm
@@ -290,58 +314,21 @@ class AlertBook:
                 del self._resolved_at[alert.fingerprint]
 
     def resolve_rank(self, run: str, rank: int, now: float | None = None) -> None:
-        """Resolve every open alert of one rank (its run ended long enough ago)."""
+        """Clear one rank from every open alert covering it (its run ended long enough ago);
+        alerts whose ranks have all cleared resolve."""
         now = time.time() if now is None else now
         with self._lock:
-            fps = list(self._open_by_rank.get((run, rank), ()))
-            snapshot = self._stamp([self._resolve(fp, now) for fp in fps])
+            resolved = []
+            for fp in list(self._open_by_rank.get((run, rank), ())):
+                track = self._ranks[fp]
+                track.done.add(rank)
+                if len(track.done) >= len(track.holds):
+                    resolved.append(self._resolve(fp, now))
+            snapshot = self._stamp(resolved)
             self._trim()
         self._notify(snapshot)
 
-    # -------------------------------------------------------------------- reads and acks
-
-    def alerts(
-        self,
-        state: str | None = None,
-        *,
-        run: str | None = None,
-        rank: int | None = None,
-        rule: str | None = None,
-        severity: str | None = None,
-        since: float | None = None,
-    ) -> list[Alert]:
-        """Matching alerts, newest first (copies)."""
-        with self._lock:
-            out = [
-                self._copy(a)
-                for a in self._alerts.values()
-                if (state is None or a.state == state)
-                and (run is None or a.run == run)
-                and (rank is None or a.rank == rank)
-                and (rule is None or a.rule == rule)
-                and (severity is None or a.severity == severity)
-                and (since is None or a.updated_at >= since)
-            ]
-        out.sort(key=lambda a: (a.started_at, a.id), reverse=True)
-        return out
-
-    def get(self, alert_id: int) -> Alert | None:
-        with self._lock:
-            alert = self._alerts.get(alert_id)
-            return None if alert is None else self._copy(alert)
-
-    def ack(self, alert_id: int) -> Alert | None:
-        """Mark an alert acknowledged; None when there is no such alert."""
-        with self._lock:
-            alert = self._alerts.get(alert_id)
-            if alert is None:
-                return None
-            if alert.acked:  # nothing changes
-                return self._copy(alert)
-            alert.acked = True
-            snapshot = self._stamp([alert])
-        self._notify(snapshot)
-        return snapshot[0]
+    # -------------------------------------------------------------------- reads
 
     def firing_by_rule(self) -> Counter[tuple[str, str, str]]:
         """Firing alerts per (rule, severity, run), in one pass."""
@@ -351,7 +338,8 @@ class AlertBook:
             )
 
     def idle_ranks(self, before: float) -> list[tuple[str, int]]:
-        """Ranks whose open alerts were all last updated before ``before``."""
+        """Ranks whose open alerts (those covering them) were all last updated before
+        ``before``."""
         with self._lock:
             return [
                 key
@@ -360,7 +348,7 @@ class AlertBook:
             ]
 
     def firing_at(self, ranks: Iterable[tuple[str, int]]) -> Counter[tuple[str, int]]:
-        """Firing alerts of each of ``ranks`` (run, rank): O(those ranks' open alerts)."""
+        """Firing alerts covering each of ``ranks`` (run, rank): O(those ranks' open alerts)."""
         with self._lock:
             return Counter(
                 {
@@ -369,102 +357,3 @@ class AlertBook:
                     if (fps := self._open_by_rank.get(key))
                 }
             )
-
-    # -------------------------------------------------------------------- persistence
-
-    @property
-    def unsaved(self) -> int:
-        """Alerts whose latest change is not in the database yet (the store failed)."""
-        with self._lock:
-            return len(self._dirty) + len(self._deleted) if self._failing else 0
-
-    def _save(self, alert: Alert) -> None:
-        self._dirty.add(alert.id)
-        self._persist([alert.id])
-
-    def _persist(self, ids: Iterable[int] | None = None) -> None:
-        """Write the alerts ``ids`` (every changed one when None) and pending deletions; on a
-        store failure keep them for the next flush and log it (once per failing spell)."""
-        if self.store is None:
-            self._dirty.clear()
-            self._deleted.clear()
-            self._counter_due = False
-            return
-        want = self._dirty if ids is None else self._dirty & set(ids)
-        alerts = [self._alerts[i] for i in want if i in self._alerts]
-        try:
-            if self._deleted:
-                self.store.delete_alerts(sorted(self._deleted))
-                self._deleted.clear()
-            if self._counter_due:
-                self.store.save_counter(SEQ_COUNTER, self._seq)
-                self._counter_due = False
-            self.store.save_alerts(alerts)
-        except StoreError as exc:
-            if not self._failing:
-                log.error("could not save alerts (kept in memory, retried): %s", exc)
-            self._failing = True
-            return
-        self._dirty -= set(want)
-        if self._failing and not self._dirty:
-            self._failing = False
-            log.info("alerts saved again: the database recovered")
-
-    def flush(self) -> None:
-        """Write alerts updated since the last flush (value, step, history), and any whose
-        earlier write failed."""
-        with self._lock:
-            self._persist()
-
-    def prune(self, retention_seconds: float, now: float | None = None) -> int:
-        """Delete resolved alerts (and runs) older than the retention; return how many alerts."""
-        cutoff = (time.time() if now is None else now) - retention_seconds
-        with self._lock:
-            ids = [
-                a.id
-                for a in self._alerts.values()
-                if a.state == "resolved" and (a.resolved_at or 0.0) < cutoff
-            ]
-            for i in ids:
-                del self._alerts[i]
-                self._resolved_ids.pop(i, None)
-                self._dirty.discard(i)
-            if self.store is not None:
-                try:
-                    ids = sorted(set(ids) | set(self.store.prune(cutoff)))
-                except StoreError as exc:
-                    log.warning("could not prune the database (retried later): %s", exc)
-                self._counter_due = True  # the newest alert may have been pruned
-                self._persist([])
-        return len(ids)
-
-
-def describe(alert: Alert) -> str:
-    """One console line for a person."""
-    where = f"run={alert.run} rank={alert.rank} step={alert.step}"
-    if alert.parameter:
-        where += f" param={alert.parameter}"
-    if alert.state == "resolved":
-        return f"RESOLVED {alert.rule} [{alert.severity}] #{alert.id} {where}"
-    head = f"ALERT {alert.rule} [{alert.severity}] #{alert.id} {where}"
-    return f"{head}: {alert.message} — {alert.action}"
-
-
-class ConsoleLog:
-    """A listener that logs one line when an alert starts firing and when it resolves."""
-
-    def __init__(self, logger: logging.Logger | None = None) -> None:
-        self.logger = logger or logging.getLogger("gradwatch.collector.alerts")
-        self._logged: dict[int, str] = {}
-
-    def __call__(self, alert: Alert) -> None:
-        if alert.state == "pending" or self._logged.get(alert.id) == alert.state:
-            return
-        if alert.state == "resolved" and alert.id not in self._logged:
-            return  # a pending alert that never fired
-        self._logged[alert.id] = alert.state
-        if alert.state == "resolved":
-            del self._logged[alert.id]
-            self.logger.info(describe(alert))
-        else:
-            self.logger.warning(describe(alert))

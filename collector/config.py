@@ -122,6 +122,11 @@ class CollectorConfig:
     stale_seconds: float = 86400.0
     """A run none of whose ranks sent anything for this long leaves memory without a ``bye``
     (its alerts resolve)."""
+    origin_window_seconds: float = 60.0
+    """A rule firing on several ranks of a run for the same cause raises one alert (``ranks``:
+    every rank, ``rank``: the origin). For this long after the alert opens, a rank with an
+    earlier claim to be the origin (the first whose loss went non-finite, the first to crash, a
+    hang's culprit once its stack arrives) takes over ``rank``; then the origin is fixed."""
     keepalive_seconds: float = 15.0
     """Quiet time after which ``/alerts/stream`` sends a keep-alive comment (0: only FastAPI's
     own ping, every 15 s)."""
@@ -147,7 +152,12 @@ class CollectorConfig:
         for name in ("retention_days", "tick_seconds", "alertmanager_resend_seconds"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ConfigError(name, f"must be positive, got {getattr(self, name)}")
-        for name in ("grace_seconds", "stale_seconds", "keepalive_seconds"):
+        for name in (
+            "grace_seconds",
+            "stale_seconds",
+            "keepalive_seconds",
+            "origin_window_seconds",
+        ):
             if not 0 <= getattr(self, name) < math.inf:
                 raise ConfigError(name, f"must not be negative, got {getattr(self, name)}")
         if self.max_frame_bytes < 1024:

@@ -11,13 +11,15 @@ import time
 from dataclasses import dataclass
 
 from .alertmanager import AlertmanagerPusher
-from .book import AlertBook, ConsoleLog
+from .book import AlertBook
 from .config import CollectorConfig
+from .console import ConsoleLog
 from .engine import Engine
 from .exporter import GradwatchRegistry, build_registry
 from .health import IngestHealth
 from .rules import AnyRule, build_rules, overrides
 from .rules.system import SilentSettings, TrainerSilent
+from .series import SeriesStore
 from .state import Fleet
 from .store import Store
 from .stream import AlertStream
@@ -39,6 +41,7 @@ class Core:
     stream: AlertStream
     pusher: AlertmanagerPusher | None
     registry: GradwatchRegistry
+    series: SeriesStore
 
     def close(self) -> int:
         """Stop the fan-out, persist what changed and close the store (after ingest stopped);
@@ -89,6 +92,7 @@ def build_core(
     health = IngestHealth()
     book = AlertBook(
         store,
+        origin_seconds=config.origin_window_seconds,
         max_open_alerts=config.max_open_alerts,
         max_resolved=config.max_resolved_alerts,
         on_limit=lambda limit, value, detail: health.hit(limit, value, detail, time.time()),
@@ -108,4 +112,7 @@ def build_core(
     pusher = AlertmanagerPusher(config, book) if config.alertmanager_url else None
     health.rule_errors.update({rule.name: 0 for rule in rules})  # every rule exported at 0
     registry = build_registry(fleet, book, health, config, notifications=pusher, store=store)
-    return Core(config, rules, store, fleet, book, health, engine, stream, pusher, registry)
+    series = SeriesStore(fleet)  # the page's charts: fed before the rules, pinned by alerts
+    engine.frame_listeners.append(series.observe)
+    book.subscribe(series.on_alert)
+    return Core(config, rules, store, fleet, book, health, engine, stream, pusher, registry, series)

@@ -1,4 +1,6 @@
-"""Runs the rules over the fleet: on every stats frame, and on the collector's clock tick.
+"""Runs the rules over the fleet: per-rank rules on every stats frame and on the collector's
+clock tick; run-level rules on the tick, when a rank says hello or bye, and on every step all
+ranks have reported.
 
 Each rule runs on its own: one that raises is counted (``IngestHealth.rule_errors``) and logged
 at a bounded rate with the frame's run, rank and step, and the other rules still judge.
@@ -9,9 +11,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from gradwatch.wire import Frame, Stats
+from gradwatch.wire import Bye, Frame, Hello, Stats
 
 from .alert import COLLECTOR_RANK, COLLECTOR_RUN
 from .book import AlertBook, Policy
@@ -20,7 +23,7 @@ from .health import IngestHealth
 from .rules import AnyRule
 from .rules.base import Finding
 from .run_record import RunRecord
-from .state import Fleet, RankState, RunState
+from .state import Fleet, RankState, RunState, StepRanks
 from .store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,8 @@ class Engine:
         self.store = store
         self.health = health or IngestHealth()
         self.policies = {rule.name: policy_of(rule) for rule in rules}
+        self.rank_rules = [r for r in rules if r.scope == "rank"]
+        self.run_rules = [r for r in rules if r.scope == "run"]
         self._collector_memory = {rule.name: rule.new_memory() for rule in rules}
         self._dirty_runs: set[tuple[str, int]] = set()
         self._expired: set[tuple[str, int]] = set()
@@ -70,10 +75,12 @@ class Engine:
         self._last_sweep = 0.0
         self._logged_error: dict[str, float] = {}
         fleet.on_forget = self._forgotten
+        self.frame_listeners: list[Callable[[RankState, Frame], None]] = []
+        """Called with every frame before the rules judge it (the page's history)."""
 
     def _memories(self, state: RankState) -> dict[str, Any]:
         if not state.memory:
-            state.memory.update({r.name: r.new_memory() for r in self.rules})
+            state.memory.update({r.name: r.new_memory() for r in self.rank_rules})
         return state.memory
 
     def _judge(
@@ -92,6 +99,11 @@ class Engine:
                 log.exception("rule %s failed on %s (%d errors so far)", rule.name, where, count)
             return None
 
+    def _run_memory(self, run: RunState, rule: AnyRule) -> Any:
+        if rule.name not in run.memory:
+            run.memory[rule.name] = rule.new_memory()
+        return run.memory[rule.name]
+
     def _observe(
         self, rule: AnyRule, state: RankState, found: list[Finding] | None, now: float
     ) -> None:
@@ -101,28 +113,71 @@ class Engine:
             self.policies[rule.name], state.run, state.rank, state.last_step, found, now
         )
 
+    def _observe_run(
+        self, rule: AnyRule, run: RunState, found: list[Finding] | None, now: float
+    ) -> None:
+        if found is None:
+            return
+        latest = max((s.last_step for s in run.ranks.values()), default=-1)
+        items = []
+        for f in found:
+            assert f.rank is not None, f"{rule.name}: a run-level finding names its rank"
+            state = run.ranks.get(f.rank)
+            step = f.step if f.step is not None else latest if state is None else state.last_step
+            items.append((f.rank, step, f))
+        self.book.observe_run(self.policies[rule.name], run.name, items, now)
+
     def on_frame(self, state: RankState, frame: Frame, now: float | None = None) -> None:
-        """Judge a rank after one of its frames was applied to the fleet."""
+        """Judge a rank after one of its frames was applied to the fleet (and its run, when
+        the frame completes a step of every rank or changes who is running)."""
         now = time.time() if now is None else now
         self._dirty_runs.add((state.run, state.rank))
         self._expired.discard((state.run, state.rank))
+        for listener in self.frame_listeners:
+            listener(state, frame)
+        run = self.fleet.runs[state.run]
+        if isinstance(frame, (Hello, Bye)):
+            self._check_run(run, now)
+        if isinstance(frame, Bye):
+            self._check_steps(run, run.steps.ready(run.running), now)
         if not isinstance(frame, Stats):
             return
         memory = self._memories(state)
         where = f"run {state.run} rank {state.rank} step {frame.step}"
-        for rule in self.rules:
+        for rule in self.rank_rules:
             found = self._judge(rule, where, rule.check, state, memory[rule.name])
             self._observe(rule, state, found, now)
+        if self.run_rules:
+            self._check_steps(run, run.steps.add(state.hello, frame, run.running), now)
+
+    def _check_run(self, run: RunState, now: float) -> None:
+        where = f"run {run.name}"
+        for rule in self.run_rules:
+            memory = self._run_memory(run, rule)
+            found = self._judge(rule, where, rule.check_run, run, memory, now)
+            self._observe_run(rule, run, found, now)
+
+    def _check_steps(self, run: RunState, steps: list[tuple[int, StepRanks]], now: float) -> None:
+        for step, ranks in steps:
+            where = f"run {run.name} step {step}"
+            for rule in self.run_rules:
+                memory = self._run_memory(run, rule)
+                found = self._judge(rule, where, rule.check_step, run, ranks, memory, now)
+                if found is not None:
+                    found = [f if f.step is not None else replace(f, step=step) for f in found]
+                self._observe_run(rule, run, found, now)
 
     def tick(self, now: float | None = None) -> None:
         """Time-based rules, lifecycle timeouts, forgetting, persistence and retention."""
         now = time.time() if now is None else now
         cfg = self.config
         for run in list(self.fleet.runs.values()):
+            if not (run.ended and now - run.last_seen > cfg.grace_seconds):
+                self._check_run(run, now)  # an ended run's alerts resolve with its ranks
             for state in list(run.ranks.values()):
                 memory = self._memories(state)
                 where = f"run {state.run} rank {state.rank} at step {state.last_step}"
-                for rule in self.rules:
+                for rule in self.rank_rules:
                     found = self._judge(rule, where, rule.tick, state, memory[rule.name], now)
                     self._observe(rule, state, found, now)
                 key = (state.run, state.rank)

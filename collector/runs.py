@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 from .book import AlertBook
 from .ranking import worst
@@ -11,6 +12,8 @@ from .run_record import RankSummary, RunRecord
 from .schemas import (
     ParamValue,
     RankDetail,
+    RankExit,
+    RankStatus,
     RunDetail,
     RunList,
     RunSummary,
@@ -78,7 +81,28 @@ def _top(names: tuple[str, ...], values: list[float], k: int, highest: bool) -> 
     return [ParamValue(name=n, value=v) for n, v in pairs]
 
 
-def rank_detail(s: RankState, topk: int) -> RankDetail:
+def _status(s: RankState, stalled: set[int], silent: set[int]) -> RankStatus:
+    reason = "" if s.bye is None else s.bye.reason
+    if reason in ("error", "terminated"):
+        return "crashed" if reason == "error" else "terminated"
+    if s.ended:
+        return "ended"
+    return "silent" if s.rank in silent else "stalled" if s.rank in stalled else "running"
+
+
+def _exit(s: RankState) -> RankExit | None:
+    bye = s.bye
+    if bye is None:
+        return None
+    return RankExit(
+        reason=bye.reason, error_type=bye.error_type, error_kind=bye.error_kind,
+        error_message=bye.error_message, stack=list(bye.stack), signal=bye.signal,
+    )  # fmt: skip
+
+
+def rank_detail(
+    s: RankState, topk: int, status: RankStatus = "running", now: float | None = None
+) -> RankDetail:
     stats = s.stats
     grads = s.latest("grad_norm") or []
     weights = s.latest("weight_norm") or []
@@ -96,12 +120,21 @@ def rank_detail(s: RankState, topk: int) -> RankDetail:
         non_finite=[n for n in s.names if n in bad],
         frozen_by_design=list(s.frozen_by_design),
     )
+    now = time.time() if now is None else now
     return RankDetail(
         rank=s.rank,
         host=s.hello.host,
+        pid=s.hello.pid,
         device=s.hello.device,
         optimizer=s.hello.optimizer,
         world_size=s.hello.world_size,
+        status=status,
+        phase=s.phase,
+        phase_seconds=s.in_phase(now) if s.phase and not s.ended else s.phase_seconds,
+        declared=s.declared,
+        stack=list(s.stack),
+        last_seen=s.last_seen,
+        exit=_exit(s),
         step=s.last_step,
         loss=None if stats is None else stats.loss,
         lr=[] if stats is None else list(stats.lr),
@@ -113,9 +146,30 @@ def rank_detail(s: RankState, topk: int) -> RankDetail:
     )
 
 
-def run_detail(fleet: Fleet, name: str, topk: int) -> RunDetail | None:
+def _covered(book: AlertBook, run: str, rule: str) -> set[int]:
+    return {r for a in book.alerts("firing", run=run, rule=rule) for r in a.covers}
+
+
+def run_detail(fleet: Fleet, book: AlertBook, name: str, topk: int) -> RunDetail | None:
+    """The job view of a live run: world size, ranks seen, missing, live, stalled, silent,
+    crashed and terminated, and each rank's status, phase and latest statistics."""
     run = fleet.runs.get(name)
     if run is None:
         return None
-    ranks = [rank_detail(s, topk) for s in sorted(list(run.ranks.values()), key=lambda r: r.rank)]
-    return RunDetail(run=name, ended=run.ended, ranks=ranks)
+    now = time.time()
+    stalled, silent = _covered(book, name, "rank_stalled"), _covered(book, name, "trainer_silent")
+    states = sorted(list(run.ranks.values()), key=lambda r: r.rank)
+    ranks = [rank_detail(s, topk, _status(s, stalled, silent), now) for s in states]
+    size = run.world_size
+    seen = [s.rank for s in states]
+
+    def having(*statuses: str) -> list[int]:
+        return [r.rank for r in ranks if r.status in statuses]
+
+    return RunDetail(
+        run=name, ended=run.ended, world_size=size, seen=seen,
+        missing=[r for r in range(size) if r not in run.ranks],
+        live=[s.rank for s in states if not s.ended], stalled=having("stalled"),
+        silent=having("silent"), crashed=having("crashed"), terminated=having("terminated"),
+        ranks=ranks,
+    )  # fmt: skip

@@ -1,4 +1,6 @@
-"""Per-run, per-rank state built from decoded frames: the latest statistics by name."""
+"""Per-run, per-rank state built from decoded frames: the latest statistics by name, what
+each rank is doing (phase, last step, how it ended), and the recent steps of every rank side
+by side for cross-rank comparisons."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from gradwatch.wire import (
     check_shape,
     unpack_columns,
 )
+from gradwatch.wire.metrics import STEP_PHASES, phase_seconds
 
 if TYPE_CHECKING:
     from .run_record import RunRecord
@@ -93,6 +96,27 @@ class RankState:
     """Each rule's memory of this session, by rule name (owned by the engine)."""
     duplicate: Duplicate | None = None
     """The latest other process refused for this run and rank while this session was live."""
+    progress_at: float = 0.0
+    """Collector wall clock when ``last_step`` last rose (or the session's first frame)."""
+    phase: str = ""
+    """The training thread's phase in the latest heartbeat ("" before one, or from an agent
+    that does not send phases)."""
+    phase_seconds: float = 0.0
+    """Seconds it had spent in ``phase`` when that heartbeat was sent."""
+    declared: bool = False
+    """``phase`` was declared (``eval``, ``checkpoint``): a pause the user expects."""
+    stack: tuple[str, ...] = ()
+    """The training thread's stack in the latest heartbeat (sent only while stalled),
+    innermost first."""
+    beat_at: float = 0.0
+    """Collector wall clock of the latest heartbeat (0: none yet)."""
+    beat_every: float = 0.0
+    """Seconds between the two latest heartbeats (0: fewer than two yet)."""
+    declared_at: float = 0.0
+    """Collector wall clock of the latest heartbeat in a declared phase (0: none yet): time in
+    a declared phase is not time stalled."""
+    bye: Bye | None = None
+    """The bye, once it arrived: how the rank ended (reason, error, signal)."""
 
     @property
     def frozen_by_design(self) -> tuple[str, ...]:
@@ -118,12 +142,77 @@ class RankState:
             return self.full_columns.get(name)
         return None
 
+    @property
+    def heartbeats(self) -> bool:
+        """The agent sends heartbeats with phases from its own thread (newer agents, which also
+        time each step's phases): silence then means the process is gone, and a rank can be
+        alive but stalled."""
+        stats = self.stats
+        return bool(self.phase) or (stats is not None and _TIMED in stats.metrics)
+
+    def in_phase(self, now: float) -> float:
+        """Seconds in ``phase`` by now (estimated from the latest heartbeat)."""
+        return self.phase_seconds + max(0.0, now - self.beat_at)
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds without a completed step, outside declared phases."""
+        return now - max(self.progress_at, self.declared_at)
+
+    def beating(self, now: float) -> bool:
+        """Heartbeats still arrive: the latest is at most three heartbeat intervals old."""
+        return self.heartbeats and now - self.beat_at <= 3 * max(self.beat_every, 1.0)
+
     def typical_interval(self) -> float | None:
         """Median seconds between frames, or None before there are a few."""
         if len(self.intervals) < 3:
             return None
         ordered = sorted(self.intervals)
         return ordered[len(ordered) // 2]
+
+
+_TIMED = phase_seconds(STEP_PHASES[0])
+"""A metric only agents with phase heartbeats send."""
+
+StepRanks = dict[int, tuple[Hello, Stats]]
+"""One step as each rank reported it: its hello (the table its rows follow) and stats frame."""
+
+
+class StepBuffer:
+    """The latest steps' stats frames of every rank of a run, held until each rank that is
+    still running has reported the step; then the step is handed out once, for cross-rank
+    rules. A step some rank never reports (a dropped frame, a dead rank) is handed out with the
+    ranks it has once ``depth`` newer steps are waiting. Frames of steps already handed out are
+    ignored."""
+
+    def __init__(self, depth: int = 8) -> None:
+        self.depth = depth
+        self.pending: dict[int, StepRanks] = {}
+        self.done = -1
+        """The latest step handed out."""
+
+    def add(
+        self, hello: Hello, stats: Stats, expected: frozenset[int]
+    ) -> list[tuple[int, StepRanks]]:
+        """Hold ``stats`` of rank ``stats.rank``; return the steps now complete (or given up),
+        oldest first. ``expected``: the ranks still running."""
+        if stats.step <= self.done:
+            return []
+        self.pending.setdefault(stats.step, {})[stats.rank] = (hello, stats)
+        return self.ready(expected)
+
+    def ready(self, expected: frozenset[int]) -> list[tuple[int, StepRanks]]:
+        """The steps every rank of ``expected`` has reported, and those given up; they leave
+        the buffer, and every older step with them."""
+        out: list[tuple[int, StepRanks]] = []
+        for step in sorted(self.pending):
+            ranks = self.pending[step]
+            complete = len(ranks) >= len(expected) and expected <= ranks.keys()
+            if complete or len(self.pending) > self.depth:
+                out.append((step, self.pending.pop(step)))
+                self.done = step
+                for older in [s for s in self.pending if s < step]:
+                    del self.pending[older]
+        return out
 
 
 @dataclass
@@ -134,10 +223,32 @@ class RunState:
     ranks: dict[int, RankState] = field(default_factory=dict)
     last_seen: float = 0.0
     """Collector wall clock at the latest frame of any of its ranks (kept by the fleet)."""
+    first_seen: float = 0.0
+    """Collector wall clock of the run's first hello."""
+    memory: dict[str, Any] = field(default_factory=dict)
+    """Run-level rules' memory, by rule name."""
+    steps: StepBuffer = field(default_factory=StepBuffer)
+    """Recent steps of every rank side by side."""
+    changes: int = 0
+    """Bumped whenever a rank joins, restarts or ends (``running`` is cached between)."""
+    _running: tuple[int, frozenset[int]] = (-1, frozenset())
 
     @property
     def ended(self) -> bool:
         return bool(self.ranks) and all(r.ended for r in self.ranks.values())
+
+    @property
+    def world_size(self) -> int:
+        """The largest world size any rank's hello gave (0 before any)."""
+        return max((r.hello.world_size for r in self.ranks.values()), default=0)
+
+    @property
+    def running(self) -> frozenset[int]:
+        """Ranks that have not said bye."""
+        if self._running[0] != self.changes:
+            ranks = frozenset(r for r, s in self.ranks.items() if not s.ended)
+            self._running = (self.changes, ranks)
+        return self._running[1]
 
 
 class Fleet:
@@ -191,18 +302,38 @@ class Fleet:
         if isinstance(frame, Stats):
             check_shape(state.hello, frame)
             self._stats(state, frame)
+        elif isinstance(frame, Heartbeat):
+            self._heartbeat(state, frame, now)
         elif isinstance(frame, Bye):
             state.ended = True
+            state.bye = frame
+            self._changed(state)
         if not isinstance(frame, Bye):
             state.intervals.append(now - state.last_seen)
         self._seen(state, now)
         state.frames += 1
-        if isinstance(frame, (Stats, Heartbeat, Bye)):
-            state.last_step = max(state.last_step, frame.step)
-            if state.first_step < 0:
-                state.first_step = frame.step
-            state.dropped = max(state.dropped, frame.dropped)
+        if frame.step > state.last_step:
+            state.last_step = frame.step
+            state.progress_at = now
+        if state.first_step < 0:
+            state.first_step = frame.step
+        state.dropped = max(state.dropped, frame.dropped)
         return state
+
+    @staticmethod
+    def _heartbeat(state: RankState, beat: Heartbeat, now: float) -> None:
+        if state.beat_at:
+            state.beat_every = now - state.beat_at
+        state.phase, state.phase_seconds = beat.phase, beat.phase_seconds
+        state.declared, state.stack, state.beat_at = beat.declared, beat.stack, now
+        if beat.declared:
+            state.declared_at = now
+
+    def _changed(self, state: RankState) -> None:
+        """A rank of ``state``'s run joined, restarted or ended."""
+        run = self.runs.get(state.run)
+        if run is not None:
+            run.changes += 1
 
     # ------------------------------------------------------------------------ admission
 
@@ -263,8 +394,9 @@ class Fleet:
                 old.full_step = -1
             old.hello = hello
             self._seen(old, now)
-            old.ended = False
+            old.ended, old.bye = False, None
             old.frames += 1
+            self._changed(old)
             return old
         if old is not None and self.live(old, now):
             self._duplicate(old, hello, now)
@@ -279,7 +411,8 @@ class Fleet:
         if run is None and self.max_runs is not None and len(self.runs) >= self.max_runs:
             self._make_room("max_runs", self.max_runs, hello, who)
         if run is None:
-            run = self.runs[hello.run] = RunState(hello.run)
+            run = self.runs[hello.run] = RunState(hello.run, first_seen=now)
+        run.changes += 1
         if old is None:
             self.ranks_held += 1
         else:
@@ -294,7 +427,9 @@ class Fleet:
 
     def _new_rank(self, hello: Hello, now: float, fresh: bool) -> RankState:
         names = _tracked_names(hello)
-        state = RankState(hello.run, hello.rank, hello, now, now, names=names, frames=1)
+        state = RankState(
+            hello.run, hello.rank, hello, now, now, names=names, frames=1, progress_at=now
+        )
         previous = self._recall(hello.run, hello.rank) if fresh else None
         if previous is not None and previous.session == hello.session:
             # The collector restarted under a running session: continue its record.

@@ -33,7 +33,7 @@ class AlertFilter:
     def __call__(self, alert: Alert) -> bool:
         return (
             (self.run is None or alert.run == self.run)
-            and (self.rank is None or alert.rank == self.rank)
+            and (self.rank is None or self.rank in alert.covers)
             and (self.rule is None or alert.rule == self.rule)
             and (self.severity is None or alert.severity == self.severity)
             and (self.state is None or alert.state == self.state)

@@ -1,12 +1,14 @@
 #!/bin/sh
-# Install the Debian Prometheus and Alertmanager binaries the stack tests run
-# (promtool, prometheus, amtool, prometheus-alertmanager). Idempotent: does nothing when
-# all four are on PATH. Safe in containers without systemd: the packages' postinst may
-# try to start daemons; a policy-rc.d forbids that and any that still start are stopped.
+# Install the Debian binaries the tests run: Prometheus and Alertmanager for the stack tests
+# (promtool, prometheus, amtool, prometheus-alertmanager) and chromium (with a font) for the
+# page's browser test. Idempotent: does nothing when all five are on PATH. Safe in containers
+# without systemd: the packages' postinst may try to start daemons; a policy-rc.d forbids that
+# and any that still start are stopped.
 set -eu
 
 need=""
-for bin in promtool prometheus amtool prometheus-alertmanager; do
+BINARIES="promtool prometheus amtool prometheus-alertmanager chromium"
+for bin in $BINARIES; do
     command -v "$bin" >/dev/null 2>&1 || need="$need $bin"
 done
 if [ -z "$need" ]; then
@@ -37,7 +39,8 @@ trap cleanup EXIT
 
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager
+$SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager \
+    chromium fonts-dejavu-core
 
 # Stop any daemon a postinst started anyway. The binaries were missing before this script
 # ran, so a process running /usr/bin/<daemon> now can only have been started by its package.
@@ -52,7 +55,7 @@ for daemon in prometheus prometheus-alertmanager; do
     done
 done
 
-for bin in promtool prometheus amtool prometheus-alertmanager; do
+for bin in $BINARIES; do
     command -v "$bin" >/dev/null 2>&1 || { echo "install-debian-packages: $bin still missing" >&2; exit 1; }
 done
 echo "install-debian-packages: installed"

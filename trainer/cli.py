@@ -141,6 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
         "AgentConfig.full_every)",
     )
     mon.add_argument(
+        "--heartbeat-seconds",
+        type=float,
+        default=None,
+        help="monitor: seconds between heartbeats (default: the agent's, "
+        "AgentConfig.heartbeat_seconds)",
+    )
+    mon.add_argument(
+        "--stall-seconds",
+        type=float,
+        default=None,
+        help="monitor: heartbeats carry the training thread's stack once no step has completed "
+        "for this long (default: the agent's, AgentConfig.stall_seconds)",
+    )
+    mon.add_argument(
         "--peak-flops",
         type=float,
         default=None,
@@ -207,6 +221,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.warmup = DEFAULT_WARMUP[args.optimizer]
     if args.lr is not None and args.lr <= 0:
         parser.error(f"argument --lr: must be > 0, got {args.lr}")
+    for name in ("heartbeat_seconds", "stall_seconds"):
+        value = getattr(args, name)
+        if value is not None and not 0 < value < float("inf"):
+            flag = "--" + name.replace("_", "-")
+            parser.error(f"argument {flag}: must be a number of seconds > 0, got {value}")
     return args
 
 

@@ -29,8 +29,12 @@ KINDS: dict[str, str] = {
     "slow": "from STEP the data phase sleeps 2x the measured step time: steps ~3x longer "
     "(under torchrun: a straggler rank)",
     "raise": "RuntimeError at STEP: the rank crashes (under torchrun the job fails)",
+    "oom": "before backward at STEP the rank asks for 1 PiB: out of memory (CUDA: "
+    "torch.OutOfMemoryError; CPU: the allocator's error), the rank crashes",
     "desync": "after the optimizer step at STEP every weight gets 1e-2 x randn, never resynced: "
     "DDP replicas silently diverge",
+    "long_eval": "the first evaluation at or after STEP lasts 5 s longer (declared as phase "
+    "eval: expected, not a stall); use with --eval-every",
     "overfit": "from STEP every step trains on the batch of STEP again: train loss falls, "
     "val loss rises",
     "plateau": "from STEP every lr glides down (x0.7 a step, no jump) to 1e-3x: "
@@ -56,6 +60,9 @@ BF16_LR = 1e-5
 LEAK_BYTES = 4 << 20
 HANG_SECONDS = 3600.0
 SLOW_FACTOR = 3.0
+OOM_BYTES = 1 << 50
+"""What ``oom`` asks for: more than any device or host has, refused at once (no paging)."""
+LONG_EVAL_SECONDS = 5.0
 DESYNC_STD = 1e-2
 OVERFIT_BATCHES = 1
 PLATEAU_DECAY = 0.7

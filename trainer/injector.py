@@ -67,6 +67,7 @@ class FaultInjector:
     """Memory held by ``mem_pressure``."""
     pressure_reached: bool = False
     hang_reached: bool = False
+    long_eval_done: bool = False
     slow_sleeps: int = 0
     slept_s: float = 0.0
     overfit_batches: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
@@ -212,11 +213,15 @@ class FaultInjector:
         return loss
 
     def before_backward(self, step: int) -> None:
-        """``hang``: stop here, so that under DDP the other ranks wait in all-reduce."""
+        """``hang``: stop here, so that under DDP the other ranks wait in all-reduce;
+        ``oom``: run out of memory here (the rank crashes)."""
         for inj in self.injections:
             if inj.kind == "hang" and inj.step == step:
                 self.hang_reached = True
                 self.sleep(f.HANG_SECONDS)
+            elif inj.kind == "oom" and inj.step == step:
+                device = next(self.model.parameters()).device
+                torch.empty(f.OOM_BYTES, dtype=torch.uint8, device=device)
 
     def after_backward(self, step: int) -> None:
         """``vanish``: scale the early blocks' gradients (after DDP's all-reduce)."""
@@ -227,6 +232,13 @@ class FaultInjector:
                 grad = self.model.get_parameter(name).grad
                 if grad is not None:
                     grad.mul_(f.VANISH_SCALE)
+
+    def evaluating(self, step: int) -> None:
+        """Inside the evaluation of ``step``: ``long_eval`` makes the first one at or after its
+        step last ``LONG_EVAL_SECONDS`` longer."""
+        if self._since(step, "long_eval") and not self.long_eval_done:
+            self.long_eval_done = True
+            self.sleep(f.LONG_EVAL_SECONDS)
 
     # ---------------------------------------------------------------------------------------
     # after the optimizer step

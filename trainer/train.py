@@ -14,6 +14,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,6 +42,7 @@ class Monitor(Protocol):
     """What the loop needs from ``gradwatch.agent.watch(...)``."""
 
     def log(self, **kwargs: Any) -> None: ...
+    def phase(self, name: str) -> AbstractContextManager[object]: ...
     def close(self, reason: str = ...) -> None: ...
 
 
@@ -49,6 +51,9 @@ class NullMonitor:
 
     def log(self, **kwargs: Any) -> None:
         pass
+
+    def phase(self, name: str) -> AbstractContextManager[object]:
+        return nullcontext()
 
     def close(self, reason: str = "close") -> None:
         pass
@@ -102,6 +107,9 @@ def monitor_settings(args: argparse.Namespace, model: GPT) -> dict[str, Any]:
         "flops_per_token": flops_per_token,
         "peak_flops": args.peak_flops,
     }
+    for name in ("heartbeat_seconds", "stall_seconds"):  # flags left unset: the agent's default
+        value = getattr(args, name, None)
+        settings[name] = defaults[name] if value is None else value
     limit = getattr(args, "memory_limit", None)
     if limit is not None and "memory_limit_bytes" in inspect.signature(watch).parameters:
         settings["memory_limit_bytes"] = limit
@@ -241,12 +249,15 @@ def train(
             optimizer.step()
             faults.end(step)  # desync, leak, memory pressure
 
-            # evaluation (before the monitor's log, so val_loss travels with this step)
+            # evaluation (before the monitor's log, so val_loss travels with this step), a
+            # declared phase: heartbeats say "eval", and a long one is expected, not a stall
             scalars: dict[str, torch.Tensor] = {}
             if args.eval_every and (step % args.eval_every == 0 or step == args.steps):
-                val_loss = estimate_val_loss(
-                    model, corpus, args.batch_size, args.eval_iters, args.seed
-                )
+                with monitor.phase("eval"):
+                    val_loss = estimate_val_loss(
+                        model, corpus, args.batch_size, args.eval_iters, args.seed
+                    )
+                    faults.evaluating(step)  # long_eval
                 scalars["val_loss"] = val_loss
 
             # a tensor loss: the agent syncs it off the hot path, never .item() here

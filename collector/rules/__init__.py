@@ -17,9 +17,11 @@ from .admission import CollectorLimit, DuplicateRank
 from .base import Finding, Rule, RuleSettings
 from .frozen import FrozenParameters
 from .gradients import DeadParameters, GradExplosion, VanishingGradients
+from .liveness import RankCrashed, RankMissing, RankStalled
 from .loss import LossPlateau, LossSpike, ValDivergence
 from .numeric import NonFinite
 from .optim import LrSanity
+from .replicas import ReplicaDivergence, Straggler
 from .system import (
     MemoryGrowth,
     MemoryPressure,
@@ -70,6 +72,11 @@ CATALOGUE: dict[str, type[AnyRule]] = {
         MemoryPressure,
         MemoryGrowth,
         TrainerSilent,
+        RankStalled,
+        RankCrashed,
+        RankMissing,
+        Straggler,
+        ReplicaDivergence,
         ValDivergence,
         DuplicateRank,
         CollectorLimit,

@@ -6,11 +6,11 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, Literal, TypeVar
 
 from ..alert import Severity
 from ..health import IngestHealth
-from ..state import RankState
+from ..state import RankState, RunState, StepRanks
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ class RuleSettings:
 
 @dataclass(frozen=True)
 class Finding:
-    """One condition a rule saw on one rank; the alert book turns it into an alert."""
+    """One condition a rule saw on one rank; the alert book turns it into an alert (findings of
+    one rule on several ranks of a run for the same parameter join one alert)."""
 
     rule: str
     parameter: str | None
@@ -50,6 +51,18 @@ class Finding:
     onset: int | None = None
     """Step at which the condition began, when the rule waited before reporting it (a streak,
     a window); the alert's ``first_step``. None: the step of the frame that raised it."""
+    rank: int | None = None
+    """The rank it is about: set by run-level rules (a missing rank has no state of its own);
+    None for per-rank rules, whose findings are about the rank judged."""
+    step: int | None = None
+    """The step it is about when not the rank's latest (a cross-rank comparison of one step)."""
+    origin: bool = False
+    """This rank is where the condition started, not a rank it reached through a collective
+    (its own loss went non-finite, its own exception, a hang's culprit): the job's alert names
+    it as its ``rank``. Among per-rank findings the earliest ``claim_step`` wins."""
+    claim_step: int | None = None
+    """For an ``origin``: the step the condition started at on this rank (default: the step
+    of the check); the rank with the earliest claim is the origin."""
 
 
 S = TypeVar("S", bound=RuleSettings)
@@ -57,18 +70,23 @@ M = TypeVar("M")
 
 
 class Rule(Generic[S, M]):
-    """An anomaly rule: ``check`` runs on every stats frame, ``tick`` on the collector's clock
-    for every rank, ``tick_collector`` on the clock once for the collector itself.
+    """An anomaly rule. Per-rank rules (``scope = "rank"``): ``check`` runs on every stats frame
+    of a rank, ``tick`` on the collector's clock, with memory per rank. Run-level rules
+    (``scope = "run"``) judge all ranks of a run together, with memory per run: ``check_run``
+    on the clock and when a rank says hello or bye, ``check_step`` once every live rank has
+    reported a step (or it can no longer be completed); their findings name their ``rank``.
+    ``tick_collector`` runs on the clock once for the collector itself.
 
-    Each returns a list of findings (empty: the condition is clear) or None (no judgement this
-    time, e.g. not a full step), so that the book only counts real checks. Values may be any
-    float64 (NaN, Inf, 1e308): a rule must not raise on them.
+    Each returns a list of findings (empty: the condition is clear, on every rank) or None (no
+    judgement this time, e.g. not a full step), so that the book only counts real checks.
+    Values may be any float64 (NaN, Inf, 1e308): a rule must not raise on them.
     """
 
     name: ClassVar[str]
     severity: ClassVar[Severity]
     action: ClassVar[str]
     settings_type: ClassVar[type[RuleSettings]]
+    scope: ClassVar[Literal["rank", "run"]] = "rank"
     collector_settings: ClassVar[tuple[str, ...]] = ()
     """Fields of ``CollectorConfig`` (flags) that this rule reports on (docs/rules.md)."""
 
@@ -87,6 +105,17 @@ class Rule(Generic[S, M]):
         """Judge the rank on the collector's clock (time-based rules only)."""
         return None
 
+    def check_run(self, run: RunState, memory: M, now: float) -> list[Finding] | None:
+        """Judge every rank of a run together (run-level rules): on the collector's clock and
+        when a rank says hello or bye."""
+        return None
+
+    def check_step(
+        self, run: RunState, step: StepRanks, memory: M, now: float
+    ) -> list[Finding] | None:
+        """Compare the ranks' stats frames of one step (run-level rules)."""
+        return None
+
     def tick_collector(self, health: IngestHealth, memory: M, now: float) -> list[Finding] | None:
         """Judge the collector itself on its clock (collector-level rules only); findings
         become alerts of run ``COLLECTOR_RUN``, rank ``COLLECTOR_RANK``."""
@@ -101,10 +130,15 @@ class Rule(Generic[S, M]):
         threshold: float | None = None,
         severity: Severity | None = None,
         onset: int | None = None,
+        rank: int | None = None,
+        step: int | None = None,
+        origin: bool = False,
+        claim_step: int | None = None,
     ) -> Finding:
         return Finding(
-            self.name, parameter, value, threshold, message, self.action, severity, onset
-        )
+            self.name, parameter, value, threshold, message, self.action, severity, onset,
+            rank, step, origin, claim_step,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,17 @@ class NonFiniteSettings(RuleSettings):
 class NonFiniteMemory:
     parameter: str | None = None
     """The first offender seen; kept while the condition lasts so the alert keeps its name."""
+    loss_step: int | None = None
+    """The step this rank's own loss went non-finite (while the condition lasts)."""
 
 
 class NonFinite(Rule[NonFiniteSettings, NonFiniteMemory]):
     """The loss, a gradient or a weight became NaN or Inf.
 
     Fires on the same step (no pending). Names the first parameter whose gradient norm or
-    weight norm is not finite: usually where the blow-up started. What to do: stop the run,
+    weight norm is not finite: usually where the blow-up started. Under DDP one rank's NaN
+    reaches every rank's gradients through the all-reduce: the job's one alert names as its
+    ``rank`` the rank whose own loss went non-finite first. What to do: stop the run,
     restore the last good checkpoint, lower the learning rate or enable gradient clipping,
     and look for a bad batch, a division by zero or an fp16 overflow around that step.
     """
@@ -62,8 +66,10 @@ class NonFinite(Rule[NonFiniteSettings, NonFiniteMemory]):
         grad_bad = global_norm is not None and not finite(global_norm)
         grad_bad = grad_bad or stats.metrics.get(m.NONFINITE_GRADS, 0.0) > 0
         if not (ordered or loss_bad or grad_bad):
-            memory.parameter = None
+            memory.parameter = memory.loss_step = None
             return []
+        if loss_bad and memory.loss_step is None:
+            memory.loss_step = stats.step
         if memory.parameter is None or memory.parameter not in ordered:
             memory.parameter = ordered[0] if ordered else None
         parts = []
@@ -84,6 +90,8 @@ class NonFinite(Rule[NonFiniteSettings, NonFiniteMemory]):
                 parameter=memory.parameter,
                 value=float(max(len(ordered), 1)),
                 threshold=0.0,
+                origin=memory.loss_step is not None,
+                claim_step=memory.loss_step,
             )
         ]
 

@@ -33,7 +33,9 @@ class LrSanitySettings(RuleSettings):
 class LrMemory:
     previous: tuple[float, ...] = ()
     factors: tuple[float, ...] = ()
-    """Each group's previous step-to-step change: a schedule changes smoothly, a mistake not."""
+    """Each group's previous change per step: a schedule changes smoothly, a mistake not."""
+    step: int = -1
+    """Step of ``previous``: frames lost or sampled on the way leave gaps of several steps."""
     peak: float = 0.0
 
 
@@ -42,10 +44,10 @@ class LrSanity(Rule[LrSanitySettings, LrMemory]):
 
     Ranges by optimizer family (Muon, Adam/AdamW, SGD): the peak LR is compared with the
     minimum once the LR stops rising (warmup over), the current LR with the maximum. A jump
-    is a change by more than 3x between two frames after warmup that the previous change did
-    not announce (a smooth schedule, even a steep one, is not a jump), other than a rise back
-    to at most the peak so far (warmup, a warm restart) or a drop to exactly 0 (a freeze:
-    frozen_parameters reports it) (warning). What to do:
+    is a change by more than 3x per step (frames steps apart: per step) after warmup that
+    the previous change did not announce (a smooth schedule, even a steep one, is not a
+    jump), other than a rise back to at most the peak so far (warmup, a warm restart) or a
+    drop to exactly 0 (a freeze: frozen_parameters reports it) (warning). What to do:
     match the LR to the optimizer (Muon 1e-3..3e-3, AdamW 3e-4..1e-3), check the scheduler
     and any code that rewrites ``param_group["lr"]``; ack the alert if the change was planned.
     """
@@ -76,7 +78,8 @@ class LrSanity(Rule[LrSanitySettings, LrMemory]):
         if stats is None or not stats.lr or not all(math.isfinite(x) for x in stats.lr):
             return None
         s, lr, before = self.settings, stats.lr, memory.previous
-        memory.previous = lr
+        steps = max(1, stats.step - memory.step) if memory.step >= 0 else 1
+        memory.previous, memory.step = lr, stats.step
         prior_peak, memory.peak = memory.peak, max(memory.peak, max(lr))
         found: list[Finding] = []
         limits = self.bounds(rank.hello.optimizer)
@@ -102,21 +105,25 @@ class LrSanity(Rule[LrSanitySettings, LrMemory]):
                         threshold=low,
                     )
                 )
-        factors = tuple(n / o if o > 0 else 1.0 for n, o in zip(lr, before, strict=False))
+        factors = tuple(
+            (n / o) ** (1 / steps) if o > 0 and n > 0 else 1.0
+            for n, o in zip(lr, before, strict=False)
+        )
         last_factors, memory.factors = memory.factors, factors
         if not found and len(before) == len(lr):
             for group, (new, old) in enumerate(zip(lr, before, strict=True)):
                 if old <= 0 or new == 0 or max(new, old) < s.jump_floor * memory.peak:
                     continue  # an lr of exactly 0 is a freeze: frozen_parameters says so
-                factor = new / old
+                factor, per_step = new / old, factors[group]
                 if factor > 1 and new <= prior_peak * 1.01:
                     continue  # back up to where it was: warmup, or a warm restart
-                smooth = factor / (last_factors[group] if len(last_factors) == len(lr) else 1.0)
+                smooth = per_step / (last_factors[group] if len(last_factors) == len(lr) else 1.0)
                 abrupt = smooth > s.jump or smooth < 1 / s.jump
-                if abrupt and (factor > s.jump or factor < 1 / s.jump):
+                if abrupt and (per_step > s.jump or per_step < 1 / s.jump):
+                    span = "one step" if steps == 1 else f"{steps} steps"
                     found.append(
                         self.finding(
-                            f"learning rate of group {group} changed {factor:.3g}x in one step "
+                            f"learning rate of group {group} changed {factor:.3g}x in {span} "
                             f"({fmt(old)} -> {fmt(new)})",
                             value=new,
                             threshold=old * (s.jump if factor > 1 else 1 / s.jump),

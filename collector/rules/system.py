@@ -246,28 +246,38 @@ class MemoryGrowth(Rule[MemoryGrowthSettings, GrowthMemory]):
 class SilentSettings(RuleSettings):
     clear_checks: int = 1
     cooldown_seconds: float = 0.0
+    seconds: float = 30.0
+    """No frame at all, not even a heartbeat, for this long: the process is gone (agents that
+    send heartbeats from their own thread)."""
     factor: float = 10.0
-    """Silence longer than this many typical frame intervals..."""
+    """Older agents (frames only from the training thread, no phases): silence longer than this
+    many typical frame intervals..."""
     floor_seconds: float = 60.0
-    """...and longer than this is a hang or a crash."""
+    """...and longer than this (a long evaluation is silence too there)."""
 
     def limit(self, rank: RankState) -> float:
-        """Seconds of silence after which the rank counts as hung or dead (also when another
-        process may take its run and rank over, see duplicate_rank)."""
+        """Seconds of silence after which the rank counts as gone (also when another process
+        may take its run and rank over, see duplicate_rank)."""
+        if rank.heartbeats:
+            return self.seconds
         return max(self.factor * (rank.typical_interval() or 0.0), self.floor_seconds)
 
 
 class TrainerSilent(Rule[SilentSettings, None]):
-    """No frame from a rank for max(10x its typical interval, 60 s) without a ``bye``.
+    """No frame from a rank, not even a heartbeat, for ``seconds`` without a ``bye``: the
+    process is gone (killed, segfault, node lost) or its network is.
 
-    Judged on the collector's clock. The process hung (deadlock, stuck collective, data
-    loader) or died without saying goodbye. What to do: check the process is alive
-    (``py-spy dump``), look at NCCL timeouts and the other ranks, and the job's logs.
+    Agents send heartbeats from their own thread whatever training does, so a rank that is
+    alive but stuck raises rank_stalled instead. Judged on the collector's clock; ranks that
+    go silent together are one alert. (Older agents without phase heartbeats: max(``factor``
+    x the typical frame interval, ``floor_seconds``).) What to do: check the process exists
+    (``ps``, the scheduler, ``dmesg`` for the OOM killer), the node, and the network to the
+    collector.
     """
 
     name = "trainer_silent"
     severity = "error"
-    action = "check the process (py-spy dump), other ranks, collective timeouts and job logs"
+    action = "check the process and node (scheduler, dmesg OOM killer) and the network"
     settings_type = SilentSettings
 
     def new_memory(self) -> None:
@@ -280,9 +290,12 @@ class TrainerSilent(Rule[SilentSettings, None]):
         silence = now - rank.last_seen
         if silence <= limit:
             return []
+        last = f" in {rank.phase}" if rank.phase else ""
         return [
             self.finding(
-                f"no frame for {silence:.0f} s (limit {limit:.0f} s) after step {rank.last_step}",
+                f"no frame, not even a heartbeat, for {silence:.0f} s (limit {limit:.0f} s) "
+                f"after step {rank.last_step}{last}, host {rank.hello.host} pid "
+                f"{rank.hello.pid}: the process is gone or unreachable",
                 value=silence,
                 threshold=limit,
             )

@@ -3,14 +3,19 @@ alerts print as they fire.
 
 The collector listens on tcp://127.0.0.1:5555 and serves http://127.0.0.1:8000. The trainer runs a
 small GPT on the shipped corpus and injects a loss spike, a NaN and a learning-rate explosion into
-three runs, one after another. When training is done the collector keeps serving until Ctrl-C.
-Needs the agent and collector extras (torch included).
+three runs, one after another. With ``--ddp`` (``make demo-ddp``) it runs 2-rank torchrun jobs
+(DDP, gloo on CPU) instead, each with one rank at fault: a hang, a straggler, a NaN and a crash,
+each raising one alert for the job that names the rank; jobs that would run on (a hang, a
+straggler) stop once their alert fires, or after a minute. When training is done the collector
+keeps serving until Ctrl-C. Needs the agent and collector extras (torch included).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+import os
 import shutil
 import signal
 import socket
@@ -18,18 +23,44 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 from gradwatch.client import Alert, Client, ClientError
+from gradwatch.collector.rank_ranges import compact_ranks
 
-# run name, faults: each run shows one failure the way it happens in real training
-SCHEDULE: list[tuple[str, list[str]]] = [
-    ("demo-spike", ["spike@60"]),
-    ("demo-explode", ["explode@60"]),
-    ("demo-nan", ["nan@60"]),
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One demo job: each shows one failure the way it happens in real training."""
+
+    run: str
+    faults: tuple[str, ...]
+    nproc: int = 1
+    """Ranks; above 1 the job runs under torchrun (DDP)."""
+    until: str | None = None
+    """Stop the job once this rule fires on it (a job that would run on: a hang, a straggler)."""
+
+
+SCHEDULE = [
+    DemoRun("demo-spike", ("spike@60",)),
+    DemoRun("demo-explode", ("explode@60",)),
+    DemoRun("demo-nan", ("nan@60",)),
 ]
+DDP_SCHEDULE = [
+    DemoRun("demo-ddp-hang", ("hang@40:rank=1",), 2, until="rank_stalled"),
+    DemoRun("demo-ddp-straggler", ("slow@30:rank=1",), 2, until="straggler"),
+    DemoRun("demo-ddp-nan", ("nan@60:rank=1",), 2),
+    DemoRun("demo-ddp-crash", ("raise@60:rank=1",), 2),
+]
+DDP_RULES = {"rank_stalled": {"seconds": 10.0}, "straggler": {"for_seconds": 5.0}}
+"""The multi-rank demo's rules: a 10 s hang is a stall, a 5 s straggler is reported."""
+DDP_AGENT = ("--heartbeat-seconds", "1", "--stall-seconds", "3")
+"""Heartbeats every second, stacks after 3 s without a step."""
 STEPS = 90
+UNTIL_SECONDS = 60.0
+"""Longest a job that would run on is kept waiting for its alert."""
 COLOURS = {"critical": "\033[1;31m", "error": "\033[31m", "warning": "\033[33m", "info": "\033[36m"}
 
 
@@ -38,6 +69,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zmq-port", type=int, default=5555, help="collector ZeroMQ port")
     p.add_argument("--workdir", default=".demo", help="where the database and logs go (wiped)")
     p.add_argument("--exit", action="store_true", help="exit when training is done")
+    p.add_argument(
+        "--ddp",
+        action="store_true",
+        help="run 2-rank torchrun jobs (DDP) with one rank at fault: hang, straggler, NaN, crash",
+    )
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -49,6 +85,8 @@ def _print_alert(alert: Alert) -> None:
     colour = COLOURS.get(alert.severity, "") if sys.stdout.isatty() else ""
     reset = "\033[0m" if colour else ""
     where = f"run={alert.run} rank={alert.rank} step={alert.first_step}"
+    if len(alert.covers) > 1:
+        where += f" ranks={compact_ranks(alert.covers)}"
     if alert.parameter:
         where += f" param={alert.parameter}"
     print(f"{colour}ALERT {alert.rule} [{alert.severity}]{reset} {where}", flush=True)
@@ -92,31 +130,36 @@ def demo(args: argparse.Namespace) -> int:
         sys.executable, "-m", "gradwatch.collector", "--listen", endpoint,
         "--http", f"127.0.0.1:{args.http_port}", "--db", str(work / "gradwatch.db"),
     ]  # fmt: skip
+    if args.ddp:
+        rules = work / "rules.json"  # JSON is YAML
+        rules.write_text(json.dumps({"rules": DDP_RULES}))
+        collector_cmd += ["--rules", str(rules)]
     procs.append(subprocess.Popen(collector_cmd, stdout=log, stderr=subprocess.STDOUT))
     seen: set[int] = set()
     client = Client(http)
     try:
         _wait_healthy(client, procs[0], work)
-        print(f"collector up: {http}  (log: {work / 'collector.log'})", flush=True)
+        print(f"collector up: open {http} in a browser (log: {work / 'collector.log'})", flush=True)
         threading.Thread(target=_print_firing, args=(http, seen), daemon=True).start()
-        for run, faults in SCHEDULE:
-            cmd = [
-                sys.executable, "-m", "gradwatch.trainer", "--steps", str(STEPS),
-                "--endpoint", endpoint, "--run-name", run, "--size", "tiny", "--log-every", "10",
-            ]  # fmt: skip
-            for fault in faults:
-                cmd += ["--inject", fault]
-            print(f"\n== training {run} with {', '.join(faults)} ==", flush=True)
-            trainer = subprocess.Popen(cmd)
+        for job in DDP_SCHEDULE if args.ddp else SCHEDULE:
+            where = f" on {job.nproc} ranks (DDP)" if job.nproc > 1 else ""
+            print(f"\n== training {job.run}{where} with {', '.join(job.faults)} ==", flush=True)
+            trainer = subprocess.Popen(_trainer_cmd(job, endpoint), start_new_session=True)
             procs.append(trainer)
-            trainer.wait()
-            _wait_ended(client, run)
+            if job.until is None:
+                trainer.wait()
+                _wait_ended(client, job.run)
+            else:
+                _wait_alert(client, job, trainer)
+                _stop([trainer])
         port = args.http_port
         url = "" if port == 8000 else f" --url {http}"
+        example = DDP_SCHEDULE[0].run if args.ddp else "demo-nan"
         print(
             f"\ntraining done: {len(seen)} alerts. Try:\n  gradwatch alerts{url}"
-            f"\n  gradwatch alerts{url} --follow\n  gradwatch runs{url} demo-nan"
-            f"\n  curl localhost:{port}/alerts\n  curl localhost:{port}/metrics"
+            f"\n  gradwatch alerts{url} --follow\n  gradwatch runs{url} {example}"
+            f"\n  curl localhost:{port}/alerts\n  curl localhost:{port}/runs/{example}"
+            f"\n  curl localhost:{port}/metrics"
         )
         if args.exit:
             return 0
@@ -132,15 +175,54 @@ def demo(args: argparse.Namespace) -> int:
         log.close()
 
 
+def _trainer_cmd(job: DemoRun, endpoint: str) -> list[str]:
+    steps = STEPS if job.until is None else 100_000  # a job that runs on until its alert
+    args = [
+        "--steps", str(steps), "--endpoint", endpoint, "--run-name", job.run, "--size", "tiny",
+        "--log-every", "10",
+    ]  # fmt: skip
+    for fault in job.faults:
+        args += ["--inject", fault]
+    if job.nproc == 1:
+        return [sys.executable, "-m", "gradwatch.trainer", *args]
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        "--nproc-per-node", str(job.nproc), "-m", "gradwatch.trainer", "--threads", "1",
+        *DDP_AGENT, *args,
+    ]  # fmt: skip
+
+
+def _wait_alert(client: Client, job: DemoRun, trainer: subprocess.Popen[bytes]) -> None:
+    """Until ``job.until`` fires on the job (or it ends, or a minute passes)."""
+    deadline = time.monotonic() + UNTIL_SECONDS
+    while time.monotonic() < deadline and trainer.poll() is None:
+        if client.alerts(run=job.run, rule=job.until).alerts:
+            return
+        time.sleep(0.5)
+
+
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each process (and the group of those that lead one: torchrun's ranks), then
+    SIGKILL what is left after 10 s."""
     for proc in reversed(procs):
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            _signal(proc, signal.SIGTERM)
     for proc in procs:
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _signal(proc, signal.SIGKILL)
+            proc.wait(10)
+
+
+def _signal(proc: subprocess.Popen[bytes], signum: int) -> None:
+    try:
+        if os.getpgid(proc.pid) == proc.pid:  # a group leader (start_new_session)
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+    except ProcessLookupError:
+        pass
 
 
 def _wait_healthy(

@@ -6,6 +6,7 @@ import argparse
 import time
 
 from gradwatch.client import ApiError, Client, RunDetail, RunList
+from gradwatch.collector.rank_ranges import compact_ranks
 from gradwatch.collector.schemas import RunSummary
 from gradwatch.wire.metrics import STEP_TIME, TOKENS_PER_SECOND
 
@@ -55,9 +56,20 @@ def print_stored_run(run: RunSummary, now: float) -> None:
     )
 
 
+STATUS_COLOURS = {"stalled": "1;31", "silent": "1;31", "crashed": "1;31", "terminated": "33"}
+
+
+def _ranks(ranks: list[int]) -> str:
+    return compact_ranks(ranks) or "-"
+
+
 def print_run(detail: RunDetail) -> None:
-    """A live run: per rank its latest step, loss, LR and speed, then its worst parameters."""
-    table = Table(("RANK", "HOST", "DEVICE", "OPTIMIZER", "STEP", "LOSS", "LR", "TOK/S", "STEP S"))
+    """A live run: per rank its latest step, loss, LR, speed, status and phase; the job (world
+    size, ranks missing, stalled, crashed); then each rank's worst parameters."""
+    table = Table(
+        ("RANK", "HOST", "DEVICE", "OPTIMIZER", "STEP", "LOSS", "LR", "TOK/S", "STEP S",
+         "STATUS", "PHASE")
+    )  # fmt: skip
     table.print(
         [
             [
@@ -70,9 +82,17 @@ def print_run(detail: RunDetail) -> None:
                 (",".join(number(x) for x in r.lr) or "-", ""),
                 (number(r.metrics.get(TOKENS_PER_SECOND)), ""),
                 (number(r.metrics.get(STEP_TIME)), ""),
+                (r.status, STATUS_COLOURS.get(r.status, "")),
+                (f"{r.phase} {age(0, r.phase_seconds)}" if r.phase else "-", ""),
             ]  # fmt: skip
             for r in detail.ranks
         ]
+    )
+    print(
+        f"\nworld size {detail.world_size}: seen {_ranks(detail.seen)}, missing "
+        f"{_ranks(detail.missing)}, live {_ranks(detail.live)}, stalled "
+        f"{_ranks(detail.stalled)}, silent {_ranks(detail.silent)}, crashed "
+        f"{_ranks(detail.crashed)}, terminated {_ranks(detail.terminated)}"
     )
     for r in detail.ranks:
         worst = r.worst

@@ -14,7 +14,7 @@ from gradwatch.collector.config import CollectorConfig
 from gradwatch.collector.core import build_core
 from gradwatch.collector.state import Refused
 from gradwatch.collector.store import Store
-from tests.helpers.fake_rank import PARAMS, FakeRank, Harness
+from tests.helpers.fake_rank import NAMES, PARAMS, FakeRank, Harness
 
 
 def _from(r: FakeRank, host: str, pid: int) -> FakeRank:
@@ -120,9 +120,9 @@ def test_admission_max_ranks_and_max_params_refuse_hellos() -> None:
 def test_admission_max_open_alerts_caps_one_run_and_alerts() -> None:
     h = Harness(config=CollectorConfig(max_open_alerts=2))
     ranks = [FakeRank("noisy", rank) for rank in range(4)]
-    for r in ranks:
+    for r in ranks:  # a NaN in a different parameter on each rank: four causes, four alerts
         h.send(r.hello())
-        h.send(r.stats(1, loss=math.nan))
+        h.send(r.stats(1, grad={NAMES[r.rank]: math.nan}))
     assert len(h.firing("non_finite")) == 2
     assert h.core.health.limit_hits["max_open_alerts"] == 2
     h.tick()

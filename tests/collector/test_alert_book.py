@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gradwatch.collector.alert import Alert
-from gradwatch.collector.book import AlertBook, ConsoleLog, Policy, describe
+from gradwatch.collector.book import AlertBook, Policy
+from gradwatch.collector.console import ConsoleLog, describe
 from gradwatch.collector.rules.base import Finding
 from gradwatch.collector.store import Store
 

@@ -100,11 +100,11 @@ def test_alertmanager_payload_carries_labels_annotations_and_link(pusher: Any) -
         "alertname": "nonfinite_grad",
         "severity": "critical",
         "run": "run-a",
-        "rank": "3",
         "parameter": "h.0.attn.weight",
         "job": "gradwatch",
-    }
+    }  # the rank is an annotation: an origin that changes keeps one Alertmanager alert
     notes = sent["annotations"]
+    assert notes["rank"] == notes["ranks"] == "3"
     assert notes["link"] == sent["generatorURL"] == "http://gradwatch:8000/alerts/7"
     assert notes["step"] == "20" and notes["value"] == "nan" and notes["threshold"] == "0"
     assert notes["action"].startswith("skip") and "NaN" in notes["description"]

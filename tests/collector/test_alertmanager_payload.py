@@ -29,17 +29,24 @@ def test_payload_links_to_the_alert_and_the_rules_runbook_under_public_url() -> 
     assert notes["first_step"] == "18" and notes["step"] == "20"
 
 
-def test_payload_of_a_per_rank_alert_names_its_rank_in_ranks() -> None:
+def test_payload_of_a_one_rank_alert_names_its_rank_in_annotations() -> None:
     sent = payload(make_alert())
-    assert sent["labels"]["rank"] == "3" and sent["annotations"]["ranks"] == "3"
+    assert "rank" not in sent["labels"]
+    assert sent["annotations"]["rank"] == sent["annotations"]["ranks"] == "3"
     assert sent["annotations"]["summary"] == "non_finite on run-a rank 3 (h.0.attn.weight)"
 
 
-def test_payload_of_a_job_alert_sends_its_ranks_compact_and_keeps_the_origin_rank() -> None:
+def test_payload_of_a_job_alert_sends_its_ranks_compact_and_the_origin_rank() -> None:
     sent = payload(job_alert(range(5, 1029)))
-    assert sent["labels"]["rank"] == "5"
-    assert sent["annotations"]["ranks"] == "5-1028"
-    assert "ranks 5-1028" in sent["annotations"]["summary"]
+    assert sent["annotations"]["rank"] == "5" and sent["annotations"]["ranks"] == "5-1028"
+    assert "ranks 5-1028 (origin rank 5)" in sent["annotations"]["summary"]
+
+
+def test_payload_labels_stay_the_same_when_the_origin_changes() -> None:
+    first = payload(job_alert(range(0, 8)))
+    later = payload(replace(job_alert(range(0, 8)), rank=3))
+    assert first["labels"] == later["labels"]  # one Alertmanager alert, whoever the origin
+    assert (first["annotations"]["rank"], later["annotations"]["rank"]) == ("0", "3")
 
 
 def test_payload_caps_long_messages_and_leaves_out_empty_annotations() -> None:

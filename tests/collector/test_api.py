@@ -134,3 +134,39 @@ def test_api_serves_the_records_as_they_are(world: tuple[Harness, TestClient]) -
     assert set(schema["Alert"]["properties"]) == {f.name for f in dataclasses.fields(Alert)}
     assert schema["Alert"]["properties"]["severity"]["enum"] == list(SEVERITIES)
     assert "onset" in schema["Alert"]["properties"]["first_step"]["description"]
+
+
+def test_api_run_detail_is_the_job_view_and_rank_filters_cover_every_rank() -> None:
+    h = Harness(rules={"rank_stalled": {"seconds": 3.0}, "non_finite": {}})
+    ranks = [FakeRank("job", r, world_size=4, replicated=True) for r in range(3)]  # 3 missing
+    for r in ranks:
+        h.send(r.hello(), dt=0.0)
+    h.step(ranks, 1, grad={"tok_emb.weight": math.nan})
+    stack = ("/src/data.py:88 in Dataset.__getitem__",)
+    for t in range(1, 6):
+        h.now += 1.0
+        h.send(ranks[0].heartbeat(1, "data", float(t), False, stack), dt=0.0)
+        h.send(ranks[1].heartbeat(1, "eval", float(t), True), dt=0.0)
+        h.tick()
+    h.send(ranks[2].bye(1, "error", error_type="RuntimeError", error_kind="exception",
+                        error_message="boom", stack=("/src/t.py:3 in f",)))  # fmt: skip
+    with TestClient(create_app(h.core)) as client:
+        job = client.get("/runs/job").json()
+        assert (job["world_size"], job["seen"], job["missing"]) == (4, [0, 1, 2], [3])
+        assert (job["live"], job["stalled"], job["crashed"]) == ([0, 1], [0], [2])
+        r0, r1, r2 = job["ranks"]
+        assert (r0["status"], r0["phase"], r0["declared"], r0["stack"]) == (
+            "stalled",
+            "data",
+            False,
+            list(stack),
+        )
+        assert r0["phase_seconds"] >= 5.0 and r0["pid"] == 100
+        assert (r1["status"], r1["phase"], r1["declared"]) == ("running", "eval", True)
+        assert r2["status"] == "crashed" and r2["exit"]["error_message"] == "boom"
+        [nan] = client.get("/alerts", params={"rule": "non_finite"}).json()["alerts"]
+        assert nan["ranks"] == [0, 1, 2]
+        for rank in (0, 2):
+            got = client.get("/alerts", params={"rule": "non_finite", "rank": rank}).json()
+            assert [a["id"] for a in got["alerts"]] == [nan["id"]]
+        assert client.get("/alerts", params={"rank": 3}).json()["total"] == 0

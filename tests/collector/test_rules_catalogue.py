@@ -14,7 +14,8 @@ NAMES = {
     "non_finite", "loss_spike", "grad_explosion", "vanishing_gradients", "update_ratio_high",
     "update_ratio_low", "frozen_parameters", "lr_sanity", "loss_plateau", "weight_norm_spike",
     "dead_parameters", "throughput_drop", "step_time_increase", "memory_pressure",
-    "memory_growth", "trainer_silent", "val_divergence", "duplicate_rank", "collector_limit",
+    "memory_growth", "trainer_silent", "rank_stalled", "rank_crashed", "rank_missing",
+    "straggler", "replica_divergence", "val_divergence", "duplicate_rank", "collector_limit",
 }  # fmt: skip
 
 

@@ -81,3 +81,15 @@ def test_lr_sanity_silent_on_warm_restarts_and_on_a_freeze_to_zero() -> None:
         lr = 1e-3 * step / 30 if step <= 30 else 1e-5 + 1e-3 * (1 + math.cos(math.pi * t / 100)) / 2
         h.send(r.stats(step, lr=(lr if step < 350 else 0.0,)))
     assert h.open() == []
+
+
+def test_lr_sanity_judges_a_cosine_seen_through_gaps_per_step() -> None:
+    import math
+
+    h, r = Harness("lr_sanity"), FakeRank()
+    h.send(r.hello())
+    for step in (*range(1, 60), 100, *range(101, 140)):  # frames 60..99 lost on the way
+        h.send(r.stats(step, lr=(1e-5 + 1e-3 * (1 + math.cos(math.pi * step / 140)) / 2,)))
+    assert h.open() == []
+    h.send(r.stats(140, lr=(1e-2,)))  # a real 10x jump between consecutive steps
+    assert h.firing("lr_sanity")

@@ -69,13 +69,16 @@ SCENARIOS: dict[str, tuple[dict[str, object], Scenario]] = {
 """Per rule: settings overrides, and the frames of a run whose fault begins at ONSET."""
 TICKED = {"trainer_silent"}
 """Rules judged on the collector's clock (tested below with a silent rank)."""
+JOB = {"rank_stalled", "rank_crashed", "rank_missing", "straggler", "replica_divergence"}
+"""Run-level rules: their first_step is checked with them (test_rules_liveness.py,
+test_rules_replicas.py) on jobs of several ranks."""
 ADMISSION = {"duplicate_rank", "collector_limit"}
 """Rules about sessions and the collector's limits: their step is the live session's (tested
 in test_admission.py), not the onset of a training condition."""
 
 
 def test_onset_every_rule_has_a_scenario() -> None:
-    assert set(SCENARIOS) | TICKED | ADMISSION == set(CATALOGUE)
+    assert set(SCENARIOS) | TICKED | JOB | ADMISSION == set(CATALOGUE)
 
 
 @pytest.mark.parametrize("rule", sorted(SCENARIOS))

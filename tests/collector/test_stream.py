@@ -19,8 +19,9 @@ import pytest
 import uvicorn
 
 from gradwatch.client import sse
+from gradwatch.collector.alert_log import CHANGE_LOG
 from gradwatch.collector.api import create_app
-from gradwatch.collector.book import CHANGE_LOG, AlertBook, Policy
+from gradwatch.collector.book import AlertBook, Policy
 from gradwatch.collector.config import CollectorConfig
 from gradwatch.collector.core import Core, build_core
 from gradwatch.collector.rules import build_rules
@@ -217,7 +218,7 @@ def test_stream_sequence_survives_restarts_and_replays_from_the_store(tmp_path: 
 def test_stream_change_log_falls_back_to_latest_states_when_outrun() -> None:
     book = AlertBook()
     for i in range(CHANGE_LOG + 10):
-        book.observe(NAN, "r", i, 1, [finding()], now=i)  # one alert per rank: nothing clears
+        book.observe(NAN, f"r{i}", 0, 1, [finding()], now=i)  # one alert per run: none clears
     assert [a.seq for a in book.changes_since(20)] == list(range(21, CHANGE_LOG + 11))
     changes = book.changes_since(5)  # before the log: one latest state per alert
     assert [a.seq for a in changes] == list(range(6, CHANGE_LOG + 11))

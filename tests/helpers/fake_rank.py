@@ -35,10 +35,15 @@ class FakeRank:
         optimizer: str = "AdamW",
         params: Sequence[tuple[str, tuple[int, ...], str]] = PARAMS,
         frozen_by_design: Sequence[str] = (),
+        world_size: int = 1,
+        replicated: bool = False,
+        sharded: Sequence[str] = (),
         groups: Mapping[str, int] | None = None,
     ) -> None:
         """``groups`` puts parameters in optimizer param groups other than 0 (by name)."""
         self.run, self.rank, self.optimizer = run, rank, optimizer
+        self.world_size, self.replicated = world_size, replicated
+        self.sharded = tuple(i for i, p in enumerate(params) if p[0] in sharded)
         self.params = [
             wire.ParamInfo(n, s, d, _numel(s), n not in frozen_by_design, (groups or {}).get(n, 0))
             for n, s, d in params
@@ -62,9 +67,10 @@ class FakeRank:
 
     def hello(self) -> wire.Hello:
         return wire.Hello(
-            run=self.run, rank=self.rank, session=self.session, world_size=1, host="testhost",
-            pid=1, torch="2.4", device="cpu", optimizer=self.optimizer, params=tuple(self.params),
-            seq=self._next(), time=1.0,
+            run=self.run, rank=self.rank, session=self.session, world_size=self.world_size,
+            host="testhost", pid=100 + self.rank, torch="2.4", device="cpu",
+            optimizer=self.optimizer, params=tuple(self.params), seq=self._next(), time=1.0,
+            replicated=self.replicated, sharded=self.sharded,
         )  # fmt: skip
 
     def stats(
@@ -113,11 +119,25 @@ class FakeRank:
             nonfinite=tuple((self.names.index(n), c) for n, c in (nonfinite or {}).items()),
         )  # fmt: skip
 
-    def bye(self, step: int) -> wire.Bye:
-        return wire.Bye(self.run, self.rank, self.session, self._next(), step, float(step))
+    def bye(self, step: int, reason: str = "close", **details: Any) -> wire.Bye:
+        """``details``: ``error_type``, ``error_kind``, ``error_message``, ``stack``, ``signal``."""
+        return wire.Bye(
+            self.run, self.rank, self.session, self._next(), step, float(step), reason, **details
+        )
 
-    def heartbeat(self, step: int) -> wire.Heartbeat:
-        return wire.Heartbeat(self.run, self.rank, self.session, self._next(), step, float(step))
+    def heartbeat(
+        self,
+        step: int,
+        phase: str = "",
+        phase_seconds: float = 0.0,
+        declared: bool = False,
+        stack: Sequence[str] = (),
+    ) -> wire.Heartbeat:
+        """A heartbeat; with ``phase`` as a newer agent sends them from its own thread."""
+        return wire.Heartbeat(
+            self.run, self.rank, self.session, self._next(), step, float(step),
+            phase=phase, phase_seconds=phase_seconds, declared=declared, stack=tuple(stack),
+        )  # fmt: skip
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -127,20 +147,35 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
+def job(n: int, run: str = "demo", replicated: bool = True, **kw: Any) -> list[FakeRank]:
+    """The ``n`` ranks of one job (DDP by default)."""
+    return [FakeRank(run, r, world_size=n, replicated=replicated, **kw) for r in range(n)]
+
+
 class Harness:
-    """A collector core (one rule, or all) without sockets or disk, fed frame by frame."""
+    """A collector core (one rule, or all) without sockets or disk, fed frame by frame.
+
+    ``rule`` alone keeps just that rule (``overrides`` its settings); ``rules`` maps several
+    rules to their overrides and keeps only them."""
 
     def __init__(
-        self, rule: str | None = None, *, config: CollectorConfig | None = None, **overrides: Any
+        self,
+        rule: str | None = None,
+        *,
+        rules: dict[str, dict[str, Any]] | None = None,
+        config: CollectorConfig | None = None,
+        **overrides: Any,
     ) -> None:
+        chosen = dict(rules or {})
         if rule is not None:
-            assert rule in CATALOGUE
-            settings = {n: {"enabled": False} for n in CATALOGUE if n != rule}
-            settings[rule] = overrides
+            chosen[rule] = overrides
+        if chosen:
+            assert set(chosen) <= set(CATALOGUE), set(chosen) - set(CATALOGUE)
+            settings = {n: {"enabled": False} for n in CATALOGUE if n not in chosen}
+            settings.update(chosen)
         else:
             settings = {}
-        config = config or CollectorConfig()
-        self.core = build_core(config, build_rules(settings), persist=False)
+        self.core = build_core(config or CollectorConfig(), build_rules(settings), persist=False)
         self.fleet, self.book, self.engine = self.core.fleet, self.core.book, self.core.engine
         self.now = 1000.0
 
@@ -148,6 +183,13 @@ class Harness:
         self.now += dt
         state = self.fleet.apply(wire.decode(wire.encode(frame)), self.now)
         self.engine.on_frame(state, frame, self.now)
+
+    def step(self, ranks: Sequence[FakeRank], step: int, dt: float = 1.0, **kw: Any) -> None:
+        """Every rank's stats frame of ``step`` (``kw`` as :meth:`FakeRank.stats`), ``dt``
+        seconds after the previous frame (the ranks' frames arrive together)."""
+        self.now += dt
+        for r in ranks:
+            self.send(r.stats(step, **kw), dt=0.0)
 
     def offer(self, frame: wire.Frame, dt: float = 1.0) -> bool:
         """Like ``send``, but a rejected frame is counted in the core's health as ingest

@@ -202,17 +202,9 @@ def collector_alert(rank: int, **kw: Any) -> Alert:
     return replace(base, **kw)
 
 
-class JobAlert(Alert):
-    """An alert as the job-level alert book sends it: every affected rank in ``ranks``."""
-
-    ranks: tuple[int, ...] = ()
-
-
 def job_alert(ranks: range, **kw: Any) -> Alert:
     """One ``non_finite`` alert covering ``ranks`` (its origin: the first)."""
-    alert = JobAlert(**collector_alert(ranks[0], **kw).__dict__)
-    alert.ranks = tuple(ranks)
-    return alert
+    return collector_alert(ranks[0], ranks=list(ranks), **kw)
 
 
 def payloads(alerts: Iterable[Alert], public_url: str = "http://localhost:8000") -> list[Any]:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -75,14 +76,17 @@ class UpdateRatios:
         r.optimizer.register_step_post_hook(post)
 
 
-def torchrun_cmd(*trainer_args: str, nproc: int = 2) -> list[str]:
-    """``torchrun`` (as ``python -m torch.distributed.run``) of the demo trainer on CPU, with its
-    rendezvous on a free loopback port and one intra-op thread per rank."""
+def torchrun_cmd(
+    *trainer_args: str, nproc: int = 2, module: str = "gradwatch.trainer"
+) -> list[str]:
+    """``torchrun`` (as ``python -m torch.distributed.run``) of the demo trainer (or a
+    ``module`` that runs it) on CPU, with its rendezvous on a free loopback port and one
+    intra-op thread per rank."""
     return [
         sys.executable, "-m", "torch.distributed.run",
         "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
         "--nnodes", "1", "--nproc-per-node", str(nproc),
-        "-m", "gradwatch.trainer", "--size", "tiny", "--threads", "1", *trainer_args,
+        "-m", module, "--size", "tiny", "--threads", "1", *trainer_args,
     ]  # fmt: skip
 
 
@@ -95,6 +99,8 @@ class TrainerJob:
         self.cmd = cmd
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.lines: list[str] = []
+        self.stamps: list[float] = []
+        """Wall clock (``time.time()``) at which each line was read."""
         self.proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
 
@@ -115,15 +121,21 @@ class TrainerJob:
         assert self.proc is not None and self.proc.stdout is not None
         with self.proc.stdout:
             for line in self.proc.stdout:
+                self.stamps.append(time.time())
                 self.lines.append(line.rstrip("\n"))
 
     @property
     def output(self) -> str:
         return "\n".join(self.lines)
 
-    def wait_for(self, text: str, timeout: float = 60.0) -> None:
-        """Wait until a line containing ``text`` was printed."""
-        wait_until(lambda: any(text in x for x in self.lines), timeout)
+    def wait_for(self, text: str, timeout: float = 60.0) -> float:
+        """Wait until a line containing ``text`` was printed; return when it was read."""
+
+        def seen() -> float | None:
+            read = zip(self.stamps, self.lines, strict=False)  # the reader may be mid-line
+            return next((t for t, x in read if text in x), None)
+
+        return float(wait_until(seen, timeout))
 
     def wait(self, timeout: float = 120.0) -> int:
         """Wait for the job to end (all its output read); returns torchrun's exit code."""
@@ -148,10 +160,13 @@ class TrainerJob:
 
 
 def torchrun_job(
-    *trainer_args: str, nproc: int = 2, env: dict[str, str] | None = None
+    *trainer_args: str,
+    nproc: int = 2,
+    env: dict[str, str] | None = None,
+    module: str = "gradwatch.trainer",
 ) -> TrainerJob:
     """A :class:`TrainerJob` of ``torchrun_cmd(*trainer_args)``."""
-    return TrainerJob(torchrun_cmd(*trainer_args, nproc=nproc), env)
+    return TrainerJob(torchrun_cmd(*trainer_args, nproc=nproc, module=module), env)
 
 
 def trainer_job(*trainer_args: str, env: dict[str, str] | None = None) -> TrainerJob:

@@ -47,6 +47,7 @@ SCENARIOS: tuple[Scenario, ...] = (
 
 TINY_STEPS_RULES: dict[str, dict[str, Any]] = {
     "trainer_silent": {"floor_seconds": 3.0},
+    "rank_stalled": {"seconds": 3.0},
     "throughput_drop": {"for_seconds": 0.2, "for_steps": 5},
     "step_time_increase": {"for_seconds": 0.2, "for_steps": 5},
     "memory_growth": {"for_seconds": 0.0, "for_steps": 3, "window": 10},

@@ -66,15 +66,22 @@ def test_fault_is_detected_at_its_onset(
         assert "round to zero" in alert["message"] and "fp32 master weights" in alert["message"]
 
 
-def test_hang_is_detected_as_trainer_silent(
+def test_hang_is_detected_as_rank_stalled_where_it_hangs(
     collector_process: CollectorProcess, tmp_path: Path
 ) -> None:
+    """The process is alive (its heartbeats go on) but no step completes: rank_stalled, naming
+    the phase and the frame it hangs in, not trainer_silent."""
     run = "fault-hang"
+    agent = ("--heartbeat-seconds", "0.5", "--stall-seconds", "1")
     proc = start_trainer(
-        collector_process.listen, run, 60, [f"hang@{ONSET}"], *BASE, log=tmp_path / "hang.log"
-    )
+        collector_process.listen, run, 60, [f"hang@{ONSET}"], *BASE, *agent,
+        log=tmp_path / "hang.log",
+    )  # fmt: skip
     try:
-        alert = collector_process.wait_for_alert("trainer_silent", timeout=60, run=run)
-        assert alert["state"] == "firing" and ONSET - 2 <= alert["step"] <= ONSET
+        alert = collector_process.wait_for_alert("rank_stalled", timeout=60, run=run)
+        assert alert["state"] == "firing" and alert["step"] == ONSET - 1
+        assert alert["message"].startswith("rank 0 stuck in backward for ")
+        assert "in FaultInjector.before_backward" in alert["message"]
+        assert collector_process.alerts(run=run, rule="trainer_silent") == []
     finally:
         stop_process(proc)

@@ -1,5 +1,6 @@
 """Every notification template rendered by ``amtool template render`` over groups of 1, 40 and
-1,024 ranks (per-rank alerts and one job-level alert), against Slack's and PagerDuty's limits.
+1,024 alerts (one per parameter) and over one job-level alert of up to 1,024 ranks, against
+Slack's and PagerDuty's limits.
 
 Limits, and what they apply to. Alertmanager's Slack notifier posts one legacy *attachment*
 (title, text, fallback, buttons), no Block Kit blocks and no top-level ``text``. Slack documents
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +65,11 @@ def render_all(tmp_path: Path, sent: list[dict[str, Any]], receiver: str) -> dic
 
 
 def per_rank(n: int, **kw: Any) -> list[dict[str, Any]]:
-    return payloads(collector_alert(r, **kw) for r in range(n))
+    """``n`` one-rank alerts of one rule and run, one per parameter (``h.0000.w``, ...): alert
+    ``i`` is on rank ``i % 8``."""
+    return payloads(
+        collector_alert(i % 8, id=100 + i, parameter=f"h.{i:04d}.w", **kw) for i in range(n)
+    )
 
 
 def check_limits(out: dict[str, str]) -> None:
@@ -109,23 +115,36 @@ def test_templates_for_one_rank_name_it_and_link_to_its_dashboard(tmp_path: Path
     assert out["gradwatch.pagerduty.component"] == "rank 0"
 
 
-@pytest.mark.parametrize(("ranks", "more"), [(40, 32), (1024, 1016)])
-def test_templates_for_many_ranks_show_the_lowest_eight_and_the_description_once(
-    tmp_path: Path, ranks: int, more: int
+@pytest.mark.parametrize(("alerts", "more"), [(40, 36), (1024, 1020)])
+def test_templates_for_many_alerts_show_four_rank_sets_and_the_description_once(
+    tmp_path: Path, alerts: int, more: int
 ) -> None:
-    out = render_all(tmp_path, per_rank(ranks), "pagerduty-and-slack")
+    out = render_all(tmp_path, per_rank(alerts), "pagerduty-and-slack")
     check_limits(out)
-    where = f"ranks 0, 1, 2, 3, 4, 5, 6, 7 +{more} more"
+    where = f"ranks 0; 1; 2; 3 +{more} more"
     assert out["gradwatch.where"] == where
     text = out["gradwatch.slack.text"]
     assert f"*Firing on:* {where}\n" in text and text.count("loss is nan") == 1
-    assert f"the first of {ranks} alerts" in text
-    assert out["gradwatch.title"] == f"[CRITICAL] non_finite on run demo ({ranks} firing)"
+    assert f"_Shown: h.0000.w, the first of {alerts} alerts" in text
+    assert out["gradwatch.title"] == f"[CRITICAL] non_finite on run demo ({alerts} firing)"
     assert where in out["gradwatch.pagerduty.summary"]
 
 
-def test_templates_for_a_job_alert_show_its_rank_ranges(tmp_path: Path) -> None:
-    for ranks, shown in ((range(40), "ranks 0-39"), (range(1024), "ranks 0-1023")):
+def test_templates_skip_repeated_rank_sets(tmp_path: Path) -> None:
+    sent = payloads(
+        collector_alert(
+            0, id=100 + i, parameter=f"h.{i:04d}.w", ranks=[0, 1, 2, 3] if i < 5 else [7]
+        )
+        for i in range(7)
+    )
+    assert render_all(tmp_path, sent, "slack")["gradwatch.where"] == "ranks 0-3; 7"
+
+
+def test_templates_for_a_job_alert_show_its_rank_ranges_and_origin(tmp_path: Path) -> None:
+    for ranks, shown in (
+        (range(40), "ranks 0-39 (origin rank 0)"),
+        (range(1024), "ranks 0-1023 (origin rank 0)"),
+    ):
         out = render_all(tmp_path, payloads([job_alert(ranks)]), "pagerduty-and-slack")
         check_limits(out)
         assert f"*Firing on:* {shown}\n" in out["gradwatch.slack.text"]
@@ -134,14 +153,22 @@ def test_templates_for_a_job_alert_show_its_rank_ranges(tmp_path: Path) -> None:
     scattered = payloads([job_alert(range(0, 2048, 2))])
     out = render_all(tmp_path, scattered, "pagerduty-and-slack")
     check_limits(out)
-    assert out["gradwatch.where"] == "ranks 0,2,4,6,8,10,12,14,16,18,20,22,24,26,28,30 +1008 more"
+    assert out["gradwatch.where"] == (
+        "ranks 0,2,4,6,8,10,12,14,16,18,20,22,24,26,28,30 +1008 more (origin rank 0)"
+    )
+    moved = payloads([replace(job_alert(range(8)), rank=5)])
+    out = render_all(tmp_path, moved, "pagerduty-and-slack")
+    assert out["gradwatch.where"] == "ranks 0-7 (origin rank 5)"
+    assert out["gradwatch.pagerduty.component"] == "rank 5"
+    assert "&var-rank=5&" in out["gradwatch.dashboard_url"]
 
 
 def test_templates_stay_within_limits_for_the_longest_names_and_messages(tmp_path: Path) -> None:
     sent = payloads(
-        collector_alert(r, run="r" * 256, parameter=f"{r:04d}." + "p" * 1019, message="m" * 9000)
+        collector_alert(r, id=r, run="r" * 256, parameter=f"{r:04d}." + "p" * 1019,
+                        message="m" * 9000, ranks=list(range(0, 2048, 2)))
         for r in range(1024)
-    )
+    )  # fmt: skip
     out = render_all(tmp_path, sent, "pagerduty-and-slack")
     check_limits(out)
     assert out["gradwatch.parameter_list"].endswith(" +1019 more")

@@ -67,20 +67,33 @@ def test_alertmanager_inhibits_what_non_finite_explains_and_all_runs_while_colle
     alertmanager: str,
 ) -> None:
     for labels in (
-        "alertname=non_finite severity=critical run=r1 rank=0",
-        "alertname=loss_spike severity=error run=r1 rank=3",
-        "alertname=grad_explosion severity=error run=r1 rank=0",
-        "alertname=update_ratio_high severity=warning run=r1 rank=5",
-        "alertname=loss_spike severity=error run=r2 rank=0",  # another run: kept
-        "alertname=throughput_drop severity=warning run=r1 rank=1",  # not explained by NaN
+        "alertname=non_finite severity=critical run=r1",
+        "alertname=loss_spike severity=error run=r1",
+        "alertname=grad_explosion severity=error run=r1",
+        "alertname=update_ratio_high severity=warning run=r1 parameter=w",
+        "alertname=loss_spike severity=error run=r2",  # another run: kept
+        "alertname=throughput_drop severity=warning run=r1",  # not explained by NaN
+        "alertname=rank_crashed severity=critical run=r3",
+        "alertname=rank_stalled severity=error run=r3",  # ranks waiting for the crashed one
+        "alertname=trainer_silent severity=error run=r3",  # may be why the others crashed
+        "alertname=straggler severity=warning run=r4",
+        "alertname=step_time_increase severity=warning run=r4",  # the job waits for it
+        "alertname=rank_stalled severity=error run=r4",  # a straggler does not explain a hang
     ):
         amtool(alertmanager, "alert", "add", *labels.split())
-    caused = {("loss_spike", "r1"), ("grad_explosion", "r1"), ("update_ratio_high", "r1")}
+    caused = {
+        ("loss_spike", "r1"), ("grad_explosion", "r1"), ("update_ratio_high", "r1"),
+        ("rank_stalled", "r3"), ("step_time_increase", "r4"),
+    }  # fmt: skip
     assert wait_until(lambda: inhibited(alertmanager) == caused, 30)
 
     amtool(alertmanager, "alert", "add", "alertname=GradwatchCollectorDown", "severity=critical",
            "job=gradwatch-collector")  # fmt: skip
-    every_run = caused | {("non_finite", "r1"), ("loss_spike", "r2"), ("throughput_drop", "r1")}
+    every_run = caused | {
+        ("non_finite", "r1"), ("loss_spike", "r2"), ("throughput_drop", "r1"),
+        ("rank_crashed", "r3"), ("straggler", "r4"), ("rank_stalled", "r4"),
+        ("trainer_silent", "r3"),
+    }  # fmt: skip
     assert wait_until(lambda: inhibited(alertmanager) == every_run, 30)
     active = json.loads(amtool(alertmanager, "alert", "query", "-o", "json"))
     assert [a["labels"]["alertname"] for a in active] == ["GradwatchCollectorDown"]
@@ -89,7 +102,9 @@ def test_alertmanager_inhibits_what_non_finite_explains_and_all_runs_while_colle
 def test_alertmanager_sends_a_1024_rank_group_within_slack_and_pagerduty_limits(
     alertmanager: str, receiver: Receiver
 ) -> None:
-    sent = payloads(collector_alert(r) for r in range(1024))
+    sent = payloads(
+        collector_alert(i % 8, id=100 + i, parameter=f"h.{i:04d}.w") for i in range(1024)
+    )  # 1,024 alerts in one group: one per parameter
     sent += payloads([job_alert(range(1024), run="job-run")])
     r = httpx.post(f"{alertmanager}/api/v2/alerts", json=sent, timeout=30)
     assert r.status_code == 200, r.text
@@ -110,8 +125,8 @@ def test_alertmanager_sends_a_1024_rank_group_within_slack_and_pagerduty_limits(
         "demo": next(b for b in slack if "run demo" in b["attachments"][0]["title"]),
         "job-run": next(b for b in slack if "run job-run" in b["attachments"][0]["title"]),
     }
-    for run, shown in (("demo", "ranks 0, 1, 2, 3, 4, 5, 6, 7 +1016 more"),
-                       ("job-run", "ranks 0-1023")):  # fmt: skip
+    for run, shown in (("demo", "ranks 0; 1; 2; 3 +1020 more"),
+                       ("job-run", "ranks 0-1023 (origin rank 0)")):  # fmt: skip
         att = by_run[run]["attachments"][0]
         assert len(att["text"]) <= SLACK_TEXT_MAX and shown in att["text"], att["text"]
         assert att["text"].count("loss is nan") == 1
@@ -136,5 +151,5 @@ def test_alertmanager_sends_a_1024_rank_group_within_slack_and_pagerduty_limits(
             "Dashboard", "Runbook", "Alert", "Silence",
         }  # fmt: skip
     demo = next(e for e in pagerduty if e["payload"]["group"] == "demo")
-    assert "ranks 0, 1, 2, 3, 4, 5, 6, 7 +1016 more" in demo["payload"]["summary"]
+    assert "ranks 0; 1; 2; 3 +1020 more" in demo["payload"]["summary"]
     assert demo["payload"]["custom_details"]["firing"] == "1024"

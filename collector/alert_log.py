@@ -1,0 +1,222 @@
+"""Where the alert book keeps its alerts: in memory and in SQLite, every change numbered,
+logged and announced to the listeners; reads, acks, flushes and pruning."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+
+from .alert import Alert
+from .store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[Alert], None]
+CHANGE_LOG = 1024
+"""Recent changes kept in memory: a stream client this far behind still gets every change."""
+SEQ_COUNTER = "alert_seq"
+
+
+class AlertLog:
+    """Every alert in memory and (when a store is given) in SQLite, under one lock.
+
+    Every change (state, ranks, origin, ack) gets the next number of a persisted sequence, is
+    written to the store and logged for ``changes_since``; listeners run on the calling thread
+    after the lock is released and must not block (queue work elsewhere). A failing store never
+    loses an alert: it stays in memory, reaches the listeners all the same, and its write is
+    retried on every ``flush``. The lifecycle is the subclass's (:class:`AlertBook`).
+    """
+
+    def __init__(self, store: Store | None = None) -> None:
+        self.store = store
+        self._lock = threading.RLock()
+        self._alerts: dict[int, Alert] = {}
+        self._resolved_ids: dict[int, None] = {}
+        """Ids of resolved alerts in memory, oldest first (a dict keeps insertion order)."""
+        self._dirty: set[int] = set()
+        self._deleted: set[int] = set()
+        """Ids to delete from the store (pending alerts that never fired), not yet done."""
+        self._listeners: list[Listener] = []
+        self._next_id = 1
+        self._seq = 0
+        self._log: deque[Alert] = deque(maxlen=CHANGE_LOG)
+        self._counter_due = False
+        """The change counter must be written (a dropped alert's number)."""
+        self._failing = False
+
+    # -------------------------------------------------------------------- listeners
+
+    def subscribe(self, callback: Listener) -> None:
+        """Call ``callback(alert_copy)`` on every state change (and on ack)."""
+        self._listeners.append(callback)
+
+    def _notify(self, changed: Iterable[Alert]) -> None:
+        for alert in changed:
+            for listener in self._listeners:
+                try:
+                    listener(alert)
+                except Exception:  # a broken listener must not stop ingest
+                    log.exception("alert listener %r failed", listener)
+
+    @staticmethod
+    def _copy(alert: Alert) -> Alert:
+        return dataclasses.replace(alert, history=list(alert.history))
+
+    # -------------------------------------------------------------------- change sequence
+
+    def _stamp(self, changed: Iterable[Alert]) -> list[Alert]:
+        """Number each change, persist it and log it (lock held); the copies are for listeners.
+
+        Every change a listener (or stream) sees is written to the store first, so its number
+        is not reused after a restart (a dropped alert's number is kept by the store's
+        counter). While the store fails, changes still reach the listeners and are written
+        when it recovers."""
+        out: list[Alert] = []
+        for alert in changed:
+            self._seq += 1
+            alert.seq = self._seq
+            if alert.id in self._alerts:
+                self._save(alert)
+            else:
+                self._counter_due = True
+                self._persist([])
+            out.append(self._copy(alert))
+        self._log.extend(out)
+        return out
+
+    @property
+    def seq(self) -> int:
+        """The number of the latest change (0: none yet)."""
+        with self._lock:
+            return self._seq
+
+    def changes_since(self, seq: int) -> list[Alert]:
+        """Changes numbered above ``seq``, oldest first: each change while the recent log reaches
+        back that far, else the latest state of every alert in memory changed since. Shared
+        copies: do not modify them."""
+        with self._lock:
+            if seq >= self._seq:
+                return []
+            if self._log and self._log[0].seq <= seq + 1:
+                return list(itertools.islice(self._log, seq + 1 - self._log[0].seq, None))
+            out = [self._copy(a) for a in self._alerts.values() if a.seq > seq]
+        out.sort(key=lambda a: a.seq)
+        return out
+
+    # -------------------------------------------------------------------- reads and acks
+
+    def alerts(
+        self,
+        state: str | None = None,
+        *,
+        run: str | None = None,
+        rank: int | None = None,
+        rule: str | None = None,
+        severity: str | None = None,
+        since: float | None = None,
+    ) -> list[Alert]:
+        """Matching alerts, newest first (copies)."""
+        with self._lock:
+            out = [
+                self._copy(a)
+                for a in self._alerts.values()
+                if (state is None or a.state == state)
+                and (run is None or a.run == run)
+                and (rank is None or rank in a.covers)
+                and (rule is None or a.rule == rule)
+                and (severity is None or a.severity == severity)
+                and (since is None or a.updated_at >= since)
+            ]
+        out.sort(key=lambda a: (a.started_at, a.id), reverse=True)
+        return out
+
+    def get(self, alert_id: int) -> Alert | None:
+        with self._lock:
+            alert = self._alerts.get(alert_id)
+            return None if alert is None else self._copy(alert)
+
+    def ack(self, alert_id: int) -> Alert | None:
+        """Mark an alert acknowledged; None when there is no such alert."""
+        with self._lock:
+            alert = self._alerts.get(alert_id)
+            if alert is None:
+                return None
+            if alert.acked:  # nothing changes
+                return self._copy(alert)
+            alert.acked = True
+            snapshot = self._stamp([alert])
+        self._notify(snapshot)
+        return snapshot[0]
+
+    # -------------------------------------------------------------------- persistence
+
+    @property
+    def unsaved(self) -> int:
+        """Alerts whose latest change is not in the database yet (the store failed)."""
+        with self._lock:
+            return len(self._dirty) + len(self._deleted) if self._failing else 0
+
+    def _save(self, alert: Alert) -> None:
+        self._dirty.add(alert.id)
+        self._persist([alert.id])
+
+    def _persist(self, ids: Iterable[int] | None = None) -> None:
+        """Write the alerts ``ids`` (every changed one when None) and pending deletions; on a
+        store failure keep them for the next flush and log it (once per failing spell)."""
+        if self.store is None:
+            self._dirty.clear()
+            self._deleted.clear()
+            self._counter_due = False
+            return
+        want = self._dirty if ids is None else self._dirty & set(ids)
+        alerts = [self._alerts[i] for i in want if i in self._alerts]
+        try:
+            if self._deleted:
+                self.store.delete_alerts(sorted(self._deleted))
+                self._deleted.clear()
+            if self._counter_due:
+                self.store.save_counter(SEQ_COUNTER, self._seq)
+                self._counter_due = False
+            self.store.save_alerts(alerts)
+        except StoreError as exc:
+            if not self._failing:
+                log.error("could not save alerts (kept in memory, retried): %s", exc)
+            self._failing = True
+            return
+        self._dirty -= set(want)
+        if self._failing and not self._dirty:
+            self._failing = False
+            log.info("alerts saved again: the database recovered")
+
+    def flush(self) -> None:
+        """Write alerts updated since the last flush (value, step, history), and any whose
+        earlier write failed."""
+        with self._lock:
+            self._persist()
+
+    def prune(self, retention_seconds: float, now: float | None = None) -> int:
+        """Delete resolved alerts (and runs) older than the retention; return how many alerts."""
+        cutoff = (time.time() if now is None else now) - retention_seconds
+        with self._lock:
+            ids = [
+                a.id
+                for a in self._alerts.values()
+                if a.state == "resolved" and (a.resolved_at or 0.0) < cutoff
+            ]
+            for i in ids:
+                del self._alerts[i]
+                self._resolved_ids.pop(i, None)
+                self._dirty.discard(i)
+            if self.store is not None:
+                try:
+                    ids = sorted(set(ids) | set(self.store.prune(cutoff)))
+                except StoreError as exc:
+                    log.warning("could not prune the database (retried later): %s", exc)
+                self._counter_due = True  # the newest alert may have been pruned
+                self._persist([])
+        return len(ids)
