@@ -21,7 +21,7 @@ def test_import_agent_loads_no_server_packages() -> None:
 def test_import_agent_exports_public_names() -> None:
     import gradwatch.agent as ga
 
-    assert set(ga.__all__) == {"AgentConfig", "Monitor", "watch"}
+    assert set(ga.__all__) == {"AgentConfig", "Monitor", "NullMonitor", "watch"}
 
 
 def test_import_agent_sends_stats_without_numpy(tmp_path: object) -> None:
