@@ -33,16 +33,27 @@ from torch.utils.hooks import RemovableHandle
 
 from gradwatch import wire
 from gradwatch.agent import exits, stacks
+from gradwatch.agent.actions import Actions, AlertActions, parse_policies
 from gradwatch.agent.config import AgentConfig
+from gradwatch.agent.counters import Counters
 from gradwatch.agent.exits import ExitInfo
 from gradwatch.agent.layout import Segments, StepLayout
 from gradwatch.agent.phases import BACKWARD, FORWARD, OPTIMIZER, DeclaredPhase, PhaseClock
 from gradwatch.agent.stats import GradStats
 from gradwatch.agent.step_buffer import PendingStats, to_host
 from gradwatch.agent.system import ScalerTracker, memory_metrics
-from gradwatch.agent.table import hello_builder, is_replicated, param_table, table_signature
+from gradwatch.agent.table import (
+    Select,
+    group_names,
+    hello_builder,
+    is_replicated,
+    param_filter,
+    param_table,
+    table_signature,
+)
 from gradwatch.agent.transport import Outgoing, Sender
 from gradwatch.agent.updates import UpdateSampler
+from gradwatch.settings import ConfigError
 from gradwatch.wire import metrics as m
 
 log = logging.getLogger(__name__)
@@ -50,8 +61,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 Value = float | int | Tensor
 
 
-class Monitor:
-    """Watches one model/optimizer pair on one rank; create it with :func:`watch`."""
+class Monitor(AlertActions):
+    """Watches one model/optimizer pair on one rank; create it with :func:`watch`. Alerts the
+    collector sends back: :class:`AlertActions` (``should_stop``, ``on_alert``, ...)."""
 
     def __init__(
         self,
@@ -60,7 +72,10 @@ class Monitor:
         config: AgentConfig,
         *,
         scaler: Any = None,
+        select: Select | None = None,
     ) -> None:
+        """``select(name, param)`` keeps the parameters to watch (default: those matching
+        ``config.params``, else all); nothing else of the model is hooked or measured."""
         self.config = config
         self.session = secrets.token_hex(8)
         self.step = 0
@@ -72,6 +87,9 @@ class Monitor:
         self._optimizer = optimizer
         self._model = model
         self._replicated = config.replicated or is_replicated(model)
+        self._select = select or param_filter(config.patterns)
+        self._counters = Counters()
+        """Tokens, samples and step durations over every step (sampled or not)."""
         self._clock = PhaseClock()
         self._exit: ExitInfo | None = None
         """How the run is ending, once a hook noted it (a signal, an uncaught exception)."""
@@ -79,6 +97,9 @@ class Monitor:
         self._generation = 0
         """Bumped by every table rebuild; flags from frames of an older table are ignored."""
         self._build_tables()
+        if not self._params and self._select is not None:
+            n = sum(1 for _ in model.parameters())
+            raise ConfigError("params", f"selects none of the model's {n} parameters")
         self._scaler = ScalerTracker(scaler) if scaler is not None else None
         self._pending: PendingStats | None = None
         self._logged: list[tuple[int, dict[str, Value]]] = []
@@ -87,6 +108,7 @@ class Monitor:
         """``_backwards`` at the latest pre-hook: log() calls made before it belong to the
         frame sealed by the next post-hook (a closure may run backward inside ``step()``)."""
         self._full_now = False
+        self._actions = Actions(parse_policies(config.on_alert))
         self._sender = Sender(
             config.endpoint,
             self._hello_builder(),
@@ -99,6 +121,7 @@ class Monitor:
             flush_seconds=config.flush_seconds,
             on_error=lambda exc: self._error("sender", exc),
             curve_keys=config.curve_keys,
+            on_message=self._actions.receive,
         )
         # torch.compile must run the phase hooks as they are, around the compiled forward,
         # not trace them (a clock read is no graph op). torch.optim has imported dynamo.
@@ -212,6 +235,9 @@ class Monitor:
             recount = self._recount  # before sealing: the sender may build that frame at once
             self._seal(self._mark)
             self.step += 1
+            self._actions.deliver(self.step)
+            if step_time is not None:
+                self._counters.observe_step(step_time)
             if self._full_now or self.step % self.config.every == 0:
                 with torch.no_grad():
                     self._open_frame(step_time, phases, recount)
@@ -235,7 +261,7 @@ class Monitor:
 
     def _build_tables(self) -> None:
         """(Re)build the parameter table, the reducers and the backward counters."""
-        self._params = param_table(self._model, self._optimizer)
+        self._params = param_table(self._model, self._optimizer, self._select)
         self._tensors = [p for _, p, _ in self._params]
         self._signature = table_signature(self._tensors, self._optimizer)
         self._n_groups = len(self._optimizer.param_groups)
@@ -339,15 +365,16 @@ class Monitor:
             else:
                 keep.append((mark, values))
         self._logged = keep
+        self._counters.add_logged(mine)
         pending, self._pending = self._pending, None
         if pending is not None:
-            self._sender.submit(pending.seal(mine))
+            self._sender.submit(pending.seal(mine, self._counters.snapshot()))
 
     def _hello_builder(self) -> Callable[[int, int], wire.Hello]:
         """Builds hellos for the current table (a snapshot: a rebuild brings its own)."""
         return hello_builder(
             self.config, self.session, self._params, self._stats.device,
-            type(self._optimizer).__name__, self._replicated,
+            type(self._optimizer).__name__, self._replicated, group_names(self._optimizer),
         )  # fmt: skip
 
     def _heartbeat(self, seq: int, dropped: int) -> wire.Heartbeat:

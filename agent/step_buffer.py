@@ -13,6 +13,7 @@ from torch import Tensor
 
 from gradwatch import wire
 from gradwatch.agent.config import AgentConfig
+from gradwatch.agent.counters import CounterSnapshot
 from gradwatch.agent.layout import StepLayout
 from gradwatch.agent.stats import F32_EXACT
 from gradwatch.agent.system import throughput_metrics
@@ -38,15 +39,16 @@ class HostCopy:
         return out
 
 
-def to_host(parts: list[Tensor]) -> HostCopy:
-    """Start moving ``parts`` to the host without blocking (one pinned copy + event on CUDA).
+def to_host(parts: list[Tensor], dtype: torch.dtype = torch.float32) -> HostCopy:
+    """Start moving ``parts`` to the host as ``dtype`` without blocking (one pinned copy +
+    event on CUDA).
 
     CPU tensors are handed over as they are: reading them needs no device, and the training
     thread saves the op that would pack them into one buffer."""
     device = parts[0].device if parts else torch.device("cpu")
     if all(t.device == device for t in parts) and device.type == "cpu":
         return HostCopy(parts)
-    flat = [t.detach().reshape(-1).to(device, torch.float32) for t in parts]
+    flat = [t.detach().reshape(-1).to(device, dtype) for t in parts]
     buf = flat[0] if len(flat) == 1 else torch.cat(flat)
     if device.type == "cuda":
         host = torch.empty(buf.shape, dtype=buf.dtype, pin_memory=True)
@@ -88,19 +90,25 @@ class PendingStats:
     on_flags: Callable[[tuple[int, ...]], None] | None = None
     """Told (sender thread) which rows this frame flags with a non-finite norm."""
 
-    def seal(self, logged: dict[str, Any]) -> Outgoing:
-        """Start the host copy of logged device tensors and return the item for the sender.
+    def seal(self, logged: dict[str, Any], counters: CounterSnapshot | None = None) -> Outgoing:
+        """Start the host copy of logged device tensors and of the running totals kept on a
+        device (``counters``, exact in float64), and return the item for the sender.
 
         CPU tensors need no copy: the sender thread reads them (no device to wait for)."""
         tensors = [v for v in logged.values() if isinstance(v, Tensor) and not v.is_cpu]
         extra: HostCopy | None = None
         if tensors:
             extra = to_host(tensors)
-        ready = [r for r in (self.host.ready, extra.ready if extra else None) if r is not None]
+        totals = list(counters.device.values()) if counters is not None else []
+        exact = to_host(totals, torch.float64) if totals else None
+        copies = (self.host, extra, exact)
+        ready = [c.ready for c in copies if c is not None and c.ready is not None]
         slots = {id(t): i for i, t in enumerate(tensors)}
 
         def build(seq: int, dropped: int) -> wire.Frame:
-            return self._build(seq, dropped, logged, extra, slots)
+            values = exact.values() if exact is not None else []
+            more = counters.metrics(values) if counters is not None else {}
+            return self._build(seq, dropped, logged, extra, slots, more)
 
         return Outgoing(build, ready)
 
@@ -111,6 +119,7 @@ class PendingStats:
         logged: dict[str, Any],
         extra: HostCopy | None,
         slots: dict[int, int],
+        counters: dict[str, float],
     ) -> wire.Stats:
         seg = self.layout.unpack(self.host.values())
         norms = seg.norms
@@ -146,6 +155,7 @@ class PendingStats:
         )
         metrics.update(zip(_PHASE_KEYS, self.phases, strict=True))
         metrics.update(self.memory)
+        metrics.update(counters)
         metrics = {k: v for k, v in metrics.items() if not math.isnan(v) or k == m.GRAD_NORM}
         return wire.Stats(
             run=cfg.run,

@@ -1,10 +1,13 @@
-"""The hello: the parameter table it announces, what it says about the model's layout across
+"""The hello: the parameter table it announces (the watched parameters, see
+:func:`param_filter`), the param groups' names, what it says about the model's layout across
 ranks (replicated, sharded parameters) and its device (the CUDA UUID)."""
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import os
+import re
 import socket
 import sys
 import time
@@ -17,13 +20,29 @@ from gradwatch import wire
 from gradwatch.agent.config import AgentConfig
 
 Row = tuple[str, Tensor, wire.ParamInfo]
+Select = Callable[[str, Tensor], bool]
 
 
-def param_table(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[Row]:
-    """One row per parameter of ``model``, in ``named_parameters()`` order."""
+def param_filter(patterns: Sequence[str]) -> Select | None:
+    """A predicate keeping parameters whose name matches one of the glob ``patterns``
+    (fnmatch: ``*`` spans dots too, so ``blocks.*.attn.*`` matches every attention parameter
+    of every block); None for no patterns (every parameter)."""
+    if not patterns:
+        return None
+    match = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns)).match
+    return lambda name, _param: match(name) is not None
+
+
+def param_table(
+    model: nn.Module, optimizer: torch.optim.Optimizer, select: Select | None = None
+) -> list[Row]:
+    """One row per watched parameter of ``model`` (all, or those ``select`` keeps), in
+    ``named_parameters()`` order."""
     group_of = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
     out: list[Row] = []
     for name, p in model.named_parameters():
+        if select is not None and not select(name, p):
+            continue
         info = wire.ParamInfo(
             name=name[: wire.MAX_NAME_LEN] or "?",
             shape=tuple(p.shape),
@@ -45,6 +64,16 @@ def table_signature(params: Sequence[Tensor], optimizer: torch.optim.Optimizer) 
     modules costs ~10x more, and parameters added to a model mid-run are not followed."""
     group_of = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
     return [(p.requires_grad, p.dtype, group_of.get(id(p), -1)) for p in params]
+
+
+def group_names(optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
+    """Each param group's ``name`` entry ("" when it has none, or not a string), in order; ()
+    when no group is named."""
+    names = tuple(
+        name[: wire.MAX_GROUP_NAME] if isinstance(name := g.get("name"), str) else ""
+        for g in optimizer.param_groups[: wire.MAX_GROUPS]
+    )
+    return names if any(names) else ()
 
 
 def is_replicated(model: nn.Module) -> bool:
@@ -91,8 +120,10 @@ def hello_builder(
     device: torch.device,
     optimizer: str,
     replicated: bool,
+    groups: tuple[str, ...] = (),
 ) -> Callable[[int, int], wire.Hello]:
-    """``build(seq, dropped)`` of hellos announcing ``table`` (called on the sender thread)."""
+    """``build(seq, dropped)`` of hellos announcing ``table`` and the param groups' names
+    ``groups`` (called on the sender thread)."""
     infos = tuple(info for _, _, info in table)
     sharded = sharded_rows([p for _, p, _ in table])
 
@@ -115,6 +146,7 @@ def hello_builder(
             replicated=replicated,
             sharded=sharded,
             device_uuid=device_uuid(device),
+            groups=groups,
         )
 
     return build

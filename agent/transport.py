@@ -1,6 +1,8 @@
-"""The sender thread: owns the ZMQ PUSH socket, turns host buffers into wire frames, drops
-and counts whatever cannot be sent. The training thread only calls :meth:`Sender.submit`: an
-append to a bounded deque, no lock and no wakeup (the thread wakes once per flush window)."""
+"""The sender thread: owns the ZMQ DEALER socket, turns host buffers into wire frames, drops
+and counts whatever cannot be sent, and reads the collector's action messages (the back
+channel) on every wakeup, handing them to ``on_message``. The training thread only calls
+:meth:`Sender.submit`: an append to a bounded deque, no lock and no wakeup (the thread wakes
+once per flush window)."""
 
 from __future__ import annotations
 
@@ -60,8 +62,13 @@ class Sender:
         flush_seconds: float = 0.0,
         on_error: Callable[[BaseException], None] | None = None,
         curve_keys: str | None = None,
+        on_message: Callable[[bytes], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._on_message = on_message
+        """Called on the sender thread with each message the collector sends back."""
+        self.received = 0
+        """Messages read from the collector (the back channel)."""
         self._curve = client_keys(curve_keys) if curve_keys else None
         """(public, secret, server public) CurveZMQ keys, when the collector requires them."""
         self._hello = hello
@@ -171,12 +178,14 @@ class Sender:
 
     def _run(self) -> None:
         ctx = zmq.Context()
-        sock: zmq.Socket[bytes] = ctx.socket(zmq.PUSH)
+        sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
         if self._curve is not None:
             sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = self._curve
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.SNDHWM, self._hwm)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_ACTION_BYTES)  # the collector is untrusted too
+        sock.setsockopt(zmq.RCVHWM, 64)
         mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         try:
             sock.connect(self.endpoint)
@@ -189,6 +198,7 @@ class Sender:
                 wait = min(window, max(next_beat - time.monotonic(), 0.0))
                 if not self._send_batch(mon, sock, wait):
                     break
+                self._receive(sock)
                 now = time.monotonic()
                 if now >= next_beat:
                     next_beat = now + self._beat_every
@@ -242,6 +252,25 @@ class Sender:
             else:
                 self._send_final(sock, frame, self._closing_by)
         return True
+
+    def _receive(self, sock: zmq.Socket[bytes]) -> None:
+        """Read what the collector sent back (never blocks); a bad message is the handler's
+        to count, an error of the handler is reported and the rest still read."""
+        while True:
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except Exception as exc:
+                self._report(exc)
+                return
+            self.received += 1
+            if self._on_message is None:
+                continue
+            try:
+                self._on_message(b"".join(parts))
+            except Exception as exc:
+                self._report(exc)
 
     def _send_heartbeat(self, sock: zmq.Socket[bytes]) -> None:
         """A heartbeat (timer-driven, so it goes whatever the training thread does). One that

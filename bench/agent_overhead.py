@@ -24,7 +24,7 @@ from gradwatch.trainer.model import GPT, GPTConfig
 def _drain(sock: zmq.Socket[bytes], stop: threading.Event) -> None:
     while not stop.is_set():
         if sock.poll(50):
-            sock.recv()
+            sock.recv_multipart()
 
 
 def _item_loop(model: torch.nn.Module, out: dict[str, float]) -> None:
@@ -70,7 +70,7 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = GPTConfig.preset(a.size)
     ctx = zmq.Context()
-    pull = ctx.socket(zmq.PULL)
+    pull = ctx.socket(zmq.ROUTER)
     endpoint = f"tcp://127.0.0.1:{pull.bind_to_random_port('tcp://127.0.0.1')}"
     stop = threading.Event()
     threading.Thread(target=_drain, args=(pull, stop), daemon=True).start()

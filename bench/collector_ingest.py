@@ -3,11 +3,12 @@ frame → alert times, each beside a baseline measured in the same run.
 
 Frames are built with the project's encoder as the agent builds them (per-parameter rows, a
 full step every 50, the agent's frame metrics) and pre-encoded; the bench process sends them
-over real ZeroMQ PUSH sockets from the other core. The collector is a real process
-(``python -m gradwatch.collector``) pinned to one core (``os.sched_setaffinity`` before exec,
-so all its threads inherit it); the baseline is a bare PULL + ``msgpack.unpackb`` loop pinned
-to the same core. End of a batch: a sentinel hello sent after the batch on the same socket
-(ZeroMQ keeps one pipe's order) and polled for with ``GET /runs/<sentinel>``.
+over real ZeroMQ sockets (DEALER, as the agent) from the other core. The collector is a real
+process (``python -m gradwatch.collector``) pinned to one core (``os.sched_setaffinity``
+before exec, so all its threads inherit it); the baseline is a bare ROUTER (PULL for older
+collectors) + ``msgpack.unpackb`` loop pinned to the same core. End of a batch: a sentinel
+hello sent after the batch on the same socket (ZeroMQ keeps one pipe's order) and polled for
+with ``GET /runs/<sentinel>``.
 
 Parts: ``ingest`` (frames/s, 200 and 500 params x 1, 8, 64 ranks), ``fleet`` (256 ranks x 10
 frames/s: ingested in time, lag p99, CPU, RSS, drain time, frame → alert under load),
@@ -33,10 +34,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import zmq
+from collector_limits import rss_mib, wait_until  # the sibling bench (bench/ is on the path)
 
 from gradwatch import wire
 from gradwatch.wire import metrics as m
@@ -49,14 +50,18 @@ FULL_EVERY = 50
 GOALS = {"ingest_200": 20_000.0, "ingest_500": 8_000.0, "metrics_p99_ms": 100.0,
          "alert_p99_ms": 50.0, "keepalive_ms": 5.0, "lag_p99_s": 1.0}  # fmt: skip
 
+ROUTER = True
+"""The collector reads a ROUTER socket (agents send on DEALER); False: PULL (agents PUSH),
+as before the back channel. Set from the checkout measured."""
 BARE_LOOP = r"""
 import os, sys, time, resource, msgpack, zmq
-os.sched_setaffinity(0, {%d})
-ctx = zmq.Context(); sock = ctx.socket(zmq.PULL); sock.setsockopt(zmq.RCVHWM, 100000)
+router = sys.argv[1] == "router"
+ctx = zmq.Context(); sock = ctx.socket(zmq.ROUTER if router else zmq.PULL)
+sock.setsockopt(zmq.RCVHWM, 100000)
 port = sock.bind_to_random_port("tcp://127.0.0.1"); print(port, flush=True)
 lags, n, cpu0 = [], 0, time.process_time()
 while True:
-    obj = msgpack.unpackb(sock.recv(), raw=False)
+    obj = msgpack.unpackb(sock.recv_multipart()[-1], raw=False)
     n += 1
     lags.append(time.time() - obj["time"])
     if obj["run"].startswith("sentinel"):
@@ -107,15 +112,6 @@ def pin(core: int | set[int]) -> Callable[[], None]:
             pass
 
     return setup
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(interval)
-    return value
 
 
 # ----------------------------------------------------------------------------- frames
@@ -181,11 +177,12 @@ def sentinel_run(data: bytes) -> str:
 
 
 class Pusher:
-    """A PUSH socket that never blocks the bench (no send high-water mark)."""
+    """An agent's socket (DEALER, or PUSH for a PULL collector) that never blocks the bench
+    (no send high-water mark)."""
 
     def __init__(self, endpoint: str) -> None:
         self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.PUSH)
+        self.sock = self.ctx.socket(zmq.DEALER if ROUTER else zmq.PUSH)
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
@@ -239,10 +236,11 @@ class Collector:
 
 
 class BareLoop:
-    """PULL + ``msgpack.unpackb`` pinned to the collector's core: the floor of any collector."""
+    """A bare socket + ``msgpack.unpackb`` on the collector's core: the floor of any collector."""
 
     def __init__(self, core: int = COLLECTOR_CORE) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", BARE_LOOP % core],
+        kind = "router" if ROUTER else "pull"
+        self.proc = subprocess.Popen([sys.executable, "-c", BARE_LOOP, kind],
                                      stdout=subprocess.PIPE, text=True,
                                      preexec_fn=pin(core))  # fmt: skip
         assert self.proc.stdout is not None
@@ -261,11 +259,6 @@ class BareLoop:
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait()
-
-
-def rss_mib(pid: int) -> float:
-    found = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-    return int(found.group(1)) / 1024 if found else math.nan
 
 
 def ingest_cpu(pid: int) -> float:
@@ -310,7 +303,7 @@ def batch(ranks: list[Rank], frames: int) -> list[bytes]:
 
 def part_ingest(tmp: Path, args: argparse.Namespace) -> list[str]:
     rows = ["| params x ranks | collector frames/s (wall) | collector frames per CPU-second "
-            "| bare PULL+unpack frames/s (wall) | bare, per CPU-second | ratio (CPU) | goal |",
+            "| bare receive+unpack frames/s (wall) | bare, per CPU-second | ratio (CPU) | goal |",
             "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     bare = BareLoop()
     try:
@@ -357,7 +350,7 @@ def judged(params: int, nranks: int, frames: int, shed: bool) -> float:
 
 def part_rules(tmp: Path, args: argparse.Namespace) -> list[str]:
     rows = ["| params x ranks | every rule on every frame, frames per CPU-second | shed path "
-            "(scalar rules only) | bare PULL+unpack per CPU-second (from ingest) |",
+            "(scalar rules only) | bare receive+unpack per CPU-second (from ingest) |",
             "| --- | --- | --- | --- |"]  # fmt: skip
     for params in (200, 500):
         for nranks in (1, 8, 64):
@@ -490,7 +483,7 @@ def part_fleet(tmp: Path, args: argparse.Namespace) -> list[str]:
     in_time = out.get("in_time", math.nan)  # a fraction of every frame handled
     rows = [f"fleet: {nranks} ranks x {rate} frames/s x {duration:.0f} s, {params} params "
             f"({total:,.0f} frames)", "",
-            "| measure | collector | bare PULL+unpack (same load) | goal |",
+            "| measure | collector | bare receive+unpack (same load) | goal |",
             "| --- | --- | --- | --- |",
             f"| ingested in time (lag <= 1 s) | {100 * in_time:.1f} % | "
             f"{100 * (b['n'] - 1 - b['late']) / max(b['n'] - 1, 1):.1f} % | 100 % |",
@@ -618,9 +611,10 @@ def main() -> int:
     parser.add_argument("--py-spy", default="", help="collapsed stacks of the 200 x 8 ingest")
     parser.add_argument("--tree", default="", help="run the collector of this checkout")
     args = parser.parse_args()
+    global TREE, ROUTER
     if args.tree:
-        global TREE
         TREE = Path(args.tree).resolve()
+    ROUTER = "zmq.ROUTER" in (TREE / "collector" / "ingest.py").read_text()
     if args.quick:
         args.frames, args.fleet_seconds, args.scrapes = 10_000, 15.0, 20
     os.sched_setaffinity(0, {SENDER_CORE})

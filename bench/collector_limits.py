@@ -118,7 +118,7 @@ def measure(proc: Collector, client: httpx.Client, repeats: int) -> dict[str, fl
 
 def send(endpoint: str, frames: list[bytes]) -> None:
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.PUSH)
+    sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.LINGER, 120_000)
     sock.connect(endpoint)

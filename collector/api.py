@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Annotated
 
 from fastapi import FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 from fastapi.sse import EventSourceResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BeforeValidator
@@ -124,6 +124,23 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
     def get_alert(alert_id: int) -> Alert:
         """The alert with its flight recorder (``history``); 404 if unknown."""
         return found(book.get(alert_id), alert_id)
+
+    @app.get(
+        "/alerts/{alert_id}/recording",
+        summary="The alert's flight recording",
+        response_class=FileResponse,
+        responses={404: {"model": Problem, "description": "No such alert, or no recording"}},
+    )
+    def alert_recording(alert_id: int) -> FileResponse:
+        """The frames of every rank of the alert's run around its onset (gzip of msgpack:
+        ``gradwatch recording show FILE``, ``gradwatch replay FILE``); 404 until written
+        (``recording_after_seconds`` after the alert fired)."""
+        path = core.recorder.path_of(alert_id)
+        if path is None:
+            raise HTTPException(404, f"no recording of alert {alert_id}")
+        return FileResponse(
+            path, media_type="application/octet-stream", filename=f"alert-{alert_id}.gwrec"
+        )
 
     @app.post(
         "/alerts/{alert_id}/ack",

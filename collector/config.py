@@ -41,7 +41,7 @@ class CollectorConfig:
     """Everything the collector process needs to know; validated on construction."""
 
     listen: str = "tcp://127.0.0.1:5555"
-    """ZeroMQ endpoint the PULL socket binds (port 0 or ``*`` picks a free port). Loopback by
+    """ZeroMQ endpoint the ROUTER socket binds (port 0 or ``*`` picks a free port). Loopback by
     default: agents on other hosts need e.g. ``tcp://0.0.0.0:5555``, and ``--curve-keys`` on a
     shared network."""
     curve_keys: str | None = None
@@ -132,6 +132,28 @@ class CollectorConfig:
     own ping, every 15 s)."""
     log_level: str = "info"
     """Console log level: debug, info, warning, error or critical."""
+    action_lead_seconds: float = 2.0
+    """A multi-rank run acts on an alert (``stop``, ``checkpoint``) at one step for all its
+    ranks: the furthest rank's step plus this many seconds of steps, so every rank has the
+    message before it gets there. A single rank acts at once."""
+    recording_frames: int = 512
+    """Frames kept per rank for the flight recorder: when an alert fires, the frames of every
+    rank of its run are written to a recording (``GET /alerts/{id}/recording``); 0: none."""
+    recording_after_seconds: float = 10.0
+    """A recording is written this long after its alert fired, so it holds what followed."""
+    recordings_dir: str | None = None
+    """Folder of the alert recordings; unset: ``recordings`` beside the database (none with
+    ``--db :memory:``)."""
+    recordings_max_bytes: int = 1 << 30
+    """Recordings kept, all together; the oldest are deleted first."""
+    record: str | None = None
+    """Folder to record every frame of every run into (``tape-*.gwrec``, for ``gradwatch
+    replay``); unset: no tape."""
+    record_file_bytes: int = 64 << 20
+    """A tape file is closed and a new one started once this many bytes of frames went into
+    it (before compression, which shrinks them several times)."""
+    record_max_bytes: int = 1 << 30
+    """Tape files kept, all together; the oldest are deleted first."""
 
     @property
     def http_host(self) -> str:
@@ -153,11 +175,9 @@ class CollectorConfig:
             if not 0 < getattr(self, name) < math.inf:
                 raise ConfigError(name, f"must be positive, got {getattr(self, name)}")
         for name in (
-            "grace_seconds",
-            "stale_seconds",
-            "keepalive_seconds",
-            "origin_window_seconds",
-        ):
+            "grace_seconds", "stale_seconds", "keepalive_seconds", "origin_window_seconds",
+            "action_lead_seconds", "recording_after_seconds", "recording_frames",
+        ):  # fmt: skip
             if not 0 <= getattr(self, name) < math.inf:
                 raise ConfigError(name, f"must not be negative, got {getattr(self, name)}")
         if self.max_frame_bytes < 1024:
@@ -166,7 +186,8 @@ class CollectorConfig:
             )
         for name in (
             "rcvhwm", "topk", "max_runs", "max_ranks", "max_params", "max_open_alerts",
-            "max_resolved_alerts",
+            "max_resolved_alerts", "recordings_max_bytes", "record_file_bytes",
+            "record_max_bytes",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be positive, got {getattr(self, name)}")
@@ -220,6 +241,15 @@ class CollectorConfig:
                 raise ConfigError("api_token_file", str(exc)) from None
         elif self.api_token_reads:
             raise ConfigError("api_token_reads", "needs --api-token-file")
+
+    @property
+    def recordings_path(self) -> str | None:
+        """Where alert recordings go (None: nowhere)."""
+        if self.recordings_dir is not None or self.recording_frames == 0:
+            return self.recordings_dir if self.recording_frames else None
+        if self.db_path == ":memory:":
+            return None
+        return os.path.join(os.path.dirname(os.path.abspath(self.db_path)), "recordings")
 
     @property
     def local_only(self) -> bool:

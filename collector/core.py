@@ -11,12 +11,14 @@ import time
 from dataclasses import dataclass
 
 from .alertmanager import AlertmanagerPusher
+from .back_channel import BackChannel
 from .book import AlertBook
 from .config import CollectorConfig
 from .console import ConsoleLog
 from .engine import Engine
 from .exporter import GradwatchRegistry, build_registry
 from .health import IngestHealth
+from .recorder import FlightRecorder, Tape
 from .rules import AnyRule, build_rules, overrides
 from .rules.system import SilentSettings, TrainerSilent
 from .series import SeriesStore
@@ -43,6 +45,12 @@ class Core:
     pusher: AlertmanagerPusher | None
     registry: GradwatchRegistry
     series: SeriesStore
+    back: BackChannel
+    """Firing alerts back to the ranks of their run (sent by the ingest thread)."""
+    recorder: FlightRecorder
+    """Recent frames per rank; a recording of each firing alert."""
+    tape: Tape | None = None
+    """Every frame, with ``--record DIR``."""
     writer: StoreWriter | None = None
     """The background writer (the collector process's); None: writes on the ingest thread."""
 
@@ -52,6 +60,9 @@ class Core:
         self.stream.close()
         if self.pusher is not None:
             self.pusher.stop()
+        self.recorder.flush()
+        if self.tape is not None:
+            self.tape.close()
         self.engine.flush()
         if self.writer is not None:
             self.writer.stop()
@@ -125,10 +136,17 @@ def build_core(
     series = SeriesStore(fleet)  # the page's charts: fed before the rules, pinned by alerts
     engine.frame_listeners.append(series.observe)
     book.subscribe(series.on_alert)
+    policies = {rule.name: rule.settings.action for rule in rules}
+    back = BackChannel(fleet, policies, config.action_lead_seconds)
+    book.subscribe(back)
+    recorder = FlightRecorder(config, rules, fleet, enabled=persist or bool(config.recordings_dir))
+    book.subscribe(recorder)
+    tape = Tape(config, rules) if config.record else None
     writer = None
     if write_behind and store is not None:
         writer = engine.writer = StoreWriter(store, book)
         writer.start()
     return Core(
-        config, rules, store, fleet, book, health, engine, stream, pusher, registry, series, writer
-    )
+        config, rules, store, fleet, book, health, engine, stream, pusher, registry, series,
+        back, recorder, tape, writer,
+    )  # fmt: skip

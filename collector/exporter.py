@@ -1,32 +1,55 @@
 """Prometheus exposition of the collector's state, built at scrape time from the latest values.
 
-``build_registry`` returns a fresh registry holding one custom collector; every scrape walks the
+``build_registry`` returns a fresh registry holding one custom collector, then client_python's
+standard process, platform and GC collectors (``process_*``, ``python_*``); every scrape walks the
 fleet, the alert book and the ingest counters once. Label sets are bounded by design: per rank a
-fixed set of aggregates, per parameter only the current top-k offenders (see docs/metrics.md).
+fixed set of aggregates and one learning rate per param group, per parameter only the current
+top-k offenders (see docs/metrics.md).
 """
 
 from __future__ import annotations
 
+import functools
+import platform
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from importlib.metadata import version as package_version
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    generate_latest,
+)
 from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from gradwatch import __version__
 from gradwatch.wire import KINDS
 from gradwatch.wire import metrics as m
 
 from .alert import Alert
-from .exposition import MetricSpec, Rank, Samples, TextSamples
+from .exposition import MetricSpec, Rank, Samples, TextSamples, go_float
 from .health import LIMITS, PEER_REFUSALS, REJECT_REASONS, IngestHealth
 from .ranking import summary
 from .state import Fleet, RankState
 
-MAX_LR_GROUPS = 16
-"""Learning rates exported per rank (optimizer param groups beyond this are left out)."""
+BUILD_INFO: tuple[str, str, str] = (
+    __version__,
+    platform.python_version(),
+    package_version("prometheus_client"),
+)
+"""``gradwatch_build_info``'s labels: gradwatch, Python and prometheus_client versions."""
+STANDARD_COLLECTORS: tuple[Collector, ...] = (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR)
+"""client_python's process_*, python_info and python_gc_* collectors (the process-wide ones its
+default registry holds: shared, so building registries adds no gc callbacks)."""
+STEP_DURATION_LE: tuple[tuple[str, str], ...] = tuple(
+    (go_float(b), m.step_duration_le(b)) for b in m.STEP_DURATION_BUCKETS
+)
+"""``le`` label and metric key of each step-duration bucket below ``+Inf``."""
 NOTIFICATION_RESULTS: tuple[str, ...] = ("success", "failure", "dropped")
 UPDATE_RATIO_STATS: dict[str, float] = {"min": 0.0, "p50": 0.5, "p95": 0.95, "max": 1.0}
 """Quantiles of the per-parameter update ratio exported per rank, by ``stat`` label."""
@@ -47,6 +70,8 @@ _FROM_METRICS: dict[str, str] = {  # exported name -> key of Stats.metrics
     "gradwatch_cuda_ooms_total": m.OOMS,
     "gradwatch_cuda_alloc_retries_total": m.ALLOC_RETRIES,
     "gradwatch_scaler_skipped_steps_total": m.SCALER_SKIPPED,
+    "gradwatch_tokens_total": m.TOKENS_TOTAL,
+    "gradwatch_samples_total": m.SAMPLES_TOTAL,
 }
 
 
@@ -77,7 +102,12 @@ class StoreFailures(Protocol):
 _R = ("run", "rank")
 _S = MetricSpec
 SPECS: tuple[MetricSpec, ...] = (
-    _S("gradwatch_build_info", "info", ("version",), "Version of this collector."),
+    _S(
+        "gradwatch_build_info",
+        "info",
+        ("version", "python", "prometheus_client"),
+        "Versions of this collector, its Python and prometheus_client.",
+    ),
     _S("gradwatch_collector_start_time_seconds", "gauge", (), "Unix time the collector started."),
     _S(
         "gradwatch_messages_total",
@@ -125,22 +155,32 @@ SPECS: tuple[MetricSpec, ...] = (
     ),
     _S("gradwatch_alerts_firing", "gauge", ("rule", "severity", "run"), "Firing alerts."),
     _S("gradwatch_runs", "gauge", (), "Runs exported (live, or ended within the grace period)."),
+    _S("gradwatch_run_world_size", "gauge", ("run",), "Ranks in the run (from the hellos)."),
     _S(
         "gradwatch_run_info",
         "info",
-        (*_R, "host", "device", "optimizer", "torch"),
+        (*_R, "host", "device", "gpu_uuid", "optimizer", "torch"),
         "Where a rank runs.",
     ),
     _S("gradwatch_last_frame_timestamp_seconds", "gauge", _R, "Collector time of the last frame."),
     _S("gradwatch_rank_ended", "gauge", _R, "1 once the rank said bye, else 0."),
     _S("gradwatch_agent_frames_dropped_total", "counter", _R, "Frames the agent could not send."),
     _S("gradwatch_step", "gauge", _R, "Latest optimizer step."),
+    _S("gradwatch_optimizer_steps_total", "counter", _R, "Optimizer steps of this process."),
+    _S(
+        "gradwatch_step_duration_seconds",
+        "histogram",
+        _R,
+        "Wall time of every optimizer step (sampled or not).",
+    ),
     _S("gradwatch_loss", "gauge", _R, "Training loss at the latest sampled step."),
     _S("gradwatch_grad_norm", "gauge", _R, "Global L2 norm of the tracked gradients."),
     _S("gradwatch_learning_rate", "gauge", (*_R, "group"), "Learning rate per param group."),
     _S("gradwatch_step_time_seconds", "gauge", _R, "Wall time of the latest step."),
     _S("gradwatch_tokens_per_second", "gauge", _R, "Training throughput in tokens."),
     _S("gradwatch_samples_per_second", "gauge", _R, "Training throughput in samples."),
+    _S("gradwatch_tokens_total", "counter", _R, "Tokens trained on by this process."),
+    _S("gradwatch_samples_total", "counter", _R, "Samples trained on by this process."),
     _S("gradwatch_mfu_ratio", "gauge", _R, "Model FLOPs utilisation (0..1)."),
     _S("gradwatch_grad_scale", "gauge", _R, "GradScaler loss scale."),
     _S("gradwatch_memory_bytes", "gauge", (*_R, "kind"), "Device memory and process RSS."),
@@ -165,18 +205,23 @@ PARAMETER_STATES: tuple[str, ...] = ("tracked", "frozen", "not_updated", "nonfin
 
 
 class GradwatchRegistry(CollectorRegistry):
-    """A registry holding one :class:`GradwatchCollector`; :meth:`text` is the fast scrape."""
+    """A registry holding one :class:`GradwatchCollector`, then the standard collectors;
+    :meth:`text` is the fast scrape."""
 
     def __init__(self, collector: GradwatchCollector) -> None:
         super().__init__(auto_describe=False)
         self.gradwatch = collector
         self.register(collector)
+        self.standard = CollectorRegistry(auto_describe=False)
+        for c in STANDARD_COLLECTORS:
+            self.register(c)
+            self.standard.register(c)
 
     def text(self) -> bytes:
         """The scrape in the Prometheus text format (what ``generate_latest`` returns)."""
         sink = TextSamples(SPECS)
         self.gradwatch.fill(sink)
-        return sink.text()
+        return sink.text() + generate_latest(self.standard)
 
 
 def build_registry(
@@ -225,8 +270,13 @@ class GradwatchCollector:
         started = time.perf_counter()
         self._collector_health(fams)
         ranks = self._exported_ranks()
-        runs = {r.run for r in ranks}
+        world: dict[str, int] = {}
+        for r in ranks:  # the lowest rank's hello says
+            world.setdefault(r.run, r.hello.world_size)
+        runs = set(world)
         fams.add("gradwatch_runs", [], len(runs))
+        for run, size in world.items():
+            fams.add("gradwatch_run_world_size", [run], size)
         firing = self.book.firing_by_rule()
         for key, n in sorted(firing.items()):
             if key[2] in runs:
@@ -237,7 +287,7 @@ class GradwatchCollector:
 
     def _collector_health(self, fams: Samples) -> None:
         h = self.health
-        fams.add("gradwatch_build_info", [__version__], 1)
+        fams.add("gradwatch_build_info", BUILD_INFO, 1)
         fams.add("gradwatch_collector_start_time_seconds", [], h.started_at)
         fams.add("gradwatch_messages_total", [], h.messages)
         for kind in sorted({*KINDS, *h.received}):
@@ -285,19 +335,28 @@ def _export_rank(fams: Samples, r: RankState, topk: int) -> None:
             fams.rank(name, who, value, extra)
 
     h = r.hello
-    fams.add("gradwatch_run_info", (*who.values, h.host, h.device, h.optimizer, h.torch), 1)
+    info = (*who.values, h.host, h.device, h.device_uuid, h.optimizer, h.torch)
+    fams.add("gradwatch_run_info", info, 1)
     put("gradwatch_last_frame_timestamp_seconds", r.last_seen)
     put("gradwatch_rank_ended", float(r.ended))
     put("gradwatch_agent_frames_dropped_total", r.dropped)
     put("gradwatch_step", r.last_step)
+    put("gradwatch_optimizer_steps_total", max(r.last_step, 0))
     stats = r.stats
     metrics: Mapping[str, float] = {} if stats is None else stats.metrics
     if stats is not None:
         put("gradwatch_loss", stats.loss)
-        for group, lr in enumerate(stats.lr[:MAX_LR_GROUPS]):
-            put("gradwatch_learning_rate", lr, str(group))
+        for group, lr in zip(group_labels(h.groups, len(stats.lr)), stats.lr, strict=True):
+            put("gradwatch_learning_rate", lr, group)
     for name, key in _FROM_METRICS.items():
         put(name, metrics.get(key))
+    count = metrics.get(m.STEP_DURATION_COUNT)
+    if count is not None:
+        buckets = [(le, metrics.get(key, count)) for le, key in STEP_DURATION_LE]
+        total = metrics.get(m.STEP_DURATION_SUM, 0.0)
+        fams.rank_histogram(
+            "gradwatch_step_duration_seconds", who, [*buckets, ("+Inf", count)], total
+        )
     for kind, key in MEMORY_KINDS.items():
         put("gradwatch_memory_bytes", metrics.get(key), kind)
     # Percentiles travel only on full steps; ``full_metrics`` holds the latest full step's
@@ -321,3 +380,15 @@ def _export_rank(fams: Samples, r: RankState, topk: int) -> None:
         put("gradwatch_param_grad_norm", g, name)
     for name, u in view.low_ratio:
         put("gradwatch_param_update_ratio", u, name)
+
+
+@functools.lru_cache(maxsize=1024)
+def group_labels(names: tuple[str, ...], n: int) -> tuple[str, ...]:
+    """The ``group`` label of each of ``n`` param groups: its name (from the hello) when it has
+    one that no other group's label shares, else its index."""
+    labels = [names[i] if i < len(names) and names[i] else str(i) for i in range(n)]
+    seen = Counter(labels)
+    labels = [label if seen[label] == 1 else str(i) for i, label in enumerate(labels)]
+    if len(set(labels)) < n:  # a name equal to another group's index: indices only
+        return tuple(map(str, range(n)))
+    return tuple(labels)

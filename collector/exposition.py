@@ -22,6 +22,8 @@ from prometheus_client.core import (
     Metric,
 )
 
+Buckets = Sequence[tuple[str, float]]
+"""Cumulative histogram buckets: ``(le, count)`` pairs, the last one ``+Inf``."""
 RANK_LABELS = ("run", "rank")
 """The first labels of every per-rank family."""
 
@@ -68,6 +70,7 @@ class Samples:
         self.specs = {s.name: s for s in specs}
         self.rows: dict[str, list[tuple[Sequence[str], float]]] = {s.name: [] for s in specs}
         self.histograms: dict[str, tuple[list[tuple[str, int]], float]] = {}
+        self.rank_histograms: dict[str, list[tuple[Sequence[str], Buckets, float]]] = {}
 
     def add(self, name: str, labels: Sequence[str], value: float) -> None:
         """A sample of family ``name``; ``labels`` in the spec's order (info labels included)."""
@@ -82,6 +85,11 @@ class Samples:
         """The one (label-less) sample set of histogram ``name``: cumulative buckets, sum."""
         self.histograms[name] = (buckets, total)
 
+    def rank_histogram(self, name: str, who: Rank, buckets: Buckets, total: float) -> None:
+        """One rank's sample set of histogram ``name`` (labels ``run``, ``rank``): cumulative
+        ``(le, count)`` buckets ending with ``+Inf``, and the sum."""
+        self.rank_histograms.setdefault(name, []).append((who.values, buckets, total))
+
     def families(self) -> list[Metric]:
         out: list[Metric] = []
         for name, spec in self.specs.items():
@@ -90,6 +98,9 @@ class Samples:
                 out.append(HistogramMetricFamily(name, spec.help, buckets=buckets, sum_value=total))
                 continue
             fam = spec.family()
+            if isinstance(fam, HistogramMetricFamily):
+                for labels, cumulative, sum_value in self.rank_histograms.get(name, ()):
+                    fam.add_metric(list(labels), list(cumulative), sum_value)
             for labels, value in self.rows[name]:
                 fam.add_sample(name, dict(zip(spec.labels, labels, strict=True)), float(value))
             out.append(fam)
@@ -138,6 +149,12 @@ class TextSamples(Samples):
         pair = f'{key}="{self._esc(extra)}"'
         inner = f"{pair},{who.text}" if first else f"{who.text},{pair}"
         self.lines[name].append(f"{name}{{{inner}}} {go_float(value)}\n")
+
+    def rank_histogram(self, name: str, who: Rank, buckets: Buckets, total: float) -> None:
+        lines = self.lines[name]
+        lines.extend(f'{name}_bucket{{le="{le}",{who.text}}} {go_float(n)}\n' for le, n in buckets)
+        lines.append(f"{name}_count{{{who.text}}} {go_float(buckets[-1][1])}\n")
+        lines.append(f"{name}_sum{{{who.text}}} {go_float(total)}\n")
 
     def text(self) -> bytes:
         """The text exposition: what ``generate_latest`` makes of the same samples."""

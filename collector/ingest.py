@@ -1,4 +1,5 @@
-"""The ingest thread: ZeroMQ PULL → wire.decode → Fleet.apply → rules → alert book.
+"""The ingest thread: ZeroMQ ROUTER → wire.decode → Fleet.apply → rules → alert book; and
+back: firing alerts to the ranks of their run (back_channel.py), on the same socket.
 
 Every message read is counted (``IngestHealth.messages``) and then accepted or rejected by
 reason. ZeroMQ's own size limit is set above the decoder's, so an oversized frame is read and
@@ -22,8 +23,10 @@ from zmq.auth.thread import ThreadAuthenticator
 from gradwatch import wire
 from gradwatch.keys import server_keys
 
+from .back_channel import BackChannel
 from .engine import Engine
 from .health import IngestHealth
+from .recorder import FlightRecorder, Tape
 from .state import Fleet
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,8 @@ same session is in the batch, or when they judged the rank less than ``SHED_SECO
 (frame time); full steps are always judged."""
 SHED_SECONDS = 1.0
 """While behind, the sheddable rules judge a rank at most once per this many seconds."""
+Message = tuple[bytes, bytes | None]
+"""A message's payload and its sender's ZeroMQ identity."""
 _REFUSALS: dict[int, str] = {
     int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): "auth",
     int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): "handshake",
@@ -64,7 +69,10 @@ def connectable(endpoint: str) -> str:
 
 
 class Ingest:
-    """Binds the PULL socket at construction; ``start()`` runs the loop in a daemon thread."""
+    """Binds the ROUTER socket at construction; ``start()`` runs the loop in a daemon thread.
+
+    Agents connect DEALER sockets (a PUSH of an agent older than the back channel fails the
+    ZeroMQ handshake: the socket types do not match)."""
 
     def __init__(
         self,
@@ -77,14 +85,19 @@ class Ingest:
         rcvhwm: int = 100_000,
         tick_seconds: float = 1.0,
         curve_keys: str | Path | None = None,
+        back: BackChannel | None = None,
+        recorder: FlightRecorder | None = None,
+        tape: Tape | None = None,
     ) -> None:
         self.fleet, self.engine, self.health = fleet, engine, health
+        self.back, self.recorder, self.tape = back, recorder, tape
         self.tick_seconds = tick_seconds
         self.max_frame_bytes = max_frame_bytes
         self._ctx = zmq.Context()
         self._auth: ThreadAuthenticator | None = None
-        self._sock = self._ctx.socket(zmq.PULL)
+        self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.MAXMSGSIZE, SOCKET_LIMIT_FACTOR * max_frame_bytes)
+        self._sock.setsockopt(zmq.SNDHWM, 64)  # per peer; beyond it actions are dropped
         self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._monitor: zmq.Socket[bytes] | None = None
@@ -167,6 +180,9 @@ class Ingest:
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self.tick_seconds
                     self._guarded(self.engine.tick)
+                    if self.recorder is not None:
+                        self._guarded(lambda: self._recorder_tick())
+                    self._send_back()
         finally:
             self._shutdown()
 
@@ -180,38 +196,43 @@ class Ingest:
             n += len(batch)
             if len(batch) < BATCH:
                 self.health.queued = len(batch)
-                for data in batch:
-                    self.handle(data)
+                for data, identity in batch:
+                    self.handle(data, identity)
                     self.health.queued -= 1
+                    self._send_back()
                 break
             self.handle_batch(batch)
+            self._send_back()
         return n
 
-    def _read(self, most: int) -> list[bytes]:
-        out: list[bytes] = []
+    def _read(self, most: int) -> list[Message]:
+        out: list[Message] = []
         while len(out) < most:
             try:
-                out.append(self._sock.recv(zmq.NOBLOCK, copy=True))
+                parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 break
+            # [identity, payload]; a peer sending several parts sent something malformed
+            out.append((parts[1] if len(parts) == 2 else b"", parts[0]))
         return out
 
-    def handle_batch(self, batch: list[bytes]) -> None:
+    def handle_batch(self, batch: list[Message]) -> None:
         """Messages read while ingest is behind (a full read batch): decode them all, then
         judge each rank's newest stats frame (and every full step) with every rule, the older
         ones with all but the sheddable rules (counted as shed)."""
         health = self.health
         health.queued = len(batch)
         decoded: list[tuple[wire.Frame | None, float]] = []
-        for data in batch:
+        for data, _ in batch:
             start = time.perf_counter()
             decoded.append((self._decode(data), time.perf_counter() - start))
         newest = {f.session: i for i, (f, _) in enumerate(decoded) if isinstance(f, wire.Stats)}
-        for i, (frame, spent) in enumerate(decoded):
+        for i, ((frame, spent), (data, identity)) in enumerate(zip(decoded, batch, strict=True)):
             start = time.perf_counter()
             if frame is not None:
                 sheddable = isinstance(frame, wire.Stats) and not frame.full
-                self._take(frame, sheddable, newest.get(frame.session) != i)
+                newer = newest.get(frame.session) != i
+                self._take(frame, data, identity, time.time(), sheddable, newer)
             health.latency.observe(spent + time.perf_counter() - start)
             health.queued -= 1
         last = next((f for f, _ in reversed(decoded) if f is not None), None)
@@ -222,6 +243,22 @@ class Ingest:
             f"{lag:.1f} s old; per-parameter and trend rules judge each rank's newest frame only"
         )
 
+    def _recorder_tick(self) -> None:
+        assert self.recorder is not None
+        self.recorder.tick(time.time())
+
+    def _send_back(self) -> None:
+        """Send the actions of alerts that fired since the last call (cheap when none)."""
+        back = self.back
+        if back is not None and back.pending:
+            self._guarded(lambda: back.send_due(self._send_to))
+
+    def _send_to(self, identity: bytes, payload: bytes) -> None:
+        try:
+            self._sock.send_multipart([identity, payload], zmq.NOBLOCK)
+        except zmq.ZMQError:  # the peer is gone or its queue is full: the alert stands anyway
+            pass
+
     def _shutdown(self) -> None:
         """Stop receiving; handle what was received until the deadline, count the rest."""
         self._unbind()  # peers are disconnected; what is queued stays readable
@@ -229,7 +266,7 @@ class Ingest:
         self._drain(until=lambda: time.monotonic() > deadline)
         while True:
             try:
-                self._sock.recv(zmq.NOBLOCK, copy=False)
+                self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             self.health.messages += 1
@@ -272,12 +309,14 @@ class Ingest:
             self._internal_logged = True
             log.exception("internal error in ingest (logged once)")
 
-    def handle(self, data: bytes) -> None:
-        """Decode, apply and judge one message; count the outcome (exactly once)."""
+    def handle(self, data: bytes, identity: bytes | None = None) -> None:
+        """Decode, apply and judge one message; count the outcome (exactly once). One clock
+        reading serves the fleet and the rules, as in a replay (replay.py)."""
         start = time.perf_counter()
+        now = time.time()
         frame = self._decode(data)
         if frame is not None:
-            self._take(frame)
+            self._take(frame, data, identity, now)
         self.health.latency.observe(time.perf_counter() - start)
 
     def _decode(self, data: bytes) -> wire.Frame | None:
@@ -298,12 +337,20 @@ class Ingest:
         self.health.reject(exc, time.time())
         log.debug("rejected frame: %s", exc)
 
-    def _take(self, frame: wire.Frame, sheddable: bool = False, newer: bool = False) -> None:
-        """Apply a decoded frame and judge it; a ``sheddable`` one (ingest behind) without the
-        sheddable rules when a ``newer`` frame of its session waits or they judged the rank
-        less than SHED_SECONDS before."""
+    def _take(
+        self,
+        frame: wire.Frame,
+        data: bytes,
+        identity: bytes | None,
+        now: float,
+        sheddable: bool = False,
+        newer: bool = False,
+    ) -> None:
+        """Apply a decoded frame and judge it at collector time ``now``; a ``sheddable`` one
+        (ingest behind) without the sheddable rules when a ``newer`` frame of its session
+        waits or they judged the rank less than SHED_SECONDS before."""
         try:
-            state = self.fleet.apply(frame)
+            state = self.fleet.apply(frame, now)
         except wire.WireError as exc:
             self._reject(exc)
             return
@@ -313,7 +360,13 @@ class Ingest:
             return
         health = self.health
         health.received[type(frame).__name__.lower()] += 1
-        health.lag.observe(max(0.0, time.time() - frame.time))
+        health.lag.observe(max(0.0, now - frame.time))
+        if identity is not None and self.back is not None:
+            self.back.learn(identity, frame)
+        if self.recorder is not None:
+            self.recorder.keep(frame, data, now)
+        if self.tape is not None:
+            self.tape.write(data, now)
         shed = sheddable and (newer or frame.time - state.judged_at < SHED_SECONDS)
         health.shed += shed
-        self._guarded(lambda: self.engine.on_frame(state, frame, shed=shed))
+        self._guarded(lambda: self.engine.on_frame(state, frame, now, shed=shed))

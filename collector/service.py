@@ -91,6 +91,9 @@ class Service:
                     rcvhwm=config.rcvhwm,
                     tick_seconds=config.tick_seconds,
                     curve_keys=config.curve_keys,
+                    back=core.back,
+                    recorder=core.recorder,
+                    tape=core.tape,
                 )
             except zmq.ZMQError as exc:
                 core.close()

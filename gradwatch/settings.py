@@ -7,10 +7,11 @@ TOML config file's table (the flag without dashes, ``-`` → ``_``: ``db``, ``al
 ``metadata={"file": False}`` leaves a field out of files), a type (``int``, ``float``, ``str``,
 ``bool``, optionally ``| None``), a default and its help (the docstring under the field).
 
-Precedence: flag > variable > file > default. Values are parsed here, so an error names where
-the bad value came from: ``--topk: expected an integer, got 'x'``, ``GRADWATCH_TOPK: ...`` or
-``gradwatch.toml: collector.topk: ...``. Standard library only (the agent uses it too), plus
-``tomli`` before Python 3.11.
+Precedence: flag > variable > file > default (:func:`resolve`); for a library call such as
+``gradwatch.agent.watch``, argument > variable > default (:func:`resolve_code`). Values are
+parsed here, so an error names where the bad value came from: ``--topk: expected an integer,
+got 'x'``, ``GRADWATCH_TOPK: ...`` or ``gradwatch.toml: collector.topk: ...``. Standard
+library only (the agent uses it too), plus ``tomli`` before Python 3.11.
 """
 
 from __future__ import annotations
@@ -252,6 +253,21 @@ def resolve(
     return build(cls, gather(settings, given, environ, file))
 
 
+def resolve_code(
+    cls: type[C],
+    settings: Sequence[Setting],
+    values: Mapping[str, Any],
+    environ: Mapping[str, str],
+    fallback: Mapping[str, tuple[Any, str]] | None = None,
+) -> C:
+    """Build ``cls`` for a library call: typed ``values`` given in code (by field; None counts
+    as not given), then the environment, then ``fallback`` (values with their origin), then
+    defaults. Errors name the argument or the variable the bad value came from."""
+    gathered = gather(settings, {}, environ, fallback)
+    gathered.update((name, (v, name)) for name, v in values.items() if v is not None)
+    return build(cls, gathered)
+
+
 def toml_value(value: Any) -> str:
     """``value`` written as TOML (None as ``""``, which reads back as unset)."""
     if value is None:
@@ -277,14 +293,15 @@ def to_toml(
     return "\n".join(lines) + "\n"
 
 
-def reference(settings: Sequence[Setting], keys: bool = True) -> str:
-    """A Markdown table of the settings: file key (when ``keys``), flag, variable, default and
-    meaning."""
-    head = ["key"] * keys + ["flag", "variable", "default", "meaning"]
+def reference(settings: Sequence[Setting], keys: bool = True, arguments: bool = False) -> str:
+    """A Markdown table of the settings: file key (when ``keys``), flag (or, when
+    ``arguments``, the keyword argument of a library call), variable, default and meaning."""
+    head = ["key"] * keys + ["argument" if arguments else "flag", "variable", "default", "meaning"]
     out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for s in settings:
         default = "unset" if s.default is None else f"`{toml_value(s.default)}`"
         cells = [f"`{s.key}`" if s.key else "—"] * keys
-        cells += [f"`{s.flag}`", f"`{s.env}`", default, s.help.replace("|", "\\|")]
+        cells.append(f"`{s.field}=`" if arguments else f"`{s.flag}`")
+        cells += [f"`{s.env}`", default, s.help.replace("|", "\\|")]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"

@@ -5,6 +5,10 @@ at that cadence; per-parameter statistics still arrive every ``every`` steps via
 Evaluation and checkpointing are declared as the phases ``eval`` and ``checkpoint``: the
 trainer decides on them in ``on_step_end``/``on_epoch_end`` (``control.should_evaluate``,
 ``control.should_save``) and reports them done in ``on_evaluate``/``on_save``.
+
+Alerts the collector sends back act at the end of a step: ``stop`` sets
+``control.should_training_stop`` (and ``control.should_save`` unless
+``checkpoint_on_stop=False``), ``checkpoint`` sets ``control.should_save``.
 """
 
 from __future__ import annotations
@@ -24,8 +28,16 @@ CHECKPOINT = "checkpoint"
 class GradwatchCallback(TrainerCallback):
     """Attach gradwatch once the trainer's optimizer exists; close at the end of training."""
 
-    def __init__(self, run: str | None = None, endpoint: str | None = None, **watch_kwargs: Any):
+    def __init__(
+        self,
+        run: str | None = None,
+        endpoint: str | None = None,
+        *,
+        checkpoint_on_stop: bool = True,
+        **watch_kwargs: Any,
+    ):
         self.run = run
+        self.checkpoint_on_stop = checkpoint_on_stop
         self.endpoint = endpoint
         self.watch_kwargs = watch_kwargs
         self.monitor: Monitor | None = None
@@ -64,7 +76,20 @@ class GradwatchCallback(TrainerCallback):
             self._release(name)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self._act(control)
         self._declare_coming(control)
+
+    def _act(self, control: Any) -> None:
+        """Alerts sent back: stop and/or save now (HF saves before it stops)."""
+        monitor = self.monitor
+        if monitor is None:
+            return
+        if monitor.should_checkpoint:
+            control.should_save = True
+            monitor.checkpoint_done()
+        if monitor.should_stop and not control.should_training_stop:
+            control.should_training_stop = True
+            control.should_save = control.should_save or self.checkpoint_on_stop
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self._declare_coming(control)

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Generic, Literal, TypeVar
 
+from gradwatch.wire import ACTIONS
+
 from ..alert import Severity
 from ..health import IngestHealth
 from ..state import RankState, RunState, StepRanks
@@ -26,8 +28,14 @@ class RuleSettings:
     """After a resolve, the same alert may not fire again for this long."""
     warmup_steps: int = 0
     """Findings are suppressed for this many steps after the rank's first frame."""
+    action: str = "notify"
+    """What every rank of the run is asked to do when this rule's alert fires: ``notify``
+    (nothing but the alert), ``stop`` (end training) or ``checkpoint`` (save one and go on);
+    sent back over the agents' own connection. An agent's ``on_alert`` overrides it."""
 
     def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise ValueError(f"action must be one of {ACTIONS}, got {self.action!r}")
         if self.for_checks < 0 or self.clear_checks < 1:
             raise ValueError("for_checks must be >= 0 and clear_checks >= 1")
         if self.cooldown_seconds < 0 or self.warmup_steps < 0:

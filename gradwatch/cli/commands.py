@@ -36,7 +36,7 @@ def _with_client(command: Callable[..., int]) -> Command:
 
 
 def parser() -> argparse.ArgumentParser:
-    from . import alerts, demo, rules, runs
+    from . import alerts, demo, recordings, rules, runs
 
     p = argparse.ArgumentParser(
         prog="gradwatch",
@@ -87,6 +87,17 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--check", metavar="FILE", help="validate a rules file or a config file")
     u.add_argument("--docs", action="store_true", help="print the rules reference (Markdown)")
     u.set_defaults(handler=rules.rules)
+
+    recordings.add_replay(
+        sub.add_parser(
+            "replay",
+            help="replay recorded frames through the rules and print the alerts that fire",
+            description="Feed recordings (GET /alerts/ID/recording) or tapes (--record DIR) "
+            "through the collector's rules offline, with the settings they were recorded "
+            "under, --rules FILE on top: tune a threshold, replay, compare.",
+        )
+    )
+    recordings.add_recording(sub.add_parser("recording", help="show an alert's recording"))
 
     d = sub.add_parser("demo", help="a collector and a faulty demo training run (needs torch)")
     demo.add_arguments(d)

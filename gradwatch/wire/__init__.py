@@ -8,6 +8,7 @@ torch-free and is imported by both sides; docs/wire-protocol.md describes it for
 """
 
 from . import metrics
+from .actions import ACTIONS, MAX_ACTION_BYTES, Action, decode_action, encode_action
 from .codec import check_shape, decode, encode
 from .frames import (
     BYE_REASONS,
@@ -18,6 +19,8 @@ from .frames import (
     MAX_ERROR_MESSAGE,
     MAX_ERROR_TYPE,
     MAX_FRAME_BYTES,
+    MAX_GROUP_NAME,
+    MAX_GROUPS,
     MAX_MAP_LEN,
     MAX_NAME_LEN,
     MAX_PARAMS,
@@ -42,12 +45,19 @@ from .frames import (
 from .metrics import METRICS
 
 __all__ = [
+    "ACTIONS",
+    "MAX_ACTION_BYTES",
+    "Action",
+    "decode_action",
+    "encode_action",
     "BYE_REASONS",
     "CHEAP_FIELDS",
     "ERROR_KINDS",
     "FULL_FIELDS",
     "KINDS",
     "MAX_FRAME_BYTES",
+    "MAX_GROUP_NAME",
+    "MAX_GROUPS",
     "MAX_MAP_LEN",
     "MAX_NAME_LEN",
     "MAX_ERROR_MESSAGE",

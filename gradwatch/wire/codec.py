@@ -14,6 +14,8 @@ from .frames import (
     MAX_ERROR_MESSAGE,
     MAX_ERROR_TYPE,
     MAX_FRAME_BYTES,
+    MAX_GROUP_NAME,
+    MAX_GROUPS,
     MAX_MAP_LEN,
     MAX_NAME_LEN,
     MAX_PARAMS,
@@ -76,6 +78,8 @@ def encode(frame: Frame) -> bytes:
         )
         if frame.sharded:
             base["sharded"] = list(frame.sharded)
+        if frame.groups:
+            base["groups"] = list(frame.groups)
     elif isinstance(frame, Stats):
         base.update(
             kind="stats",
@@ -213,6 +217,9 @@ def _decode_hello(r: _Reader, common: dict[str, Any]) -> Hello:
         a >= b for a, b in zip(sharded, sharded[1:], strict=False)
     ):
         raise WireError("schema", "sharded is not an ascending list of indices into params")
+    groups = r.array("groups", MAX_GROUPS, default=[])
+    if not all(isinstance(g, str) and len(g) <= MAX_GROUP_NAME for g in groups):
+        raise WireError("schema", f"groups is not a list of names of <= {MAX_GROUP_NAME} chars")
     return Hello(
         world_size=r.integer("world_size", 1, 1 << 20),
         host=r.text("host", 256),
@@ -228,6 +235,7 @@ def _decode_hello(r: _Reader, common: dict[str, Any]) -> Hello:
         replicated=r.flag("replicated"),
         sharded=tuple(sharded),
         device_uuid=r.text("device_uuid", 64, default=""),
+        groups=tuple(groups),
         **common,
     )
 
@@ -236,7 +244,7 @@ def _decode_stats(r: _Reader, common: dict[str, Any]) -> Stats:
     loss = r.obj.get("loss")
     if loss is not None and not _is_real(loss):
         raise WireError("schema", "loss is not a number or nil")
-    lr = r.array("lr", 4096)
+    lr = r.array("lr", MAX_GROUPS)
     if not all(_is_real(x) for x in lr):
         raise WireError("schema", "lr is not a list of numbers")
     nograd = r.array("nograd", MAX_PARAMS, default=[])

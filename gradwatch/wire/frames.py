@@ -15,6 +15,9 @@ MAX_FRAME_BYTES = 16 * 1024 * 1024
 MAX_PARAMS = 200_000
 MAX_NAME_LEN = 1024
 MAX_MAP_LEN = 4096
+MAX_GROUPS = 4096
+"""Most optimizer param groups a frame describes (``Stats.lr``, ``Hello.groups``)."""
+MAX_GROUP_NAME = 128
 
 # Per-parameter columns. The hello names the columns actually sent, so both lists may grow.
 CHEAP_FIELDS: tuple[str, ...] = ("grad_norm",)
@@ -116,6 +119,9 @@ class Hello:
     ascending; each rank holds a different part, so cross-rank comparison skips them."""
     device_uuid: str = ""
     """The CUDA device UUID (``GPU-...``, as nvidia-smi and DCGM name it); "" off CUDA."""
+    groups: tuple[str, ...] = ()
+    """The optimizer's param groups' ``name`` entries, in order ("" for an unnamed group);
+    empty when no group is named (and from older agents)."""
 
     @cached_property
     def tracked(self) -> tuple[int, ...]:

@@ -23,6 +23,21 @@ OOMS = "oom_total"
 ALLOC_RETRIES = "alloc_retries_total"
 GRAD_SCALE = "grad_scale"
 SCALER_SKIPPED = "scaler_skipped_total"
+TOKENS_TOTAL = "tokens_total"
+SAMPLES_TOTAL = "samples_total"
+STEP_DURATION_COUNT = "step_duration_count"
+STEP_DURATION_SUM = "step_duration_sum"
+STEP_DURATION_BUCKETS: tuple[float, ...] = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+)  # fmt: skip
+"""Upper bounds (seconds) of the step-duration histogram the agent keeps over every step."""
+
+
+def step_duration_le(bound: float) -> str:
+    """The metric key of the step-duration bucket ``bound``: the number of steps so far that
+    took at most ``bound`` seconds (``step_duration_le_0.5``)."""
+    return f"step_duration_le_{bound:g}"
+
 
 STEP_PHASES: tuple[str, ...] = PHASES[1:]
 """The phases timed in every step (all but ``init``)."""
@@ -67,6 +82,14 @@ METRICS: dict[str, str] = {
     ALLOC_RETRIES: "CUDA allocator cudaMalloc retries so far",
     GRAD_SCALE: "GradScaler scale, when a scaler is given",
     SCALER_SKIPPED: "optimizer steps the GradScaler skipped so far",
+    TOKENS_TOTAL: "tokens logged so far by this process, every step included (a counter)",
+    SAMPLES_TOTAL: "samples logged so far by this process, every step included (a counter)",
+    STEP_DURATION_COUNT: "optimizer steps timed so far (every step after the first)",
+    STEP_DURATION_SUM: "seconds of the optimizer steps timed so far",
+    **{
+        step_duration_le(b): f"optimizer steps so far that took at most {b:g} s"
+        for b in STEP_DURATION_BUCKETS
+    },
     **{phase_seconds(p): meaning for p, meaning in zip(STEP_PHASES, _PHASE_MEANINGS, strict=True)},
     **{
         grad_percentile(p): f"percentile {p} of the sampled absolute gradients (full steps)"

@@ -21,7 +21,7 @@ def test_import_agent_loads_no_server_packages() -> None:
 def test_import_agent_exports_public_names() -> None:
     import gradwatch.agent as ga
 
-    assert set(ga.__all__) == {"AgentConfig", "Monitor", "watch"}
+    assert set(ga.__all__) == {"AgentConfig", "Monitor", "NullMonitor", "watch"}
 
 
 def test_import_agent_sends_stats_without_numpy(tmp_path: object) -> None:
@@ -33,7 +33,7 @@ def test_import_agent_sends_stats_without_numpy(tmp_path: object) -> None:
         "import torch, zmq\n"
         "import gradwatch.agent as ga\n"
         "from gradwatch import wire\n"
-        "ctx = zmq.Context(); pull = ctx.socket(zmq.PULL)\n"
+        "ctx = zmq.Context(); pull = ctx.socket(zmq.ROUTER)\n"
         "port = pull.bind_to_random_port('tcp://127.0.0.1')\n"
         "m = torch.nn.Linear(4, 2); opt = torch.optim.SGD(m.parameters(), lr=0.1)\n"
         "mon = ga.watch(m, opt, run='t', endpoint=f'tcp://127.0.0.1:{port}', full_every=2)\n"
@@ -43,7 +43,7 @@ def test_import_agent_sends_stats_without_numpy(tmp_path: object) -> None:
         "mon.close()\n"
         "kinds = []\n"
         "while pull.poll(2000):\n"
-        "    f = wire.decode(pull.recv()); kinds.append(type(f).__name__)\n"
+        "    f = wire.decode(pull.recv_multipart()[-1]); kinds.append(type(f).__name__)\n"
         "    if kinds[-1] == 'Bye': break\n"
         "print('numpy' in sys.modules and sys.modules['numpy'] is not None, mon.errors, kinds)\n"
     )

@@ -148,8 +148,8 @@ def test_cli_rules_lists_checks_and_documents(tmp_path: Path) -> None:
     out = gradwatch("rules", "--check", str(bad))
     assert out.returncode == 2 and out.stderr.splitlines() == [
         f"gradwatch: {bad}: rules.loss_spike: unknown field(s) ['ratoi']; known: "
-        "['clear_checks', 'cooldown_seconds', 'enabled', 'for_checks', 'min_history', 'ratio',"
-        " 'warmup_steps', 'window', 'zscore', 'zscore_warmup']"
+        "['action', 'clear_checks', 'cooldown_seconds', 'enabled', 'for_checks', 'min_history',"
+        " 'ratio', 'warmup_steps', 'window', 'zscore', 'zscore_warmup']"
     ]
     bad.write_text("[collector]\ntopk = 0\n")
     out = gradwatch("rules", "--check", str(bad))

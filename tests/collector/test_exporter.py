@@ -14,14 +14,21 @@ import pytest
 from prometheus_client import generate_latest
 
 from gradwatch.collector.alert import Alert
-from gradwatch.collector.exporter import METRIC_NAMES, SPECS, build_registry
+from gradwatch.collector.exporter import METRIC_NAMES, SPECS, build_registry, group_labels
 from gradwatch.collector.health import IngestHealth
 from gradwatch.collector.state import Fleet
 from gradwatch.wire import REJECT_REASONS, Bye, Hello, ParamInfo, Stats, pack_floats
+from gradwatch.wire import metrics as m
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 SERIES_GLOBAL = 89
-"""Documented bound (docs/metrics.md): collector series + R x (52 + 2 topk) + firing pairs."""
+"""Documented bound (docs/metrics.md): collector series + standard + W + R x (54 + G + 2 topk)
++ firing pairs."""
+SERIES_STANDARD = 16
+"""client_python's process_* (6 on Linux) and python_* (info + 9 gc) series."""
+SERIES_RANK = 54
+"""Per-rank series besides learning rates and top-k (docs/metrics.md)."""
+STANDARD = ("process_", "python_")
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,9 @@ class Counts:
     counts: dict[str, int] = field(default_factory=lambda: {"success": 3, "failure": 1})
 
 
+BOUNDS = m.STEP_DURATION_BUCKETS
+
+
 def make_fleet(ranks: int, params: int, run: str = "r1", now: float = 1000.0) -> Fleet:
     """A fleet of one run with synthetic hello and stats (one full step) on every rank."""
     fleet = Fleet()
@@ -57,7 +67,8 @@ def make_fleet(ranks: int, params: int, run: str = "r1", now: float = 1000.0) ->
     )
     for rank in range(ranks):
         session = f"s{rank}"
-        hello = Hello(run, rank, session, ranks, "host", 1, "2.4", "cpu", "AdamW", table)
+        hello = Hello(run, rank, session, ranks, "host", 1, "2.4", "cpu", "AdamW", table,
+                      device_uuid=f"GPU-{rank}", groups=("decay", ""))  # fmt: skip
         fleet.apply(hello, now)
         n = len(hello.tracked)
         rows = [1.0 + i for i in range(n)]  # grad_norm
@@ -71,6 +82,9 @@ def make_fleet(ranks: int, params: int, run: str = "r1", now: float = 1000.0) ->
         ]
         metrics = {"grad_norm": 5.0, "tokens_per_second": 1e4, "memory_allocated_bytes": 2e9}
         metrics |= {"rss_bytes": 1e9, "mfu_ratio": 0.4, "grad_p50": 0.01, "nonfinite_grads": 1}
+        metrics |= {m.TOKENS_TOTAL: 51200.0, m.SAMPLES_TOTAL: 400.0}
+        metrics |= {m.STEP_DURATION_COUNT: 49.0, m.STEP_DURATION_SUM: 12.5}
+        metrics |= {m.step_duration_le(b): min(49.0, 10.0 * i) for i, b in enumerate(BOUNDS)}
         stats = Stats(run, rank, session, 1, 50, now, 2.5, (3e-4, 3e-5), pack_floats(rows))
         stats = Stats(**{**stats.__dict__, "full": pack_floats(full), "metrics": metrics})
         fleet.apply(stats, now)
@@ -96,12 +110,13 @@ def test_exporter_emits_aggregates_and_rejected_reasons_from_the_start() -> None
     for reason in REJECT_REASONS:
         assert f'gradwatch_frames_rejected_total{{reason="{reason}"}} 0.0' in text
     assert 'gradwatch_loss{rank="1",run="r1"} 2.5' in text
-    assert 'gradwatch_learning_rate{group="1",rank="0",run="r1"} 3e-05' in text
+    assert 'gradwatch_learning_rate{group="decay",rank="0",run="r1"} 0.0003' in text
+    assert 'gradwatch_learning_rate{group="1",rank="0",run="r1"} 3e-05' in text  # unnamed
     assert 'gradwatch_memory_bytes{kind="allocated",rank="0",run="r1"} 2e+09' in text
     assert 'gradwatch_parameters{rank="0",run="r1",state="not_updated"} 1.0' in text
     assert 'gradwatch_parameters{rank="0",run="r1",state="frozen"} 0.0' in text
     assert 'gradwatch_alertmanager_notifications_total{result="failure"} 1.0' in text
-    assert 'gradwatch_build_info{version="' in text
+    assert re.search(r'gradwatch_build_info\{prometheus_client="[\d.]+",python="3\.', text)
     assert samples(text, "gradwatch_ingest_latency_seconds_count") == [
         "gradwatch_ingest_latency_seconds_count 1.0"
     ]
@@ -148,13 +163,16 @@ def test_exporter_drops_finished_runs_after_the_grace_period_only() -> None:
 def test_exporter_series_count_is_bounded_for_64_ranks_of_500_parameters() -> None:
     text = scrape(make_fleet(64, 500), topk=10)
     series = [line for line in text.splitlines() if line and not line.startswith("#")]
-    assert len(series) <= SERIES_GLOBAL + 64 * (52 + 2 * 10), len(series)
+    bound = SERIES_GLOBAL + SERIES_STANDARD + 1 + 64 * (SERIES_RANK + 2 + 2 * 10)
+    assert len(series) <= bound, len(series)
     assert len(samples(text, "gradwatch_param_grad_norm")) == 64 * 10
 
 
 def test_exporter_emits_only_documented_families() -> None:
     text = scrape(make_fleet(1, 10))
-    assert set(re.findall(r"^# TYPE (\S+) ", text, re.M)) == set(METRIC_NAMES)
+    families = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    assert {f for f in families if not f.startswith(STANDARD)} == set(METRIC_NAMES)
+    assert {"process_cpu_seconds_total", "python_info", "python_gc_collections_total"} <= families
     doc = DOCS.read_text()
     for spec in SPECS:
         row = f"| `{spec.name}` | {spec.type} | {', '.join(f'`{x}`' for x in spec.labels)} |"
@@ -193,7 +211,10 @@ def test_exporter_fast_text_is_byte_for_byte_generate_latest() -> None:
     )
 
     def stable(text: bytes) -> bytes:
-        return re.sub(rb"(?m)^gradwatch_scrape_duration_seconds .*$", b"", text)
+        # Values that change between two scrapes: scrape time, CPU seconds, gc counts, ...
+        return re.sub(
+            rb"(?m)^(gradwatch_scrape_duration_seconds|process_|python_gc_).*$", b"", text
+        )
 
     fast = registry.text()
     assert stable(fast) == stable(generate_latest(registry))
@@ -206,4 +227,56 @@ def test_exporter_collector_series_are_the_documented_count() -> None:
 
     core = build_core(CollectorConfig(), persist=False)
     text = core.registry.text().decode()
-    assert len([line for line in text.splitlines() if line and line[0] != "#"]) == SERIES_GLOBAL
+    series = [line for line in text.splitlines() if line and line[0] != "#"]
+    assert len([s for s in series if not s.startswith(STANDARD)]) == SERIES_GLOBAL
+    if Path("/proc/self/stat").exists():  # process_* needs Linux's /proc
+        assert len(series) == SERIES_GLOBAL + SERIES_STANDARD
+
+
+def test_exporter_counters_and_step_duration_histogram_per_rank() -> None:
+    text = scrape(make_fleet(2, 10))
+    assert 'gradwatch_tokens_total{rank="1",run="r1"} 51200.0' in text
+    assert 'gradwatch_samples_total{rank="0",run="r1"} 400.0' in text
+    assert 'gradwatch_optimizer_steps_total{rank="0",run="r1"} 50.0' in text
+    hist = samples(text, "gradwatch_step_duration_seconds_bucket")
+    assert len(hist) == 2 * (len(BOUNDS) + 1)
+    assert hist[0] == 'gradwatch_step_duration_seconds_bucket{le="0.01",rank="0",run="r1"} 0.0'
+    assert 'gradwatch_step_duration_seconds_bucket{le="1.0",rank="0",run="r1"} 49.0' in hist
+    assert 'gradwatch_step_duration_seconds_bucket{le="+Inf",rank="1",run="r1"} 49.0' in hist
+    assert 'gradwatch_step_duration_seconds_count{rank="0",run="r1"} 49.0' in text
+    assert 'gradwatch_step_duration_seconds_sum{rank="0",run="r1"} 12.5' in text
+
+
+def test_exporter_run_world_size_and_gpu_uuid() -> None:
+    fleet = make_fleet(3, 10)
+    for frame in make_fleet(1, 10, run="other").runs["other"].ranks.values():
+        fleet.apply(frame.hello, 1000.0)
+    text = scrape(fleet)
+    assert samples(text, "gradwatch_run_world_size") == [
+        'gradwatch_run_world_size{run="r1"} 3.0',
+        'gradwatch_run_world_size{run="other"} 1.0',
+    ]
+    info = samples(text, "gradwatch_run_info")
+    assert 'gpu_uuid="GPU-2"' in info[2] and 'rank="2"' in info[2]
+
+
+def test_exporter_without_new_metrics_sends_no_counters_or_histogram() -> None:
+    fleet = Fleet()  # an older agent: no totals, no durations, no group names
+    table = (ParamInfo("w", (2,), "float32", 2, True),)
+    fleet.apply(Hello("old", 0, "s", 1, "h", 1, "2.4", "cpu", "SGD", table), 1000.0)
+    lrs = tuple(1e-3 * (i + 1) for i in range(40))
+    fleet.apply(Stats("old", 0, "s", 1, 3, 1000.0, 1.0, lrs, pack_floats([1.0])), 1000.0)
+    text = scrape(fleet)
+    assert not samples(text, "gradwatch_tokens_total")
+    assert not samples(text, "gradwatch_step_duration_seconds_bucket")
+    assert 'gradwatch_optimizer_steps_total{rank="0",run="old"} 3.0' in text
+    lr = samples(text, "gradwatch_learning_rate")
+    assert len(lr) == 40 and 'group="39"' in lr[-1]  # every group, none cut at 16
+
+
+def test_exporter_group_labels_are_names_when_unique_else_indices() -> None:
+    assert group_labels((), 3) == ("0", "1", "2")
+    assert group_labels(("enc", "", "dec"), 3) == ("enc", "1", "dec")
+    assert group_labels(("a", "a", "b"), 4) == ("0", "1", "b", "3")  # shared name, missing
+    assert group_labels(("2", ""), 3) == ("0", "1", "2")  # a name equal to an index
+    assert group_labels(("x", "y", "z"), 2) == ("x", "y")  # more names than rates

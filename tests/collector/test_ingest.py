@@ -30,7 +30,7 @@ def ingest() -> Iterator[tuple[Ingest, zmq.Socket[bytes]]]:
     ing = Ingest("tcp://127.0.0.1:0", fleet, engine, IngestHealth(), tick_seconds=0.2)
     ing.start()
     ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
+    push = ctx.socket(zmq.DEALER)
     push.setsockopt(zmq.LINGER, 0)
     push.connect(ing.endpoint)
     try:
@@ -130,8 +130,8 @@ def test_ingest_behind_sheds_sheddable_rules_on_all_but_the_newest_frame() -> No
         batch = []
         for step in range(1, 6):
             loss = math.nan if step == 2 else 2.0  # a shed frame still gets the scalar rules
-            batch.append(wire.encode(a.stats(step, grad=zero, full=step == 3, loss=loss)))
-            batch.append(wire.encode(b.stats(step, grad=zero)))
+            batch.append((wire.encode(a.stats(step, grad=zero, full=step == 3, loss=loss)), None))
+            batch.append((wire.encode(b.stats(step, grad=zero)), None))
         ing.handle_batch(batch)
         assert core.health.shed == 3 + 4  # a: 1, 2, 4 (3 is a full step, 5 the newest); b: 1-4
         assert core.health.received["stats"] == 10 and core.health.queued == 0
@@ -155,7 +155,8 @@ def test_ingest_behind_judges_each_rank_with_sheddable_rules_once_a_second() -> 
         for r in ranks:
             ing.handle(wire.encode(r.hello()))
         for step in range(1, 21):  # 10 frames a second, one batch per step
-            ing.handle_batch([wire.encode(r.stats(step, time=1000 + step / 10)) for r in ranks])
+            frames = [r.stats(step, time=1000 + step / 10) for r in ranks]
+            ing.handle_batch([(wire.encode(f), None) for f in frames])
         assert core.health.received["stats"] == 80
         assert core.health.shed == 4 * (20 - 2)  # judged at 1000.1 and 1001.1 only
         assert core.fleet.rank("fleet", 0).judged_at == 1001.1  # type: ignore[union-attr]

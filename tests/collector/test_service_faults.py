@@ -139,7 +139,7 @@ def test_service_shutdown_under_load_finishes_flushes_and_counts_everything(
 
     def flood() -> None:
         ctx = zmq.Context()
-        sock = ctx.socket(zmq.PUSH)
+        sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.connect(proc.listen)

@@ -155,7 +155,7 @@ def test_fuzz_collector_survives_counts_everything_and_stays_bounded(tmp_path: P
     proc = CollectorProcess(tmp_path, *LIMITS).start()
     try:
         fuzz, ctx = Fuzz(SEED), zmq.Context()
-        sock = ctx.socket(zmq.PUSH)
+        sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.SNDHWM, 0)  # queue everything: the collector reads at its pace
         sock.setsockopt(zmq.LINGER, 60_000)
         sock.connect(proc.listen)

@@ -1,4 +1,5 @@
-"""A stand-in collector for agent tests: a real ZeroMQ PULL socket that decodes frames."""
+"""A stand-in collector for agent tests: a real ZeroMQ ROUTER socket that decodes frames and
+can answer on the back channel, as the collector does."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from gradwatch import wire
 
 
 class FrameSink:
-    """A PULL socket bound on loopback (a free port, or ``port``) that decodes what arrives."""
+    """A ROUTER socket bound on loopback (a free port, or ``port``) that decodes what arrives
+    and remembers each (run, rank)'s routing identity for :meth:`send_back`."""
 
     def __init__(self, port: int | None = None) -> None:
         self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.PULL)
+        self.sock = self.ctx.socket(zmq.ROUTER)
         if port is None:
             self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
         else:
@@ -23,6 +25,7 @@ class FrameSink:
             self.port = port
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
         self.frames: list[wire.Frame] = []
+        self.peers: dict[tuple[str, int], bytes] = {}
 
     def drain(self, until: type, timeout: float = 30.0) -> list[wire.Frame]:
         """Receive frames until one of kind ``until`` arrives; return all received so far.
@@ -43,11 +46,17 @@ class FrameSink:
         while time.monotonic() < deadline:
             if not self.sock.poll(50):
                 continue
-            frame = wire.decode(self.sock.recv())
+            identity, data = self.sock.recv_multipart()
+            frame = wire.decode(data)
+            self.peers[frame.run, frame.rank] = identity
             self.frames.append(frame)
             if predicate(frame):
                 return frame
         raise TimeoutError(f"no matching frame within {timeout:.0f} s")
+
+    def send_back(self, run: str, rank: int, payload: bytes) -> None:
+        """Send ``payload`` to the agent of (run, rank), as the collector's back channel does."""
+        self.sock.send_multipart([self.peers[run, rank], payload])
 
     def of(self, kind: type) -> list[wire.Frame]:
         return [f for f in self.frames if isinstance(f, kind)]

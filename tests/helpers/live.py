@@ -17,7 +17,7 @@ from tests.helpers.processes import PYTHON, CollectorProcess
 def send_frames(endpoint: str, frames: list[wire.Frame]) -> None:
     """Send ``frames`` from a fresh PUSH socket, waiting (LINGER) until they have left."""
     ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
+    push = ctx.socket(zmq.DEALER)
     push.setsockopt(zmq.LINGER, 5000)
     push.connect(endpoint)
     for frame in frames:

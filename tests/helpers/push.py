@@ -15,7 +15,7 @@ Keys = tuple[bytes, bytes, bytes]
 def push(endpoint: str, frames: Iterable[wire.Frame | bytes], curve: Keys | None = None) -> None:
     """Connect, send every frame (encoded ones as they are), and close once they left."""
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.PUSH)
+    sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 30_000)
     sock.setsockopt(zmq.SNDHWM, 0)
     if curve is not None:

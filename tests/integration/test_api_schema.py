@@ -23,10 +23,12 @@ TOKEN = "schema-token-0123456789"
 def test_api_schema_holds_under_schemathesis(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text(TOKEN)
-    proc = CollectorProcess(tmp_path, "--api-token-file", str(token)).start()
+    proc = CollectorProcess(
+        tmp_path, "--api-token-file", str(token), "--recording-after-seconds", "0"
+    ).start()
     try:
         ctx = zmq.Context()
-        push = ctx.socket(zmq.PUSH)
+        push = ctx.socket(zmq.DEALER)
         push.setsockopt(zmq.LINGER, 5000)
         push.connect(proc.listen)
         for i in range(3):  # alerts with a history, so their schema is checked on real data
@@ -36,6 +38,8 @@ def test_api_schema_holds_under_schemathesis(tmp_path: Path) -> None:
         push.close()
         ctx.term()
         wait_until(lambda: len(proc.alerts()) == 3)
+        for alert in proc.alerts():  # each has its recording, so that route answers 200 too
+            wait_until(lambda a=alert: (tmp_path / f"recordings/alert-{a['id']}.gwrec").exists())
         out = subprocess.run(
             [str(SCHEMATHESIS), "run", proc.http + "/openapi.json", "--checks", "all",
              "--max-examples", "15", "--seed", "11", "--exclude-path", "/alerts/stream",

@@ -31,7 +31,7 @@ def test_malformed_frames_are_counted_by_reason_and_the_collector_stays_healthy(
     collector_process: CollectorProcess,
 ) -> None:
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.PUSH)
+    sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 1000)
     sock.connect(collector_process.listen)
     try:

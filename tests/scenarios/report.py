@@ -35,7 +35,8 @@ runs).
 
 Each fault is injected into the demo trainer (`--size tiny`, a few ms a step) at step
 {onset}. **Onset** is the alert's `first_step` minus the injection step: where gradwatch says the
-problem began. **Reported after** is how many steps later the alert was raised (the rule waits
+problem began (a rule that fits a window, such as `memory_growth`'s slope, may place it a
+few steps early). **Reported after** is how many steps later the alert was raised (the rule waits
 for evidence: a streak, a window, a full step). The collector ran with the settings a user of
 such fast steps would choose (below); with the defaults, the rules about rates and memory
 wait for a minute of wall time (`for_seconds`) and 20 steps (`for_steps`), made for real jobs
@@ -79,7 +80,7 @@ def _fault_rows(work: Path) -> list[str]:
             after = int(reported) - int(a["first_step"])
             named = f"`{a['parameter']}`" if a["parameter"] else "—"
             rows.append(
-                f"| `{s.kind}` | {what} | `{a['rule']}` | {named} | +{onset} | {after} | "
+                f"| `{s.kind}` | {what} | `{a['rule']}` | {named} | {onset:+d} | {after} | "
                 f"+{s.max_delay} |"
             )
     return rows
