@@ -44,6 +44,8 @@ from gradwatch.wire import metrics as m
 
 TREE = Path(__file__).resolve().parents[1]
 """The checkout whose collector runs (``--tree`` runs another, e.g. main's, for a before)."""
+EXTRA: list[str] = []
+"""Flags added to every collector started (``--collector-arg``)."""
 COLLECTOR_CORE = 0
 SENDER_CORE = 1
 FULL_EVERY = 50
@@ -98,6 +100,41 @@ print(len(data) / (time.process_time() - t))
 NICE = -10
 """Priority of the measured processes (collector, bare loop): on a shared machine other
 tenants' processes would otherwise take most of the pinned core (needs root; skipped if not)."""
+
+
+BREAKDOWN = r"""
+import collections, os, sys, time
+core, here, nranks, params, frames = sys.argv[1:6]
+os.sched_setaffinity(0, {int(core)}); sys.path.insert(0, here)
+import collector_ingest as b
+from gradwatch import wire
+from gradwatch.collector.config import CollectorConfig
+from gradwatch.collector.core import build_core
+core = build_core(CollectorConfig(), persist=False)
+engine, cost = core.engine, collections.Counter()
+judge = engine._judge
+def timed(rule, where, fn, *args):
+    t = time.process_time(); out = judge(rule, where, fn, *args)
+    cost[rule.name] += time.process_time() - t
+    return out
+engine._judge = timed
+ranks = b.job("x", int(nranks), int(params))
+for d in [r.hello() for r in ranks]:
+    f = wire.decode(d); engine.on_frame(core.fleet.apply(f), f)
+data = b.batch(ranks, int(frames))
+cost.clear()
+def lap(name, fn, *args):
+    t = time.process_time(); out = fn(*args); cost[name] += time.process_time() - t
+    return out
+t0 = time.process_time()
+for d in data:
+    f = lap("(decode)", wire.decode, d)
+    s = lap("(fold: Fleet.apply)", core.fleet.apply, f)
+    lap("(judge: Engine.on_frame, every rule)", engine.on_frame, s, f)
+cost["(whole frame)"] = time.process_time() - t0
+for name, seconds in cost.most_common():
+    print(f"{name} {seconds / len(data) * 1e6:.1f}")
+"""
 
 
 def pin(core: int | set[int]) -> Callable[[], None]:
@@ -203,7 +240,7 @@ class Collector:
         ready = workdir / f"ready-{uuid.uuid4().hex[:6]}"
         cmd = [sys.executable, "-m", "gradwatch.collector", "--listen", "tcp://127.0.0.1:0",
                "--http", "127.0.0.1:0", "--db", str(workdir / f"{ready.name}.db"),
-               "--ready-file", str(ready), "--log-level", "warning", *extra]  # fmt: skip
+               "--ready-file", str(ready), "--log-level", "warning", *EXTRA, *extra]  # fmt: skip
         log = (workdir / f"{ready.name}.log").open("wb")
         self.proc = subprocess.Popen(cmd, stderr=log, preexec_fn=pin(cores), cwd=TREE)
         info = wait_until(lambda: ready.exists() and json.loads(ready.read_text()), 60, 0.1)
@@ -346,6 +383,21 @@ def judged(params: int, nranks: int, frames: int, shed: bool) -> float:
                           capture_output=True, text=True, cwd=TREE, check=True,
                           preexec_fn=pin(COLLECTOR_CORE))  # fmt: skip
     return float(done.stdout.split()[-1])
+
+
+def part_breakdown(tmp: Path, args: argparse.Namespace) -> list[str]:
+    """Microseconds of CPU per stats frame by step and by rule (8 ranks x 200 params, every
+    rule on every frame; process_time around each call, so the sum slightly overstates)."""
+    argv = [str(x) for x in (COLLECTOR_CORE, Path(__file__).parent, 8, 200, args.frames // 2)]
+    done = subprocess.run([sys.executable, "-c", BREAKDOWN, *argv], capture_output=True,
+                          text=True, cwd=TREE, check=True,
+                          preexec_fn=pin(COLLECTOR_CORE))  # fmt: skip
+    rows = ["| 8 ranks x 200 params, every rule | µs CPU per stats frame |", "| --- | --- |"]
+    for line in done.stdout.splitlines():
+        name, value = line.rsplit(" ", 1)
+        rows.append(f"| {name} | {float(value):.1f} |")
+        print(rows[-1], flush=True)
+    return rows
 
 
 def part_rules(tmp: Path, args: argparse.Namespace) -> list[str]:
@@ -594,8 +646,8 @@ def part_workers(tmp: Path, args: argparse.Namespace) -> list[str]:
 
 
 PARTS: dict[str, Callable[[Path, argparse.Namespace], list[str]]] = {
-    "ingest": part_ingest, "rules": part_rules, "fleet": part_fleet, "metrics": part_metrics,
-    "workers": part_workers,
+    "ingest": part_ingest, "rules": part_rules, "breakdown": part_breakdown, "fleet": part_fleet,
+    "metrics": part_metrics, "workers": part_workers,
 }  # fmt: skip
 
 
@@ -610,11 +662,14 @@ def main() -> int:
     parser.add_argument("--scrapes", type=int, default=50)
     parser.add_argument("--py-spy", default="", help="collapsed stacks of the 200 x 8 ingest")
     parser.add_argument("--tree", default="", help="run the collector of this checkout")
+    parser.add_argument("--collector-arg", action="append", default=[],
+                        help="a flag for every collector started (repeat)")  # fmt: skip
     args = parser.parse_args()
     global TREE, ROUTER
     if args.tree:
         TREE = Path(args.tree).resolve()
     ROUTER = "zmq.ROUTER" in (TREE / "collector" / "ingest.py").read_text()
+    EXTRA.extend(args.collector_arg)
     if args.quick:
         args.frames, args.fleet_seconds, args.scrapes = 10_000, 15.0, 20
     os.sched_setaffinity(0, {SENDER_CORE})

@@ -21,7 +21,7 @@ from .book import AlertBook, Policy
 from .config import CollectorConfig
 from .health import IngestHealth
 from .rules import AnyRule
-from .rules.base import Finding
+from .rules.base import Finding, Rule
 from .run_record import RunRecord
 from .state import Fleet, RankState, RunState, StepRanks
 from .store import Store, StoreError
@@ -69,7 +69,9 @@ class Engine:
         self.policies = {rule.name: policy_of(rule) for rule in rules}
         self.rank_rules = [r for r in rules if r.scope == "rank"]
         self.run_rules = [r for r in rules if r.scope == "run"]
-        self.scalar_rules = [r for r in self.rank_rules if not r.sheddable]
+        self.frame_rules = [r for r in self.rank_rules if type(r).check is not Rule.check]
+        """Per-rank rules that judge stats frames (the others only tick)."""
+        self.scalar_rules = [r for r in self.frame_rules if not r.sheddable]
         """The rules a shed frame still gets (ingest behind)."""
         self._collector_memory = {rule.name: rule.new_memory() for rule in rules}
         self._dirty_runs: set[tuple[str, int]] = set()
@@ -154,7 +156,7 @@ class Engine:
         if not shed:
             state.judged_at = frame.time
         where = f"run {state.run} rank {state.rank} step {frame.step}"
-        for rule in self.scalar_rules if shed else self.rank_rules:
+        for rule in self.scalar_rules if shed else self.frame_rules:
             found = self._judge(rule, where, rule.check, state, memory[rule.name])
             self._observe(rule, state, found, now)
         if self.run_rules:
