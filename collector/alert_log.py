@@ -205,6 +205,16 @@ class AlertLog:
             self._wake = wake
             self._reserve()
 
+    def write_through(self) -> None:
+        """The writer thread is stopping: give back the unused reserved numbers (the next
+        write saves the counter as the latest change's, so a clean restart numbers on from
+        there) and write on the calling thread again."""
+        with self._lock:
+            self._wake = None
+            if self._reserved > self._seq:
+                self._reserved = self._seq
+                self._counter_due = True
+
     def _reserve(self) -> None:
         """Reserve the next SEQ_BLOCK change numbers in the store (lock held); on a store
         failure the numbers are still handed out (and the counter written when it recovers)."""

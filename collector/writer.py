@@ -4,7 +4,8 @@ batches (one transaction each) on their own thread, so ingest never waits for th
 Alerts are announced (log, SSE, Alertmanager) as they change; the writer saves them right
 after, and keeps what a failed write held for the next one (``/readyz`` says so meanwhile):
 nothing is lost while the process lives, and ``stop()`` writes the rest before the store
-closes. Change numbers are reserved in the store ahead of use (``alert_log.SEQ_BLOCK``).
+closes. Change numbers are reserved in the store ahead of use (``alert_log.SEQ_BLOCK``): a
+crash skips the rest of the block; ``stop()`` gives the unused ones back.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class StoreWriter:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        self.book.write_through()
         return self.write()
 
     def _run(self) -> None:

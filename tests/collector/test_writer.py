@@ -90,3 +90,16 @@ def test_writer_never_reuses_a_change_number_after_a_crash(tmp_path: Path) -> No
     # No stop, no flush: as if the process died right after announcing its changes.
     again = AlertBook(Store(path))
     assert again.seq >= seen and again.seq <= seen + SEQ_BLOCK
+
+
+def test_writer_stopped_cleanly_numbers_on_without_a_gap(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    store = Store(path)
+    book = AlertBook(store)
+    writer = StoreWriter(store, book)
+    writer.start()
+    for i in range(3):
+        book.observe(NAN, f"r{i}", 0, 1, [finding("w")])
+    assert writer.stop()
+    store.close()
+    assert AlertBook(Store(path)).seq == 3
