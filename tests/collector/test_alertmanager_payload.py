@@ -36,8 +36,7 @@ def test_payload_links_to_the_run_dashboard_at_its_rank_when_grafana_url_is_set(
     assert "dashboard_url" not in payload(make_alert())["annotations"]
     sent = payloads([make_alert(run="run a&b")], grafana_url="https://grafana.example/")[0]
     assert sent["annotations"]["dashboard_url"] == (
-        "https://grafana.example/d/gradwatch-run?var-run=run+a%26b&var-rank=3"
-        "&from=-2600000&to=now"
+        "https://grafana.example/d/gradwatch-run?var-run=run+a%26b&var-rank=3&from=-2600000&to=now"
     )
 
 
