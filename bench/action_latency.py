@@ -14,45 +14,27 @@ Run: .venv/bin/python bench/action_latency.py [--trials 30]
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 import zmq
+from harness import Collector, wait_until
 
 import gradwatch.agent as ga
 
 GOAL_SECONDS = 1.0
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(interval)
-    return value
-
-
-def start_collector(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_collector(workdir: Path) -> Collector:
     rules = workdir / "rules.toml"
     rules.write_text('[rules.non_finite]\naction = "stop"\n')
-    ready = workdir / "ready"
-    cmd = [sys.executable, "-m", "gradwatch.collector", "--listen", "tcp://127.0.0.1:0",
-           "--http", "127.0.0.1:0", "--db", str(workdir / "bench.db"), "--rules", str(rules),
-           "--ready-file", str(ready), "--log-level", "warning"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stderr=(workdir / "log").open("wb"))
-    info = wait_until(lambda: ready.exists() and json.loads(ready.read_text()), 60, 0.2)
-    return proc, str(info["listen"])
+    return Collector(workdir, "--rules", str(rules), "--log-level", "warning")
 
 
 def trial(endpoint: str, n: int) -> tuple[float, int]:
@@ -123,12 +105,11 @@ def main() -> int:
     a = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        proc, endpoint = start_collector(Path(tmp))
+        collector = start_collector(Path(tmp))
         try:
-            results = [trial(endpoint, n) for n in range(a.trials)]
+            results = [trial(collector.listen, n) for n in range(a.trials)]
         finally:
-            proc.terminate()
-            proc.wait(30)
+            collector.stop()
     base = zmq_round_trips(1000)
     lat = [r[0] for r in results]
     steps = [r[1] for r in results]

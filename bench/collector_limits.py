@@ -12,55 +12,25 @@ Run: .venv/bin/python bench/collector_limits.py [--runs 5000] [--repeats 5]
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import zmq
+from harness import Collector, wait_until
 
 from gradwatch import wire
 
 GOALS = {"runs_ms": 100.0, "metrics_ms": 500.0, "rss_mib": 300.0}
 MAX_PARAMS = 50_000  # the --max-params default
 PARAMS = [(f"blocks.{i // 4}.w{i % 4}", (64, 64), "float32") for i in range(8)]
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(interval)
-    return value
-
-
-class Collector:
-    """``python -m gradwatch.collector`` on free ports in ``workdir``."""
-
-    def __init__(self, workdir: Path, *extra: str) -> None:
-        ready = workdir / "ready"
-        cmd = [sys.executable, "-m", "gradwatch.collector", "--listen", "tcp://127.0.0.1:0",
-               "--http", "127.0.0.1:0", "--db", str(workdir / "bench.db"),
-               "--ready-file", str(ready), *extra]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stderr=(workdir / "log").open("wb"))
-        info = wait_until(lambda: ready.exists() and json.loads(ready.read_text()), 60)
-        self.listen, self.http, self.pid = info["listen"], info["http"], self.proc.pid
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
 
 
 def hello(run: str, params: list[tuple[str, tuple[int, ...], str]]) -> bytes:

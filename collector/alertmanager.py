@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
 from .alert import Alert
 from .alertmanager_http import HttpPost
@@ -44,6 +45,10 @@ class AlertBookLike(Protocol):
 
 def _rfc3339(t: float) -> str:
     return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+DASHBOARD_UID = "gradwatch-run"
+"""The provisioned run dashboard (grafana/dashboards/run.json), with variables run and rank."""
 
 
 def _num(x: float | None) -> str:
@@ -164,6 +169,21 @@ class AlertmanagerPusher:
                 log.info("alertmanager %s reachable again", self.endpoint)
             self._failing = False
 
+    def _dashboard_url(self, alert: Alert) -> str:
+        """The run dashboard at the alert's run and rank, from an hour before it started."""
+        grafana = getattr(self.config, "grafana_url", "").rstrip("/")
+        if not grafana or not alert.run:
+            return ""
+        query = urlencode(
+            {
+                "var-run": alert.run,
+                "var-rank": alert.rank,
+                "from": int((alert.started_at - 3600) * 1000),
+                "to": "now",
+            }
+        )
+        return f"{grafana}/d/{DASHBOARD_UID}?{query}"
+
     def payload(self, alert: Alert) -> dict[str, Any]:
         """One element of the ``POST /api/v2/alerts`` body.
 
@@ -174,7 +194,8 @@ class AlertmanagerPusher:
         Alertmanager alert), ``ranks`` (every rank the alert covers, compact: ``0-39``),
         ``summary``, ``description`` (at most 1,000 characters), ``action``, ``value``,
         ``threshold``, ``step``, ``first_step``, ``link`` (the alert in the collector) and
-        ``runbook_url`` (the rule's section of docs/rules.md), both under ``public_url``.
+        ``runbook_url`` (the rule's section of docs/rules.md), both under ``public_url``, and
+        ``dashboard_url`` when ``grafana_url`` is set.
         deploy/alertmanager/templates/gradwatch.tmpl reads these names.
         """
         base = self.config.public_url.rstrip("/")
@@ -204,6 +225,7 @@ class AlertmanagerPusher:
             "ranks": ranks,
             "link": link,
             "runbook_url": f"{base}/docs/rules.md#{alert.rule}",
+            "dashboard_url": self._dashboard_url(alert),
         }
         if alert.state == "resolved":
             ends = alert.resolved_at or alert.updated_at

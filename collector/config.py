@@ -114,6 +114,11 @@ class CollectorConfig:
     runs elsewhere): alerts sent to Alertmanager link ``<public_url>/alerts/<id>`` (``link``) and
     ``<public_url>/docs/rules.md#<rule>`` (``runbook_url``), which Slack and PagerDuty messages
     show. Empty derives it from ``http``."""
+    grafana_url: str = ""
+    """Base URL of the Grafana that holds the provisioned dashboards: alerts sent to
+    Alertmanager then carry ``dashboard_url``, the run dashboard at their run and rank from an
+    hour before they started. Empty: no such link (the stack's templates build one from
+    ``GRADWATCH_GRAFANA_URL``)."""
     topk: int = 5
     """How many worst parameters are exported and named in messages."""
     grace_seconds: float = 300.0
@@ -194,7 +199,7 @@ class CollectorConfig:
         if self.log_level.lower() not in LOG_LEVELS:
             raise ConfigError("log_level", f"must be one of {LOG_LEVELS}, got {self.log_level!r}")
         object.__setattr__(self, "log_level", self.log_level.lower())
-        for name in ("alertmanager_url", "public_url"):
+        for name in ("alertmanager_url", "public_url", "grafana_url"):
             url = getattr(self, name)
             if url and not url.startswith(("http://", "https://")):
                 raise ConfigError(name, f"must be an http(s) URL, got {url!r}")

@@ -44,6 +44,12 @@ class Monitor(Protocol):
     def log(self, **kwargs: Any) -> None: ...
     def phase(self, name: str) -> AbstractContextManager[object]: ...
     def close(self, reason: str = ...) -> None: ...
+    @property
+    def should_stop(self) -> bool: ...
+    @property
+    def should_checkpoint(self) -> bool: ...
+    def checkpoint_done(self) -> None: ...
+    def alerts(self) -> list[Any]: ...
 
 
 class NullMonitor:
@@ -57,6 +63,15 @@ class NullMonitor:
 
     def close(self, reason: str = "close") -> None:
         pass
+
+    should_stop = False
+    should_checkpoint = False
+
+    def checkpoint_done(self) -> None:
+        pass
+
+    def alerts(self) -> list[Any]:
+        return []
 
 
 @dataclass
@@ -141,6 +156,20 @@ def estimate_val_loss(
         losses.append(model(x.to(device), y.to(device))[1])
     model.train()
     return torch.stack(losses).mean()
+
+
+def _answer_alerts(monitor: Monitor, step: int, say: Callable[[str], None]) -> bool:
+    """What the collector asked of this rank (``GRADWATCH_ON_ALERT=non_finite=stop``, or a
+    rule's ``action``): True to stop here. Every rank stops at the same step (the action's
+    ``at_step``), so none is left waiting in a collective."""
+    if monitor.should_checkpoint:
+        say(f"step {step}: the collector asks for a checkpoint (this demo trainer keeps none)")
+        monitor.checkpoint_done()
+    if monitor.should_stop:
+        rules = ", ".join(sorted({a.rule for a in monitor.alerts()}))
+        say(f"step {step}: stopping, as asked on alert ({rules})")
+        return True
+    return False
 
 
 def train(
@@ -279,6 +308,8 @@ def train(
             run.records.append(record)
             if on_step is not None:
                 on_step(record, run)
+            if _answer_alerts(monitor, step, say):
+                break  # a clean end: the bye says "close"
 
             # the one-line step log (the only place .item() syncs), on rank 0 only
             logged = step % args.log_every == 0 or step == 1 or "val_loss" in scalars

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from gradwatch.collector.alert import Alert
+from gradwatch.collector.alertmanager import DASHBOARD_UID
 from tests.helpers.stack import job_alert, payloads
 
 PUBLIC_URL = "https://gradwatch.example/"
@@ -27,6 +30,19 @@ def test_payload_links_to_the_alert_and_the_rules_runbook_under_public_url() -> 
     assert notes["link"] == "https://gradwatch.example/alerts/7"
     assert notes["runbook_url"] == "https://gradwatch.example/docs/rules.md#non_finite"
     assert notes["first_step"] == "18" and notes["step"] == "20"
+
+
+def test_payload_links_to_the_run_dashboard_at_its_rank_when_grafana_url_is_set() -> None:
+    assert "dashboard_url" not in payload(make_alert())["annotations"]
+    sent = payloads([make_alert(run="run a&b")], grafana_url="https://grafana.example/")[0]
+    assert sent["annotations"]["dashboard_url"] == (
+        "https://grafana.example/d/gradwatch-run?var-run=run+a%26b&var-rank=3&from=-2600000&to=now"
+    )
+
+
+def test_payload_dashboard_uid_is_the_provisioned_run_dashboards() -> None:
+    run = Path(__file__).resolve().parents[2] / "grafana" / "dashboards" / "run.json"
+    assert json.loads(run.read_text())["uid"] == DASHBOARD_UID
 
 
 def test_payload_of_a_one_rank_alert_names_its_rank_in_annotations() -> None:

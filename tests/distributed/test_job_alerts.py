@@ -4,6 +4,7 @@ with an evaluation longer than rank_stalled's limit raises nothing."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,3 +89,23 @@ def _healthy(collector: CollectorProcess) -> None:
 
 def _live(collector: CollectorProcess, run: str) -> bool:
     return any(r["run"] == run for r in collector.get("/runs")["runs"])
+
+
+def test_job_told_to_stop_on_a_nan_stops_every_rank_at_the_same_step(
+    collector: CollectorProcess,
+) -> None:
+    """``GRADWATCH_ON_ALERT=non_finite=stop``: the NaN on rank 1 reaches the collector, the
+    alert comes back to both ranks, and both leave the loop at the alert's ``at_step`` (none
+    is left waiting in an all-reduce), long before the job's last step."""
+    run, steps = "stop-2", 100_000
+    args = ("--steps", str(steps), "--inject", "nan@20:rank=1", "--log-every", "1000")
+    env = {"GRADWATCH_ON_ALERT": "non_finite=stop"}
+    with start_job(collector, run, *args, env=env) as job:
+        assert job.wait(timeout=300) == 0, job.output[-3000:]
+    stops = re.findall(
+        r"^\[rank (\d)\] step (\d+): stopping, as asked on alert \((\w+)", job.output, re.M
+    )
+    assert sorted(r for r, _, _ in stops) == ["0", "1"], job.output[-3000:]
+    assert len({s for _, s, _ in stops}) == 1 and {r for _, _, r in stops} == {"non_finite"}
+    assert 20 < int(stops[0][1]) < steps
+    assert [a["rule"] for a in collector.alerts(run=run, rule="non_finite")] == ["non_finite"]

@@ -176,6 +176,7 @@ class _PusherConfig:
     alertmanager_url: str | None = "http://127.0.0.1:9"
     alertmanager_resend_seconds: float = 30.0
     public_url: str = "http://localhost:8000"
+    grafana_url: str = ""
 
 
 class _NoBook:
@@ -207,9 +208,12 @@ def job_alert(ranks: range, **kw: Any) -> Alert:
     return collector_alert(ranks[0], ranks=list(ranks), **kw)
 
 
-def payloads(alerts: Iterable[Alert], public_url: str = "http://localhost:8000") -> list[Any]:
+def payloads(
+    alerts: Iterable[Alert], public_url: str = "http://localhost:8000", grafana_url: str = ""
+) -> list[Any]:
     """What the collector POSTs to Alertmanager for ``alerts``."""
-    pusher = AlertmanagerPusher(_PusherConfig(public_url=public_url), _NoBook())
+    config = _PusherConfig(public_url=public_url, grafana_url=grafana_url)
+    pusher = AlertmanagerPusher(config, _NoBook())
     return [pusher.payload(a) for a in alerts]
 
 
