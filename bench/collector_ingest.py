@@ -13,9 +13,10 @@ with ``GET /runs/<sentinel>``.
 Parts: ``ingest`` (frames/s, 200 and 500 params x 1, 8, 64 ranks), ``fleet`` (256 ranks x 10
 frames/s: ingested in time, lag p99, CPU, RSS, drain time, frame → alert under load),
 ``metrics`` (``/metrics`` p50/p99 at 64 and 256 ranks x 500 params; keep-alive requests),
-``workers`` (ingest with 1 and 2 ingest processes, 8 runs x 8 ranks, both cores).
+``rules`` and ``breakdown`` (the same frames without sockets: every rule vs the shed path, and
+µs per frame by step and rule). ``--workers`` does not exist yet (docs/architecture.md).
 
-Run: .venv/bin/python bench/collector_ingest.py [--quick] [--parts ingest,fleet,metrics,workers]
+Run: .venv/bin/python bench/collector_ingest.py [--quick] [--parts ingest,rules,fleet,metrics]
 """
 
 from __future__ import annotations
@@ -32,54 +33,36 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
+import fleet_load
 import httpx
-import zmq
-from collector_limits import rss_mib, wait_until  # the sibling bench (bench/ is on the path)
+from collector_limits import rss_mib, wait_until  # sibling benches (bench/ is on the path)
+from fleet_load import (
+    COLLECTOR_CORE,
+    FULL_EVERY,
+    SENDER_CORE,
+    BareLoop,
+    Collector,
+    Pusher,
+    Rank,
+    batch,
+    cpu_seconds,
+    job,
+    pct,
+    pin,
+)
 
-from gradwatch import wire
-from gradwatch.wire import metrics as m
-
-TREE = Path(__file__).resolve().parents[1]
-"""The checkout whose collector runs (``--tree`` runs another, e.g. main's, for a before)."""
-EXTRA: list[str] = []
-"""Flags added to every collector started (``--collector-arg``)."""
-COLLECTOR_CORE = 0
-SENDER_CORE = 1
-FULL_EVERY = 50
 GOALS = {"ingest_200": 20_000.0, "ingest_500": 8_000.0, "metrics_p99_ms": 100.0,
          "alert_p99_ms": 50.0, "keepalive_ms": 5.0, "lag_p99_s": 1.0}  # fmt: skip
-
-ROUTER = True
-"""The collector reads a ROUTER socket (agents send on DEALER); False: PULL (agents PUSH),
-as before the back channel. Set from the checkout measured."""
-BARE_LOOP = r"""
-import os, sys, time, resource, msgpack, zmq
-router = sys.argv[1] == "router"
-ctx = zmq.Context(); sock = ctx.socket(zmq.ROUTER if router else zmq.PULL)
-sock.setsockopt(zmq.RCVHWM, 100000)
-port = sock.bind_to_random_port("tcp://127.0.0.1"); print(port, flush=True)
-lags, n, cpu0 = [], 0, time.process_time()
-while True:
-    obj = msgpack.unpackb(sock.recv_multipart()[-1], raw=False)
-    n += 1
-    lags.append(time.time() - obj["time"])
-    if obj["run"].startswith("sentinel"):
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        lags.sort(); p99 = lags[int(0.99 * (len(lags) - 1))]
-        late = sum(1 for x in lags if x > 1.0)
-        print(time.time(), n, p99, late, rss, time.process_time() - cpu0, flush=True)
-        lags, n, cpu0 = [], 0, time.process_time()
-"""
 
 
 JUDGED = r"""
 import os, sys, time
 core, here, nranks, params, frames = sys.argv[1:6]
 os.sched_setaffinity(0, {int(core)}); sys.path.insert(0, here)
-import collector_ingest as b
+import fleet_load as b
 from gradwatch import wire
 from gradwatch.collector.config import CollectorConfig
 from gradwatch.collector.core import build_core
@@ -95,18 +78,11 @@ for d in data:
     core.engine.on_frame(s, f, **(shed if not f.full else {}))
 print(len(data) / (time.process_time() - t))
 """
-
-
-NICE = -10
-"""Priority of the measured processes (collector, bare loop): on a shared machine other
-tenants' processes would otherwise take most of the pinned core (needs root; skipped if not)."""
-
-
 BREAKDOWN = r"""
 import collections, os, sys, time
 core, here, nranks, params, frames = sys.argv[1:6]
 os.sched_setaffinity(0, {int(core)}); sys.path.insert(0, here)
-import collector_ingest as b
+import fleet_load as b
 from gradwatch import wire
 from gradwatch.collector.config import CollectorConfig
 from gradwatch.collector.core import build_core
@@ -135,204 +111,6 @@ cost["(whole frame)"] = time.process_time() - t0
 for name, seconds in cost.most_common():
     print(f"{name} {seconds / len(data) * 1e6:.1f}")
 """
-
-
-def pin(core: int | set[int]) -> Callable[[], None]:
-    """For ``preexec_fn``: run on ``core`` only, at priority :data:`NICE`."""
-    cores = {core} if isinstance(core, int) else core
-
-    def setup() -> None:
-        os.sched_setaffinity(0, cores)
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, NICE)
-        except PermissionError:
-            pass
-
-    return setup
-
-
-# ----------------------------------------------------------------------------- frames
-
-
-def names(params: int) -> list[str]:
-    """A transformer's parameter names: 8 tensors a block."""
-    parts = ("ln1.weight", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
-             "ln2.weight", "mlp.fc.weight", "mlp.fc.bias", "mlp.proj.weight")  # fmt: skip
-    return [f"blocks.{i // 8}.{parts[i % 8]}" for i in range(params)]
-
-
-class Rank:
-    """One rank's frames, as the agent encodes them."""
-
-    def __init__(self, run: str, rank: int, world: int, params: int) -> None:
-        self.run, self.rank, self.world, self.params = run, rank, world, params
-        self.session, self.seq = uuid.uuid4().hex[:16], 0
-        shape = (64, 64)
-        self.table = tuple(wire.ParamInfo(n, shape, "float32", 4096, True) for n in names(params))
-
-    def hello(self) -> bytes:
-        self.seq += 1
-        frame = wire.Hello(self.run, self.rank, self.session, self.world, "bench", 1000 + self.rank,
-                           "2.4", "cuda:0", "AdamW", self.table, seq=self.seq, time=time.time(),
-                           replicated=True)  # fmt: skip
-        return wire.encode(frame)
-
-    def stats(self, step: int, when: float | None = None, loss: float | None = None) -> bytes:
-        self.seq += 1
-        wobble = 1.0 + 0.01 * math.sin(step * 0.7)  # replicas agree (DDP)
-        norms = [0.05 * wobble * (1 + (i % 7) * 0.1) for i in range(self.params)]
-        full = b""
-        metrics = {m.GRAD_NORM: math.sqrt(math.fsum(x * x for x in norms)),
-                   m.NONFINITE_GRADS: 0.0, m.STEP_TIME: 0.1, m.TOKENS_PER_SECOND: 1e5,
-                   m.phase_seconds("data"): 0.002, m.phase_seconds("forward"): 0.03,
-                   m.phase_seconds("backward"): 0.06, m.phase_seconds("optimizer"): 0.01,
-                   m.MEMORY_ALLOCATED: 2e9, m.MEMORY_RESERVED: 3e9, m.RSS: 4e9}  # fmt: skip
-        if step % FULL_EVERY == 0:
-            row = [1e-3 * 5, 1e-3 * wobble, 0.0, 0.0, 0.5, 0.05, 5.0]
-            full = wire.pack_floats(row * self.params)
-            metrics.update({m.grad_percentile(p): 0.01 * p for p in m.GRAD_PERCENTILES})
-        loss = (3.0 * math.exp(-step / 20_000) + 0.02 * wobble) if loss is None else loss
-        frame = wire.Stats(self.run, self.rank, self.session, self.seq, step,
-                           time.time() if when is None else when, loss, (1e-3,),
-                           wire.pack_floats(norms), full, metrics=metrics)  # fmt: skip
-        return wire.encode(frame)
-
-
-def job(run: str, ranks: int, params: int) -> list[Rank]:
-    return [Rank(run, r, ranks, params) for r in range(ranks)]
-
-
-def sentinel() -> bytes:
-    return Rank(f"sentinel-{uuid.uuid4().hex[:8]}", 0, 1, 1).hello()
-
-
-def sentinel_run(data: bytes) -> str:
-    return wire.decode(data).run
-
-
-# ----------------------------------------------------------------------------- processes
-
-
-class Pusher:
-    """An agent's socket (DEALER, or PUSH for a PULL collector) that never blocks the bench
-    (no send high-water mark)."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER if ROUTER else zmq.PUSH)
-        self.sock.setsockopt(zmq.SNDHWM, 0)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
-
-    def send(self, frames: Iterable[bytes]) -> None:
-        for data in frames:
-            self.sock.send(data, copy=False)
-
-    def close(self) -> None:
-        self.sock.close()
-        self.ctx.term()
-
-
-class Collector:
-    """``python -m gradwatch.collector`` on free ports, pinned to ``cores``."""
-
-    def __init__(self, workdir: Path, cores: int | set[int], *extra: str) -> None:
-        ready = workdir / f"ready-{uuid.uuid4().hex[:6]}"
-        cmd = [sys.executable, "-m", "gradwatch.collector", "--listen", "tcp://127.0.0.1:0",
-               "--http", "127.0.0.1:0", "--db", str(workdir / f"{ready.name}.db"),
-               "--ready-file", str(ready), "--log-level", "warning", *EXTRA, *extra]  # fmt: skip
-        log = (workdir / f"{ready.name}.log").open("wb")
-        self.proc = subprocess.Popen(cmd, stderr=log, preexec_fn=pin(cores), cwd=TREE)
-        info = wait_until(lambda: ready.exists() and json.loads(ready.read_text()), 60, 0.1)
-        self.listen, self.http, self.pid = info["listen"], info["http"], self.proc.pid
-        self.client = httpx.Client(timeout=120)
-
-    def has_run(self, run: str) -> bool:
-        return self.client.get(f"{self.http}/runs/{run}").status_code == 200
-
-    def deliver(self, push: Pusher, frames: list[bytes], timeout: float = 600) -> float:
-        """Send ``frames`` then a sentinel on ``push``; seconds until the sentinel is handled
-        (``self.cpu``: CPU seconds the ingest threads and ZeroMQ's I/O threads spent)."""
-        mark = sentinel()
-        cpu0, start = ingest_cpu(self.pid), time.perf_counter()
-        push.send(frames)
-        push.send([mark])
-        wait_until(lambda: self.has_run(sentinel_run(mark)), timeout, 0.05)
-        self.cpu = ingest_cpu(self.pid) - cpu0
-        return time.perf_counter() - start
-
-    def metric(self, name: str) -> float:
-        text = self.client.get(self.http + "/metrics").text
-        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-        return float(found.group(1)) if found else math.nan
-
-    def stop(self) -> None:
-        self.client.close()
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
-
-
-class BareLoop:
-    """A bare socket + ``msgpack.unpackb`` on the collector's core: the floor of any collector."""
-
-    def __init__(self, core: int = COLLECTOR_CORE) -> None:
-        kind = "router" if ROUTER else "pull"
-        self.proc = subprocess.Popen([sys.executable, "-c", BARE_LOOP, kind],
-                                     stdout=subprocess.PIPE, text=True,
-                                     preexec_fn=pin(core))  # fmt: skip
-        assert self.proc.stdout is not None
-        self.listen = f"tcp://127.0.0.1:{int(self.proc.stdout.readline())}"
-
-    def deliver(self, push: Pusher, frames: list[bytes]) -> tuple[float, dict[str, float]]:
-        """Seconds until the bare loop read ``frames`` and a sentinel; its lag figures."""
-        start_wall = time.time()
-        push.send(frames)
-        push.send([sentinel()])
-        assert self.proc.stdout is not None
-        done, n, p99, late, rss, cpu = map(float, self.proc.stdout.readline().split())
-        figures = {"n": n, "lag_p99": p99, "late": late, "rss": rss, "cpu": cpu}
-        return done - start_wall, figures
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-
-def ingest_cpu(pid: int) -> float:
-    """CPU seconds of ``pid`` and its children (ingest workers), every thread (the bench's
-    polls of ``/runs/<sentinel>`` every 50 ms included: ~1 % of a core)."""
-    return sum(cpu_seconds(p) for p in [pid, *children(pid)])
-
-
-def children(pid: int) -> list[int]:
-    try:
-        found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return []
-    return [int(c) for c in found]
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else math.nan
-
-
-def batch(ranks: list[Rank], frames: int) -> list[bytes]:
-    """``frames`` stats frames, every rank's step n before any rank's step n+1."""
-    out: list[bytes] = []
-    step = 0
-    while len(out) < frames:
-        step += 1
-        out += [r.stats(step, when=time.time()) for r in ranks]
-    return out[:frames]
 
 
 # ----------------------------------------------------------------------------- parts
@@ -380,7 +158,7 @@ def judged(params: int, nranks: int, frames: int, shed: bool) -> float:
     to the collector's core: every rule on every frame, or the shed path (``shed``)."""
     argv = [str(x) for x in (COLLECTOR_CORE, Path(__file__).parent, nranks, params, frames)]
     done = subprocess.run([sys.executable, "-c", JUDGED, *argv, *(["shed"] if shed else [])],
-                          capture_output=True, text=True, cwd=TREE, check=True,
+                          capture_output=True, text=True, cwd=fleet_load.TREE, check=True,
                           preexec_fn=pin(COLLECTOR_CORE))  # fmt: skip
     return float(done.stdout.split()[-1])
 
@@ -390,7 +168,7 @@ def part_breakdown(tmp: Path, args: argparse.Namespace) -> list[str]:
     rule on every frame; process_time around each call, so the sum slightly overstates)."""
     argv = [str(x) for x in (COLLECTOR_CORE, Path(__file__).parent, 8, 200, args.frames // 2)]
     done = subprocess.run([sys.executable, "-c", BREAKDOWN, *argv], capture_output=True,
-                          text=True, cwd=TREE, check=True,
+                          text=True, cwd=fleet_load.TREE, check=True,
                           preexec_fn=pin(COLLECTOR_CORE))  # fmt: skip
     rows = ["| 8 ranks x 200 params, every rule | µs CPU per stats frame |", "| --- | --- |"]
     for line in done.stdout.splitlines():
@@ -402,13 +180,12 @@ def part_breakdown(tmp: Path, args: argparse.Namespace) -> list[str]:
 
 def part_rules(tmp: Path, args: argparse.Namespace) -> list[str]:
     rows = ["| params x ranks | every rule on every frame, frames per CPU-second | shed path "
-            "(scalar rules only) | bare receive+unpack per CPU-second (from ingest) |",
-            "| --- | --- | --- | --- |"]  # fmt: skip
+            "(the rules where one frame matters) |", "| --- | --- | --- |"]  # fmt: skip
     for params in (200, 500):
         for nranks in (1, 8, 64):
             n = args.frames // 2
             full, shed = judged(params, nranks, n, False), judged(params, nranks, n, True)
-            rows.append(f"| {params} x {nranks} | {full:,.0f} | {shed:,.0f} | |")
+            rows.append(f"| {params} x {nranks} | {full:,.0f} | {shed:,.0f} |")
             print(rows[-1], flush=True)
     return rows
 
@@ -478,13 +255,12 @@ def part_fleet(tmp: Path, args: argparse.Namespace) -> list[str]:
     nranks, rate, params = args.fleet_ranks, args.fleet_rate, 200
     duration = args.fleet_seconds
     ranks = job("fleet", nranks, params)
-    hellos = [r.hello() for r in ranks]
     proc = Collector(tmp, COLLECTOR_CORE)
     push = Pusher(proc.listen)
     out: dict[str, float] = {}
     try:
         idle = alert_times(proc, 20, 0.1, lambda: time.sleep(0.005))
-        proc.deliver(push, hellos)
+        proc.deliver(push, [r.hello() for r in ranks])  # built now: their time is now
         out["rss0"], cpu0 = rss_mib(proc.pid), cpu_seconds(proc.pid)
         step, start = 0, time.perf_counter()
         scrapes: list[float] = []
@@ -545,7 +321,7 @@ def part_fleet(tmp: Path, args: argparse.Namespace) -> list[str]:
             f"| RSS MiB start → end | {out['rss0']:.0f} → {out['rss1']:.0f} | max {b['rss']:.0f} "
             "| flat |",
             f"| backlog drained after the load | {out['drain']:.2f} s | | |",
-            f"| frames shed (per-parameter rules skipped) | {out.get('shed', 0):,.0f} | | |",
+            f"| stats frames shed (sheddable rules skipped) | {out.get('shed', 0):,.0f} | | |",
             "", "| frame → alert (NaN probe to SSE) | p50 ms | p99 ms | goal |",
             "| --- | --- | --- | --- |",
             f"| idle collector (baseline) | {pct(idle, .5):.1f} | {pct(idle, .99):.1f} | |",
@@ -622,32 +398,9 @@ def part_metrics(tmp: Path, args: argparse.Namespace) -> list[str]:
     return rows
 
 
-def part_workers(tmp: Path, args: argparse.Namespace) -> list[str]:
-    """Ingest with 1 and 2 worker processes, 8 runs x 8 ranks x 200 params, on both cores
-    (the bench's sender shares them: it only sends pre-encoded bytes)."""
-    jobs = [job(f"w{i}", 8, 200) for i in range(8)]
-    every = [r for j in jobs for r in j]
-    frames = batch(every, args.frames * 2)
-    rows = ["| ingest workers (both cores) | frames/s | vs 1 worker |", "| --- | --- | --- |"]
-    first = 0.0
-    for workers in (1, 2):
-        proc = Collector(tmp, {0, 1}, "--workers", str(workers))
-        push = Pusher(proc.listen)
-        try:
-            proc.deliver(push, [r.hello() for r in every])
-            rate = len(frames) / proc.deliver(push, frames)
-        finally:
-            push.close()
-            proc.stop()
-        first = first or rate
-        rows.append(f"| {workers} | {rate:,.0f} | {rate / first:.2f}x |")
-        print(rows[-1], flush=True)
-    return rows
-
-
 PARTS: dict[str, Callable[[Path, argparse.Namespace], list[str]]] = {
     "ingest": part_ingest, "rules": part_rules, "breakdown": part_breakdown, "fleet": part_fleet,
-    "metrics": part_metrics, "workers": part_workers,
+    "metrics": part_metrics,
 }  # fmt: skip
 
 
@@ -665,16 +418,16 @@ def main() -> int:
     parser.add_argument("--collector-arg", action="append", default=[],
                         help="a flag for every collector started (repeat)")  # fmt: skip
     args = parser.parse_args()
-    global TREE, ROUTER
     if args.tree:
-        TREE = Path(args.tree).resolve()
-    ROUTER = "zmq.ROUTER" in (TREE / "collector" / "ingest.py").read_text()
-    EXTRA.extend(args.collector_arg)
+        fleet_load.TREE = Path(args.tree).resolve()
+    tree = fleet_load.TREE
+    fleet_load.ROUTER = "zmq.ROUTER" in (tree / "collector" / "ingest.py").read_text()
+    fleet_load.EXTRA.extend(args.collector_arg)
     if args.quick:
         args.frames, args.fleet_seconds, args.scrapes = 10_000, 15.0, 20
     os.sched_setaffinity(0, {SENDER_CORE})
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"collector of {TREE} pinned to core {COLLECTOR_CORE}, sender to core {SENDER_CORE}; "
+    print(f"collector of {tree} pinned to core {COLLECTOR_CORE}, sender to core {SENDER_CORE}; "
           f"load average {load}", flush=True)  # fmt: skip
     report: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
