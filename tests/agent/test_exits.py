@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,16 +18,30 @@ from gradwatch.agent import exits
 from tests.helpers.frame_sink import FrameSink
 
 ROOT = Path(__file__).resolve().parents[2]
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left() -> Iterator[None]:
+    """A test that fails before ``_finish`` still leaves no process behind."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
 
 
 def _start(sink: FrameSink, mode: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "tests.helpers.crashing_rank", sink.endpoint, mode],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    _STARTED.append(proc)
+    return proc
 
 
 def _finish(proc: subprocess.Popen[str]) -> tuple[int, str]:

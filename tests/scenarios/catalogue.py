@@ -22,6 +22,10 @@ class Scenario:
     """Most steps from the injection to the alert's first_step (its onset)."""
     named: bool = False
     """The alert must name one of the parameters the fault acts on."""
+    early: int = 0
+    """Most steps before the injection the onset may be placed: rules whose evidence is wall
+    time or process memory start their streak or fit at the first busy step of a loaded
+    machine, which may come just before the fault."""
     steps: int = 60
     args: tuple[str, ...] = ()
     """Trainer arguments beyond BASE."""
@@ -35,8 +39,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("bf16", ("frozen_parameters",), 6, named=True),
     Scenario("lr_low", ("lr_sanity",), 1),
     Scenario("dead", ("dead_parameters",), 1, named=True),
-    Scenario("leak", ("memory_growth",), 5),
-    Scenario("slow", ("step_time_increase", "throughput_drop"), 5),
+    Scenario("leak", ("memory_growth",), 5, early=5),
+    Scenario("slow", ("step_time_increase", "throughput_drop"), 5, early=5),
     Scenario("overfit", ("val_divergence",), 60, steps=150, args=("--eval-every", "5")),
     Scenario("plateau", ("loss_plateau",), 15, steps=120),
     Scenario("vanish", ("vanishing_gradients",), 1),

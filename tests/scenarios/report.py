@@ -33,14 +33,15 @@ runs).
 
 ## Faults
 
-Each fault is injected into the demo trainer (`--size tiny`, a few ms a step) at step
-{onset}. **Onset** is the alert's `first_step` minus the injection step: where gradwatch says the
-problem began (a rule that fits a window, such as `memory_growth`'s slope, may place it a
-few steps early). **Reported after** is how many steps later the alert was raised (the rule waits
-for evidence: a streak, a window, a full step). The collector ran with the settings a user of
-such fast steps would choose (below); with the defaults, the rules about rates and memory
-wait for a minute of wall time (`for_seconds`) and 20 steps (`for_steps`), made for real jobs
-of 0.1-10 s steps, and `loss_plateau` compares 1,000 frames.
+Each fault is injected into the demo trainer (`--size tiny`, a few ms a step) at step {onset}.
+**Onset** is the alert's `first_step` minus the injection step: where gradwatch says the
+problem began (rules whose evidence is wall time or process memory, `leak` and `slow`, may
+place it up to 5 steps early: on a busy machine their streak or fit can start at a loaded step
+just before the fault). **Reported after** is how many steps later the alert was raised (the
+rule waits for evidence: a streak, a window, a full step). The collector ran with the settings
+a user of such fast steps would choose (below); with the defaults, the rules about rates and
+memory wait for a minute of wall time (`for_seconds`) and 20 steps (`for_steps`), made for real
+jobs of 0.1-10 s steps, and `loss_plateau` compares 1,000 frames.
 
 | fault | what it does | rule | parameter named | onset | reported after | at most |
 | --- | --- | --- | --- | --- | --- | --- |
