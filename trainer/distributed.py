@@ -74,9 +74,14 @@ class Dist:
             model, device_ids=ids, find_unused_parameters=find_unused_parameters
         )
 
-    def stop(self) -> None:
-        """Leave the process group (a no-op when run alone or never joined)."""
+    def stop(self, clean: bool = False) -> None:
+        """Leave the process group (a no-op when run alone or never joined). ``clean``: every
+        rank finished, so they meet in a barrier first; a rank tearing gloo down while its peer
+        is still closing its own connections can abort the process ("terminate called without
+        an active exception") after training succeeded."""
         if self.launched and dist.is_initialized():
+            if clean:
+                dist.barrier()
             dist.destroy_process_group()
 
 

@@ -335,7 +335,7 @@ def train(
         monitor.close(close_reason)
         elapsed = time.perf_counter() - t_start
         say(_summary(args, run, elapsed, val_loss))
-        dist.stop()
+        dist.stop(clean=close_reason == "close")  # every rank got here: meet, then leave
     return run.records
 
 
