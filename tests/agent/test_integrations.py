@@ -9,6 +9,7 @@ import torch
 
 from gradwatch import wire
 from tests.helpers.frame_sink import FrameSink
+from tests.helpers.tiny_lightning import tiny_fit, tiny_module
 
 
 def _check(sink: FrameSink, n_params: int) -> None:
@@ -53,35 +54,11 @@ def test_integrations_hf_trainer_sends_stats(sink: FrameSink, tmp_path: object) 
 
 
 def test_integrations_lightning_sends_stats(sink: FrameSink) -> None:
-    pl = pytest.importorskip("lightning.pytorch")
+    pytest.importorskip("lightning.pytorch")
     from gradwatch.agent.integrations.lightning import GradwatchCallback
 
-    class Tiny(pl.LightningModule):  # type: ignore[misc,name-defined]
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 1))
-
-        def training_step(self, batch: list[torch.Tensor], idx: int) -> torch.Tensor:
-            x, y = batch
-            return torch.nn.functional.mse_loss(self.net(x), y)
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.SGD(self.parameters(), lr=0.05)
-
-    torch.manual_seed(0)
-    ds = torch.utils.data.TensorDataset(torch.randn(80, 8), torch.randn(80, 1))
-    loader = torch.utils.data.DataLoader(ds, batch_size=4)
     cb = GradwatchCallback(run="pl", endpoint=sink.endpoint, full_every=10)
-    trainer = pl.Trainer(
-        max_steps=20,
-        accelerator="cpu",
-        callbacks=[cb],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(Tiny(), loader)
+    tiny_fit(tiny_module(), cb, 20, 80)
     _check(sink, 4)
     stats = [f for f in sink.of(wire.Stats) if isinstance(f, wire.Stats)]
     assert all(s.loss is not None for s in stats)

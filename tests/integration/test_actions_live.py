@@ -16,6 +16,7 @@ import torch
 
 import gradwatch.agent as ga
 from tests.helpers.processes import CollectorProcess
+from tests.helpers.tiny_lightning import tiny_fit, tiny_module
 
 MAX_STEPS = 100_000
 FAULT = 5
@@ -102,33 +103,13 @@ def test_actions_live_hf_trainer_stops_and_saves(tmp_path: Path) -> None:
 
 
 def test_actions_live_lightning_stops_and_saves(tmp_path: Path) -> None:
-    pl = pytest.importorskip("lightning.pytorch")
+    pytest.importorskip("lightning.pytorch")
     from gradwatch.agent.integrations.lightning import GradwatchCallback
-
-    class Tiny(pl.LightningModule):  # type: ignore[misc,name-defined]
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 1))
-
-        def training_step(self, batch: list[torch.Tensor], idx: int) -> torch.Tensor:
-            x, y = batch
-            loss = torch.nn.functional.mse_loss(self.net(x), y)
-            return loss * math.nan if self.global_step >= FAULT else loss
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.SGD(self.parameters(), lr=0.05)
 
     collector = _collector(tmp_path, "stop")
     try:
-        torch.manual_seed(0)
-        ds = torch.utils.data.TensorDataset(torch.randn(64, 8), torch.randn(64, 1))
-        loader = torch.utils.data.DataLoader(ds, batch_size=4)
         cb = GradwatchCallback(run="pl", endpoint=collector.listen, checkpoint_dir=str(tmp_path))
-        trainer = pl.Trainer(
-            max_steps=MAX_STEPS, accelerator="cpu", callbacks=[cb], logger=False,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        )  # fmt: skip
-        trainer.fit(Tiny(), loader)
+        trainer = tiny_fit(tiny_module(nan_from=FAULT), cb, MAX_STEPS, 64)
         assert FAULT < trainer.global_step < MAX_STEPS
         (path,) = cb.saved
         assert Path(path).is_file() and path.endswith(f"step={trainer.global_step}.ckpt")
