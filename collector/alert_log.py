@@ -59,6 +59,7 @@ class AlertLog:
         self._deleted: set[int] = set()
         """Ids to delete from the store (pending alerts that never fired), not yet done."""
         self._listeners: list[Listener] = []
+        self._id_slot, self._id_stride = 0, 1
         self._next_id = 1
         self._seq = 0
         self._log: deque[Alert] = deque(maxlen=CHANGE_LOG)
@@ -89,6 +90,49 @@ class AlertLog:
     @staticmethod
     def _copy(alert: Alert) -> Alert:
         return dataclasses.replace(alert, history=list(alert.history))
+
+    # -------------------------------------------------------------------- alert ids
+
+    def share_ids(self, slot: int, stride: int) -> None:
+        """Hand out only ids ``slot + 1 + k * stride``: the books of ``--workers`` processes
+        (and the main one's) number alerts in one space without meeting."""
+        with self._lock:
+            self._id_slot, self._id_stride = slot, stride
+            self._next_id = self._id_after(self._next_id - 1)
+
+    def _id_after(self, taken: int) -> int:
+        """The first id of this book's slot above ``taken``."""
+        base = self._id_slot + 1
+        return base + max(0, -(-(taken + 1 - base) // self._id_stride)) * self._id_stride
+
+    def _new_id(self) -> int:
+        alert_id = self._next_id
+        self._next_id += self._id_stride
+        return alert_id
+
+    def mirror(self, alert: Alert, dropped: bool = False) -> Alert:
+        """Keep a change another process's book made (``--workers``): number, save and
+        announce it as this book's own. An ack given here stays (the worker does not know of
+        it); a ``dropped`` alert (pending, never fired) is deleted."""
+        with self._lock:
+            held = self._alerts.get(alert.id)
+            alert.acked = alert.acked or (held is not None and held.acked)
+            if dropped:
+                self._alerts.pop(alert.id, None)
+                self._resolved_ids.pop(alert.id, None)
+                self._dirty.discard(alert.id)
+                self._deleted.add(alert.id)
+            else:
+                self._alerts[alert.id] = alert
+                if alert.state == "resolved":
+                    self._resolved_ids[alert.id] = None
+            snapshot = self._stamp([alert])
+            self._trim()
+        self._notify(snapshot)
+        return snapshot[0]
+
+    def _trim(self) -> None:
+        """Bound the resolved alerts held in memory (the lifecycle's, :class:`AlertBook`)."""
 
     # -------------------------------------------------------------------- change sequence
 

@@ -19,13 +19,16 @@ from .alert import Alert, AlertStateName, Severity
 from .auth import protect
 from .core import Core
 from .pages import add_pages
-from .runs import run_detail, run_list
 from .schemas import AlertList, Health, Problem, Ready, RunDetail, RunList
 from .series import SERIES, RankHistory, SeriesMetric
 from .stream import AlertFilter
+from .views import LocalViews, RunViews, WorkerGone
 
 NOT_FOUND: dict[int | str, dict[str, object]] = {
     404: {"model": Problem, "description": "Not found"}
+}
+WORKER_GONE: dict[int | str, dict[str, object]] = {
+    503: {"model": Problem, "description": "With --workers: a worker process did not answer"}
 }
 
 
@@ -51,9 +54,15 @@ def _since(value: object) -> object:
     return parse_since(value) if isinstance(value, str) else value
 
 
-def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> FastAPI:
-    """The HTTP API over ``core`` (built by :func:`~gradwatch.collector.core.build_core`)."""
-    fleet, book, store, config = core.fleet, core.book, core.store, core.config
+def create_app(
+    core: Core,
+    ingest_alive: Callable[[], bool] = lambda: True,
+    views: RunViews | None = None,
+) -> FastAPI:
+    """The HTTP API over ``core`` (built by :func:`~gradwatch.collector.core.build_core`);
+    runs and metrics from ``views`` (default: the core's own fleet)."""
+    book, store, config = core.book, core.store, core.config
+    view: RunViews = LocalViews(core) if views is None else views
     app = FastAPI(
         title="gradwatch collector",
         version="1",
@@ -64,6 +73,11 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
     )
     token = read_token(config.api_token_file) if config.api_token_file else None
     protect(app, token, config.api_token_reads)
+
+    @app.exception_handler(WorkerGone)
+    def worker_gone(request: Request, exc: WorkerGone) -> Response:
+        body = Problem(detail=str(exc)).model_dump_json()
+        return Response(body, 503, media_type="application/json")
 
     def found(alert: Alert | None, alert_id: int) -> Alert:
         if alert is None:
@@ -152,7 +166,7 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
         """Mark the alert acknowledged (it keeps its state); 404 if unknown."""
         return found(book.ack(alert_id), alert_id)
 
-    @app.get("/runs", response_model=RunList, summary="Runs and their ranks")
+    @app.get("/runs", response_model=RunList, summary="Runs and their ranks", responses=WORKER_GONE)
     def runs(
         request: Request,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -161,19 +175,19 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
         """Runs seen (live in memory, or remembered in the database), most recently seen first;
         page with limit/offset. Session ids only for callers with the API token."""
         sessions = bool(getattr(request.state, "authenticated", False))
-        return run_list(fleet, book, store, limit=limit, offset=offset, sessions=sessions)
+        return view.runs(limit, offset, sessions)
 
     @app.get(
         "/runs/{run}",
         response_model=RunDetail,
         summary="One run as a job",
-        responses=NOT_FOUND,
+        responses=NOT_FOUND | WORKER_GONE,
     )
     def run(run: str) -> RunDetail:
         """The job: world size and the ranks seen, missing, live, stalled, silent, crashed and
         terminated; per rank its status, phase, how it ended, step, loss, LR, metrics and the
         worst parameters by each measure."""
-        detail = run_detail(fleet, book, run, config.topk)
+        detail = view.run(run)
         if detail is None:
             raise HTTPException(404, f"no live run named {run!r}")
         return detail
@@ -182,7 +196,7 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
         "/runs/{run}/series",
         response_model=RankHistory,
         summary="History of one rank's metrics",
-        responses=NOT_FOUND,
+        responses=NOT_FOUND | WORKER_GONE,
     )
     def series(
         run: str,
@@ -194,15 +208,10 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
         """Per metric, ``steps`` and ``values`` (null: NaN/Inf), downsampled to a fixed size:
         each bucket's minimum and maximum at their steps, and the exact samples where alerts
         opened. Empty before the rank's first statistics; 404 if the run or rank is not live."""
-        wanted: list[str] = list(metric or SERIES)
-        live = fleet.runs.get(run)
-        if live is None or not live.ranks:
-            raise HTTPException(404, f"no live run named {run!r}")
-        rank = min(list(live.ranks)) if rank is None else rank
-        if rank not in live.ranks:
-            raise HTTPException(404, f"run {run!r} has no live rank {rank}")
-        history = core.series.read(run, rank, wanted)
-        return history or RankHistory(run=run, rank=rank, last_step=-1, metrics={})
+        history = view.series(run, rank, list(metric or SERIES))
+        if isinstance(history, str):
+            raise HTTPException(404, history)
+        return history
 
     @app.get(
         "/healthz",
@@ -212,7 +221,7 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
     )
     def healthz() -> Response | Health:
         """200 while the process and its ingest thread are alive, 503 otherwise."""
-        alive = ingest_alive()
+        alive = ingest_alive() and view.alive()
         body = Health(status="ok" if alive else "ingest thread died", ingest_alive=alive)
         if not alive:
             return Response(body.model_dump_json(), 503, media_type="application/json")
@@ -228,7 +237,7 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
         """200 when the ZeroMQ socket is bound (ingest running) and every alert is saved in a
         writable database; 503 with the reasons otherwise."""
         bound = ingest_alive()
-        problems = ([] if bound else ["the ingest thread is not running"]) + core.problems()
+        problems = ([] if bound else ["the ingest thread is not running"]) + view.problems()
         writable = store is None or (store.error is None and not book.unsaved and store.writable())
         body = Ready(ready=not problems, zmq_bound=bound, db_writable=writable, problems=problems)
         if not body.ready:
@@ -239,11 +248,11 @@ def create_app(core: Core, ingest_alive: Callable[[], bool] = lambda: True) -> F
         "/metrics",
         summary="Prometheus metrics",
         response_class=Response,
-        responses={200: {"content": {"text/plain": {}}}},
+        responses={**WORKER_GONE, 200: {"content": {"text/plain": {}}}},
     )
     def metrics() -> Response:
         """Prometheus text exposition of runs, parameters, alerts and ingest health."""
-        return Response(core.registry.text(), media_type=CONTENT_TYPE_LATEST)
+        return Response(view.metrics(), media_type=CONTENT_TYPE_LATEST)
 
     add_pages(app)  # /, /static and /docs/{name}: not in the schema
     return app

@@ -61,6 +61,7 @@ class AlertBook(AlertLog):
     origin takes its ``rank`` over. ``max_open_alerts`` bounds the open alerts of one run
     (collector-level alerts excepted); ``max_resolved`` the resolved alerts held in memory
     (older ones stay in the database until the retention prunes them). None: no bound.
+    ``judges``: see the attribute.
     """
 
     def __init__(
@@ -72,8 +73,12 @@ class AlertBook(AlertLog):
         max_open_alerts: int | None = None,
         max_resolved: int | None = None,
         on_limit: LimitHit | None = None,
+        judges: Callable[[str], bool] | None = None,
     ) -> None:
         super().__init__(store)
+        self.judges = judges
+        """The runs whose findings this book turns into alerts (None: all); with
+        ``--workers`` the other runs' alerts are other books' (kept here by ``mirror``)."""
         self.history_len = history_len
         self.origin_seconds = origin_seconds
         self.max_open_alerts, self.max_resolved = max_open_alerts, max_resolved
@@ -87,22 +92,35 @@ class AlertBook(AlertLog):
         if store is not None:
             self._reload(store)
 
-    def _reload(self, store: Store) -> None:
+    def _reload(self, store: Store, others: bool = True) -> None:
+        """Load the saved alerts: those of the runs this book ``judges`` take up their
+        lifecycle; the others are kept as records (``others``) or left out."""
+        judges = self.judges
         for alert in store.load_alerts(resolved=self.max_resolved):
+            mine = judges is None or judges(alert.run)
+            if not (mine or others):
+                continue
             self._alerts[alert.id] = alert
             fp = alert.fingerprint
-            if alert.state != "resolved" and fp in self._open:  # per-rank alerts of old
+            if mine and alert.state != "resolved" and fp in self._open:  # per-rank alerts of old
                 alert.state, alert.resolved_at = "resolved", alert.updated_at
                 self._save(alert)
             if alert.state == "resolved":
-                self._resolved_at[fp] = alert.resolved_at or alert.updated_at
+                if mine:
+                    self._resolved_at[fp] = alert.resolved_at or alert.updated_at
                 self._resolved_ids[alert.id] = None
-            else:
+            elif mine:
                 held = 1 if alert.state == "pending" else 1 << 30
                 self._opened(alert, RankTrack({r: held for r in alert.covers}, claim=-math.inf))
-        self._next_id = max(store.max_alert_id(), max(self._alerts, default=0)) + 1
+        self._next_id = self._id_after(max(store.max_alert_id(), max(self._alerts, default=0)))
         seqs = (a.seq for a in self._alerts.values())
         self._seq = max(store.counter(SEQ_COUNTER), max(seqs, default=0))
+
+    def adopt(self, store: Store) -> None:
+        """Take up the saved alerts of the runs this book judges, from a database another
+        process writes (a ``--workers`` worker's book, which saves nothing itself)."""
+        with self._lock:
+            self._reload(store, others=False)
 
     # -------------------------------------------------------------------- lifecycle
 
@@ -201,7 +219,7 @@ class AlertBook(AlertLog):
         self, policy: Policy, run: str, rank: int, step: int, f: Finding, now: float
     ) -> Alert:
         alert = Alert(
-            id=self._next_id,
+            id=self._new_id(),
             rule=policy.rule,
             severity=f.severity or policy.severity,
             state="firing" if policy.for_checks <= 1 else "pending",
@@ -218,7 +236,6 @@ class AlertBook(AlertLog):
             updated_at=now,
             ranks=[rank],
         )
-        self._next_id += 1
         self._alerts[alert.id] = alert
         self._opened(alert, RankTrack({rank: 0}))
         return alert  # written with its change (_stamp); later updates on flush

@@ -36,6 +36,10 @@ _FILES = (
 )
 
 
+MAX_WORKERS = 64
+"""The most ``--workers`` processes."""
+
+
 @dataclass(frozen=True)
 class CollectorConfig:
     """Everything the collector process needs to know; validated on construction."""
@@ -70,6 +74,10 @@ class CollectorConfig:
     which ZeroMQ drops the sender's connection before the message is read)."""
     rcvhwm: int = 100_000
     """ZeroMQ receive high-water mark, in frames."""
+    workers: int = 1
+    """Processes that judge frames (more than one core): runs are spread over them by name, a
+    run's ranks stay together; this process keeps the sockets, the API, /metrics and the
+    alert store. 1: everything in this process. Needs a database file (not ``:memory:``)."""
     max_runs: int = 1000
     """Runs held in memory; a hello for a new run beyond this evicts the run that ended
     longest ago, or is refused (``collector_limit`` alert)."""
@@ -192,10 +200,14 @@ class CollectorConfig:
         for name in (
             "rcvhwm", "topk", "max_runs", "max_ranks", "max_params", "max_open_alerts",
             "max_resolved_alerts", "recordings_max_bytes", "record_file_bytes",
-            "record_max_bytes",
+            "record_max_bytes", "workers",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be positive, got {getattr(self, name)}")
+        if self.workers > MAX_WORKERS:
+            raise ConfigError("workers", f"must be at most {MAX_WORKERS}, got {self.workers}")
+        if self.workers > 1 and self.db_path == ":memory:":
+            raise ConfigError("workers", "needs a database file (--db), not :memory:")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ConfigError("log_level", f"must be one of {LOG_LEVELS}, got {self.log_level!r}")
         object.__setattr__(self, "log_level", self.log_level.lower())

@@ -22,6 +22,7 @@ from .recorder import FlightRecorder, Tape
 from .rules import AnyRule, build_rules, overrides
 from .rules.system import SilentSettings, TrainerSilent
 from .series import SeriesStore
+from .shard import Part
 from .state import Fleet
 from .store import Store
 from .stream import AlertStream
@@ -53,6 +54,8 @@ class Core:
     """Every frame, with ``--record DIR``."""
     writer: StoreWriter | None = None
     """The background writer (the collector process's); None: writes on the ingest thread."""
+    part: Part | None = None
+    """With ``--workers``: which part of the collector this process is."""
 
     def close(self) -> int:
         """Stop the fan-out, persist what changed and close the store (after ingest stopped);
@@ -101,24 +104,36 @@ def build_core(
     persist: bool = True,
     store: Store | None = None,
     write_behind: bool = False,
+    part: Part | None = None,
 ) -> Core:
     """Wire the parts for ``config``: rules from ``config.config_path`` and ``rules_path``
     unless given, SQLite at ``config.db_path`` when ``persist`` (or ``store`` when given),
     Alertmanager pushing when a URL is set; ``write_behind`` starts a background writer
-    (otherwise the ingest thread writes)."""
+    (otherwise the ingest thread writes).
+
+    With ``part`` (``--workers``), the main process's book keeps every alert (numbered, saved,
+    announced, pushed) and decides only the collector-level ones; a worker's book decides its
+    runs' alerts and saves nothing (the main process does), its store holds runs only."""
     if rules is None:
         rules = build_rules(overrides(config.config_path, config.rules_path))
     if store is None and persist:
         store = Store(config.db_path)
     health = IngestHealth()
+    worker = part is not None and part.worker is not None
     book = AlertBook(
-        store,
+        None if worker else store,
         origin_seconds=config.origin_window_seconds,
         max_open_alerts=config.max_open_alerts,
         max_resolved=config.max_resolved_alerts,
         on_limit=lambda limit, value, detail: health.hit(limit, value, detail, time.time()),
+        judges=None if part is None else part.judges,
     )
-    book.subscribe(ConsoleLog())
+    if part is not None:
+        book.share_ids(part.id_slot, part.workers + 1)
+        if worker and store is not None:
+            book.adopt(store)
+    if not worker:
+        book.subscribe(ConsoleLog())
     silent = next((r.settings for r in rules if isinstance(r, TrainerSilent)), SilentSettings())
     fleet = Fleet(
         max_runs=config.max_runs,
@@ -130,7 +145,7 @@ def build_core(
     engine = Engine(fleet, book, rules, config, store, health)
     stream = AlertStream(book, config.keepalive_seconds)
     book.subscribe(stream.publish)
-    pusher = AlertmanagerPusher(config, book) if config.alertmanager_url else None
+    pusher = AlertmanagerPusher(config, book) if config.alertmanager_url and not worker else None
     health.rule_errors.update({rule.name: 0 for rule in rules})  # every rule exported at 0
     registry = build_registry(fleet, book, health, config, notifications=pusher, store=store)
     series = SeriesStore(fleet)  # the page's charts: fed before the rules, pinned by alerts
@@ -138,15 +153,17 @@ def build_core(
     book.subscribe(series.on_alert)
     policies = {rule.name: rule.settings.action for rule in rules}
     back = BackChannel(fleet, policies, config.action_lead_seconds)
-    book.subscribe(back)
     recorder = FlightRecorder(config, rules, fleet, enabled=persist or bool(config.recordings_dir))
-    book.subscribe(recorder)
-    tape = Tape(config, rules) if config.record else None
+    if part is None or worker:  # they act on frames: the main process of workers has none
+        book.subscribe(back)
+        book.subscribe(recorder)
+    routes_only = part is not None and part.worker is None  # frames go to the workers
+    tape = Tape(config, rules) if config.record and not routes_only else None
     writer = None
-    if write_behind and store is not None:
+    if write_behind and store is not None and not worker:
         writer = engine.writer = StoreWriter(store, book)
         writer.start()
     return Core(
         config, rules, store, fleet, book, health, engine, stream, pusher, registry, series,
-        back, recorder, tape, writer,
+        back, recorder, tape, writer, part,
     )  # fmt: skip

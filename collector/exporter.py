@@ -14,8 +14,9 @@ import platform
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from importlib.metadata import version as package_version
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -204,6 +205,17 @@ METRIC_NAMES: tuple[str, ...] = tuple(s.name for s in SPECS)
 PARAMETER_STATES: tuple[str, ...] = ("tracked", "frozen", "not_updated", "nonfinite", "no_grad")
 
 
+@dataclass(frozen=True)
+class WorkerScrape:
+    """A ``--workers`` worker's part of a scrape (msgpack-able fields)."""
+
+    lines: dict[str, list[str]]
+    """Its runs' sample lines, by family."""
+    runs: int
+    health: dict[str, Any]
+    """:meth:`IngestHealth.snapshot`."""
+
+
 class GradwatchRegistry(CollectorRegistry):
     """A registry holding one :class:`GradwatchCollector`, then the standard collectors;
     :meth:`text` is the fast scrape."""
@@ -222,6 +234,17 @@ class GradwatchRegistry(CollectorRegistry):
         sink = TextSamples(SPECS)
         self.gradwatch.fill(sink)
         return sink.text() + generate_latest(self.standard)
+
+    def text_with(self, parts: list[WorkerScrape]) -> bytes:
+        """The scrape of a ``--workers`` main process, over its workers' ``parts``."""
+        return self.gradwatch.text_with(parts) + generate_latest(self.standard)
+
+    def part(self) -> WorkerScrape:
+        """A worker's part of a scrape (its runs, its ingest health)."""
+        sink = TextSamples(SPECS)
+        runs = self.gradwatch.fill_runs(sink)
+        lines = {name: lines for name, lines in sink.lines.items() if lines}
+        return WorkerScrape(lines, runs, self.gradwatch.health.snapshot())
 
 
 def build_registry(
@@ -268,13 +291,18 @@ class GradwatchCollector:
     def fill(self, fams: Samples) -> None:
         """Add every sample of one scrape to ``fams`` (either sink)."""
         started = time.perf_counter()
-        self._collector_health(fams)
+        self._collector_health(fams, self.health)
+        fams.add("gradwatch_runs", [], self.fill_runs(fams))
+        fams.add("gradwatch_scrape_duration_seconds", [], time.perf_counter() - started)
+
+    def fill_runs(self, fams: Samples) -> int:
+        """Add the samples of the runs (each labelled by its run) to ``fams``; return how many
+        runs were exported. A ``--workers`` worker's part of a scrape."""
         ranks = self._exported_ranks()
         world: dict[str, int] = {}
         for r in ranks:  # the lowest rank's hello says
             world.setdefault(r.run, r.hello.world_size)
         runs = set(world)
-        fams.add("gradwatch_runs", [], len(runs))
         for run, size in world.items():
             fams.add("gradwatch_run_world_size", [run], size)
         firing = self.book.firing_by_rule()
@@ -283,10 +311,22 @@ class GradwatchCollector:
                 fams.add("gradwatch_alerts_firing", key, n)
         for state in ranks:
             _export_rank(fams, state, self.config.topk)
-        fams.add("gradwatch_scrape_duration_seconds", [], time.perf_counter() - started)
+        return len(runs)
 
-    def _collector_health(self, fams: Samples) -> None:
-        h = self.health
+    def text_with(self, parts: list[WorkerScrape]) -> bytes:
+        """The scrape of a ``--workers`` collector (text): this process's collector health
+        with the workers' added, then every worker's runs."""
+        started = time.perf_counter()
+        fams = TextSamples(SPECS)
+        self._collector_health(fams, self.health.combined([p.health for p in parts]))
+        fams.add("gradwatch_runs", [], sum(p.runs for p in parts))
+        for part in parts:
+            for name, lines in part.lines.items():
+                fams.lines[name].extend(lines)
+        fams.add("gradwatch_scrape_duration_seconds", [], time.perf_counter() - started)
+        return fams.text()
+
+    def _collector_health(self, fams: Samples, h: IngestHealth) -> None:
         fams.add("gradwatch_build_info", BUILD_INFO, 1)
         fams.add("gradwatch_collector_start_time_seconds", [], h.started_at)
         fams.add("gradwatch_messages_total", [], h.messages)

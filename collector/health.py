@@ -11,6 +11,7 @@ import bisect
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from gradwatch import wire
 
@@ -24,12 +25,14 @@ REJECT_REASONS: tuple[str, ...] = (
     "max_ranks",
     "max_params",
     "shutdown",
+    "overloaded",
     "internal",
 )
 """Why the collector dropped a message: the wire's reasons (``malformed`` .. ``no_hello``), then
 the collector's own: ``duplicate_rank`` (a second process for a live run and rank), a limit
 (``max_runs``, ``max_ranks``, ``max_params``), ``shutdown`` (read but not handled before the
-shutdown deadline) and ``internal`` (a collector bug; logged)."""
+shutdown deadline), ``overloaded`` (with ``--workers``: the run's worker had ``rcvhwm`` frames
+waiting) and ``internal`` (a collector bug; logged)."""
 PEER_REFUSALS: tuple[str, ...] = ("auth", "handshake")
 """Why a ZeroMQ peer was refused (with ``--curve-keys``): ``auth`` (its CURVE key is not among
 the accepted ones), ``handshake`` (no CURVE at all, a wrong server key, a broken handshake)."""
@@ -143,3 +146,44 @@ class IngestHealth:
         """Record that ``limit`` (set to ``value``) refused something."""
         self.limit_hits[limit] += 1
         self.last_hit[limit] = LimitHit(now, value, detail)
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a ``--workers`` worker reports of its ingest at a scrape (msgpack-able)."""
+        return {
+            "received": dict(self.received),
+            "rejected": dict(self.rejected),
+            "refused_peers": dict(self.refused_peers),
+            "limit_hits": dict(self.limit_hits),
+            "rule_errors": dict(self.rule_errors),
+            "latency": [self.latency.counts, self.latency.total, self.latency.n],
+            "lag": [self.lag.counts, self.lag.total, self.lag.n],
+            "queued": self.queued,
+            "shed": self.shed,
+            "behind": self.lagging(),
+        }
+
+    def add(self, snapshot: dict[str, Any], name: str) -> None:
+        """Add a worker's :meth:`snapshot` (``name`` says which, in ``behind``); its messages
+        are this process's to count (the main process reads them all)."""
+        for key in ("received", "rejected", "refused_peers", "limit_hits", "rule_errors"):
+            getattr(self, key).update(snapshot[key])
+        for key in ("latency", "lag"):
+            mine: Histogram = getattr(self, key)
+            counts, total, n = snapshot[key]
+            mine.counts = [a + b for a, b in zip(mine.counts, counts, strict=True)]
+            mine.total += total
+            mine.n += n
+        self.queued += snapshot["queued"]
+        self.shed += snapshot["shed"]
+        if snapshot["behind"]:
+            self.behind = f"{name}: {snapshot['behind']}"
+            self.behind_at = time.monotonic()
+
+    def combined(self, workers: list[dict[str, Any]]) -> IngestHealth:
+        """A new health: this process's (the main one's messages) with the ``workers``'
+        snapshots added, for ``/metrics`` and ``/readyz`` of a ``--workers`` collector."""
+        out = IngestHealth(messages=self.messages, started_at=self.started_at)
+        out.add(self.snapshot(), "main process")
+        for k, snapshot in enumerate(workers):
+            out.add(snapshot, f"worker {k}")
+        return out

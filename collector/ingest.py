@@ -88,14 +88,20 @@ class Ingest:
         back: BackChannel | None = None,
         recorder: FlightRecorder | None = None,
         tape: Tape | None = None,
+        socket_type: int = zmq.ROUTER,
+        reply: Callable[[bytes, bytes], None] | None = None,
     ) -> None:
+        """``socket_type`` PULL with ``reply`` (a ``--workers`` worker): messages come as
+        ``[identity, payload]`` from the main process, and actions go back through ``reply``
+        instead of the socket."""
         self.fleet, self.engine, self.health = fleet, engine, health
+        self._reply = reply
         self.back, self.recorder, self.tape = back, recorder, tape
         self.tick_seconds = tick_seconds
         self.max_frame_bytes = max_frame_bytes
         self._ctx = zmq.Context()
         self._auth: ThreadAuthenticator | None = None
-        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock = self._ctx.socket(socket_type)
         self._sock.setsockopt(zmq.MAXMSGSIZE, SOCKET_LIMIT_FACTOR * max_frame_bytes)
         self._sock.setsockopt(zmq.SNDHWM, 64)  # per peer; beyond it actions are dropped
         self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
@@ -254,6 +260,9 @@ class Ingest:
             self._guarded(lambda: back.send_due(self._send_to))
 
     def _send_to(self, identity: bytes, payload: bytes) -> None:
+        if self._reply is not None:
+            self._reply(identity, payload)
+            return
         try:
             self._sock.send_multipart([identity, payload], zmq.NOBLOCK)
         except zmq.ZMQError:  # the peer is gone or its queue is full: the alert stands anyway

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 
 from .book import AlertBook
 from .params import Floats
@@ -32,16 +33,20 @@ def run_list(
     limit: int = 100,
     offset: int = 0,
     sessions: bool = False,
+    judges: Callable[[str], bool] | None = None,
 ) -> RunList:
     """One page of the runs live in memory or remembered in the database, most recently seen
     first. Costs O(runs + open alerts): only the page's runs are read from the database and
-    built. Session ids are blanked unless ``sessions`` (the caller presented the API token)."""
+    built. Session ids are blanked unless ``sessions`` (the caller presented the API token).
+    ``judges``: only the database's runs it accepts (a ``--workers`` worker's)."""
     seen: dict[str, float] = {}
     if store is not None:
         try:
             seen = store.run_index()
         except StoreError:  # a broken database: show what is live
             seen = {}
+    if judges is not None:
+        seen = {name: t for name, t in seen.items() if judges(name)}
     live = {run.name: run for run in list(fleet.runs.values())}
     for name, run in live.items():
         seen[name] = max(seen.get(name, 0.0), run.last_seen)

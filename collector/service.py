@@ -12,6 +12,7 @@ import signal
 import socket
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 import zmq
@@ -20,9 +21,12 @@ from gradwatch.settings import ConfigError
 
 from .api import create_app
 from .config import CollectorConfig
-from .core import build_core
+from .core import Core, build_core
 from .ingest import Ingest
+from .router import Router
+from .shard import Part
 from .store import StoreError
+from .workers import RemoteViews, Workers
 
 log = logging.getLogger(__name__)
 
@@ -77,42 +81,61 @@ class Service:
             if config.public_url.endswith(":0"):  # derived from port 0: use the real one
                 config = dataclasses.replace(config, public_url=config.public_url[:-1] + str(port))
             self.config = config = dataclasses.replace(config, http=f"{config.http_host}:{port}")
+            self.workers: Workers | None = None
+            part = Part(config.workers) if config.workers > 1 else None
             try:
-                self.core = core = build_core(config, write_behind=True)
+                self.core = core = build_core(config, write_behind=True, part=part)
             except StoreError as exc:
                 raise ConfigError("db_path", str(exc)) from None
             try:
-                self.ingest = Ingest(
-                    config.listen,
-                    core.fleet,
-                    core.engine,
-                    core.health,
-                    max_frame_bytes=config.max_frame_bytes,
-                    rcvhwm=config.rcvhwm,
-                    tick_seconds=config.tick_seconds,
-                    curve_keys=config.curve_keys,
-                    back=core.back,
-                    recorder=core.recorder,
-                    tape=core.tape,
-                )
+                self.ingest = self._ingest(config, core)
             except zmq.ZMQError as exc:
+                self._close_workers()
                 core.close()
                 raise ConfigError("listen", f"cannot bind {config.listen}: {exc}") from None
             except BaseException:
+                self._close_workers()
                 core.close()
                 raise
         except BaseException:
             self.http_sock.close()
             raise
-        self.app = create_app(core, ingest_alive=self.ingest.alive)
+        views = None if self.workers is None else RemoteViews(self.workers, core)
+        self.app = create_app(core, ingest_alive=self.ingest.alive, views=views)
         host = "127.0.0.1" if config.http_host in ("0.0.0.0", "::") else config.http_host
         self.http_url = f"http://{host}:{port}"
         log.info(
-            "gradwatch collector: %d rules, ingest %s%s, http %s%s, db %s",
+            "gradwatch collector: %d rules, ingest %s%s, http %s%s, db %s%s",
             len(core.rules), self.ingest.endpoint, " (CURVE)" if self.ingest.curve else "",
             self.http_url, " (token)" if config.api_token_file else "", config.db_path,
+            f", {config.workers} worker processes" if config.workers > 1 else "",
         )  # fmt: skip
         self._warn_if_open()
+
+    def _ingest(self, config: CollectorConfig, core: Core) -> Ingest:
+        """The ingest thread: one that judges, or with ``--workers`` one that routes to the
+        worker processes (started here)."""
+        common: dict[str, Any] = {
+            "max_frame_bytes": config.max_frame_bytes,
+            "rcvhwm": config.rcvhwm,
+            "tick_seconds": config.tick_seconds,
+            "curve_keys": config.curve_keys,
+        }
+        if config.workers == 1:
+            return Ingest(
+                config.listen, core.fleet, core.engine, core.health, **common,
+                back=core.back, recorder=core.recorder, tape=core.tape,
+            )  # fmt: skip
+        self.workers = Workers(config)
+        self.workers.start()
+        return Router(
+            config.listen, core.fleet, core.engine, core.health, **common,
+            workers=self.workers, book=core.book,
+        )  # fmt: skip
+
+    def _close_workers(self) -> None:
+        if self.workers is not None:
+            self.workers.close()
 
     def _warn_if_open(self) -> None:
         """Say so when anyone beyond this host can send frames or change alerts."""
@@ -169,10 +192,13 @@ class Service:
             self.http_sock.close()
             return self.core.book.unsaved  # a rule hangs: closing the store under it would crash
         unsaved = self.core.close()
+        self._close_workers()
         self.http_sock.close()
         if self.config.ready_file:
             Path(self.config.ready_file).unlink(missing_ok=True)
         h = self.core.health
+        if self.workers is not None:
+            h = h.combined(list(self.workers.done.values()))
         rejected = ", ".join(f"{k} {n}" for k, n in sorted(h.rejected.items()) if n) or "none"
         log.info(
             "gradwatch collector stopped: %d messages read, %d accepted, %d rejected (%s)",

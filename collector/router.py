@@ -1,0 +1,108 @@
+"""``--workers N``: the main process's ingest thread. It owns the agents' ROUTER socket (CURVE,
+size limit and refusals as in one process) and sends each message whole, with its sender's
+identity, to the worker of its run (shard.py) without decoding it; from the workers' inbox it
+takes alert changes into the main book (``AlertLog.mirror``) and sends their actions to the
+agents on the same socket. The engine here judges only the collector-level rules.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgpack
+import zmq
+
+from .book import AlertBook
+from .ingest import DRAIN_SECONDS, Ingest, Message
+from .shard import run_of, shard_of
+from .store import ALERTS
+from .worker import ACTION, ALERT, DONE
+from .workers import STOP_SECONDS, Workers
+
+
+class Router(Ingest):
+    """The agents' socket of a ``--workers`` collector (see the module)."""
+
+    def __init__(self, *args: Any, workers: Workers, book: AlertBook, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.workers, self.book = workers, book
+
+    def stop(self, timeout: float = 10.0 + STOP_SECONDS) -> bool:
+        """As :meth:`Ingest.stop`, with time for the workers to finish."""
+        return super().stop(timeout)
+
+    def handle(self, data: bytes, identity: bytes | None = None) -> None:
+        self.health.messages += 1
+        out = self.workers.frames[shard_of(run_of(data), self.workers.count)]
+        try:
+            out.send_multipart([identity or b"", data], zmq.NOBLOCK)
+        except zmq.Again:  # the worker's queue is full: it is far behind
+            self.health.rejected["overloaded"] += 1
+
+    def handle_batch(self, batch: list[Message]) -> None:
+        for data, identity in batch:
+            self.handle(data, identity)
+
+    def read_inbox(self, parts: list[bytes]) -> None:
+        """One message from a worker: an alert change, an action, or done."""
+        kind = parts[0]
+        if kind == ALERT:
+            row, dropped = msgpack.unpackb(parts[1])
+            self.book.mirror(ALERTS.record(row), dropped)
+        elif kind == ACTION:
+            self._send_to(parts[1], parts[2])
+        elif kind == DONE:
+            self.workers.on_done(parts[1], parts[2])
+
+    def _inbox(self) -> None:
+        inbox = self.workers.inbox
+        while True:
+            try:
+                parts = inbox.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._read_guarded(parts)
+
+    def _read_guarded(self, parts: list[bytes]) -> None:
+        self._guarded(lambda: self.read_inbox(parts))
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self.workers.inbox, zmq.POLLIN)
+        if self._monitor is not None:
+            poller.register(self._monitor, zmq.POLLIN)
+        next_tick = time.monotonic() + self.tick_seconds
+        try:
+            while not self._stop.is_set():
+                timeout_ms = max(0.0, next_tick - time.monotonic()) * 1000
+                ready = dict(poller.poll(int(min(timeout_ms, 200))))
+                if self._monitor is not None and self._monitor in ready:
+                    self._refusals()
+                if self._sock in ready:
+                    self._drain(until=lambda: self._stop.is_set())
+                if self.workers.inbox in ready:
+                    self._inbox()
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + self.tick_seconds
+                    self._guarded(self.engine.tick)
+                    self._guarded(lambda: self.workers.revive(time.monotonic()))
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        """Forward what was received (until the deadline), then let the workers finish theirs
+        and keep their last alert changes."""
+        self._unbind()
+        deadline = time.monotonic() + DRAIN_SECONDS
+        self._drain(until=lambda: time.monotonic() > deadline)
+        while True:
+            try:
+                self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            self.health.messages += 1
+            self.health.rejected["shutdown"] += 1
+        self.workers.stop(self._read_guarded)
+        self._guarded(self.engine.flush)
