@@ -14,7 +14,7 @@ Parts: ``ingest`` (frames/s, 200 and 500 params x 1, 8, 64 ranks), ``fleet`` (25
 frames/s: ingested in time, lag p99, CPU, RSS, drain time, frame → alert under load),
 ``metrics`` (``/metrics`` p50/p99 at 64 and 256 ranks x 500 params; keep-alive requests),
 ``rules`` and ``breakdown`` (the same frames without sockets: every rule vs the shed path, and
-µs per frame by step and rule). ``--workers`` does not exist yet (docs/architecture.md).
+µs per frame by step and rule). More than one core (``--workers``): bench/collector_workers.py.
 
 Run: .venv/bin/python bench/collector_ingest.py [--quick] [--parts ingest,rules,fleet,metrics]
 """

@@ -121,7 +121,10 @@ class Workers:
             self.processes[k] = self._spawn(self.specs[k])
 
     def ask(self, k: int, *question: Any) -> Any:
-        """Ask worker ``k`` (a fresh REQ socket: any thread may ask); WorkerGone on no answer."""
+        """Ask worker ``k`` (a fresh REQ socket: any thread may ask); WorkerGone at once when it
+        is not running (it is started again on the next tick), or after ASK_SECONDS."""
+        if not self.processes[k].is_alive():
+            raise WorkerGone(f"worker {k} is not running (it is being started again)")
         sock = self.ctx.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
         try:
