@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
@@ -171,9 +172,9 @@ class Ingest:
 
     def _run(self) -> None:
         poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
-        if self._monitor is not None:
-            poller.register(self._monitor, zmq.POLLIN)
+        for sock in (self._sock, self._monitor, *self._also_read()):
+            if sock is not None:
+                poller.register(sock, zmq.POLLIN)
         next_tick = time.monotonic() + self.tick_seconds
         try:
             while not self._stop.is_set():
@@ -183,14 +184,26 @@ class Ingest:
                     self._refusals()
                 if self._sock in ready:
                     self._drain(until=lambda: self._stop.is_set())
+                self._read_also(ready)
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self.tick_seconds
-                    self._guarded(self.engine.tick)
-                    if self.recorder is not None:
-                        self._guarded(lambda: self._recorder_tick())
-                    self._send_back()
+                    self._tick()
         finally:
             self._shutdown()
+
+    def _also_read(self) -> list[zmq.Socket[bytes]]:
+        """More sockets the loop polls (a subclass's)."""
+        return []
+
+    def _read_also(self, ready: dict[Any, int]) -> None:
+        """Read those of :meth:`_also_read` that are ``ready``."""
+
+    def _tick(self) -> None:
+        """Every ``tick_seconds``: the time-based rules, recordings due, actions due."""
+        self._guarded(self.engine.tick)
+        if self.recorder is not None:
+            self._guarded(lambda: self._recorder_tick())
+        self._send_back()
 
     def _drain(self, until: Callable[[], bool]) -> int:
         """Handle queued messages until none is left or ``until()``; return how many."""
@@ -270,7 +283,19 @@ class Ingest:
 
     def _shutdown(self) -> None:
         """Stop receiving; handle what was received until the deadline, count the rest."""
-        self._unbind()  # peers are disconnected; what is queued stays readable
+        self._finish_received()
+        if self.health.rejected["shutdown"]:
+            log.warning(
+                "shutdown: %d received frames not handled in %.0f s (counted as shutdown)",
+                self.health.rejected["shutdown"],
+                DRAIN_SECONDS,
+            )
+        self._guarded(self.engine.flush)
+
+    def _finish_received(self) -> None:
+        """Unbind (peers are disconnected; what is queued stays readable), handle what was
+        received until DRAIN_SECONDS pass, count the rest as ``shutdown``."""
+        self._unbind()
         deadline = time.monotonic() + DRAIN_SECONDS
         self._drain(until=lambda: time.monotonic() > deadline)
         while True:
@@ -280,13 +305,6 @@ class Ingest:
                 break
             self.health.messages += 1
             self.health.rejected["shutdown"] += 1
-        if self.health.rejected["shutdown"]:
-            log.warning(
-                "shutdown: %d received frames not handled in %.0f s (counted as shutdown)",
-                self.health.rejected["shutdown"],
-                DRAIN_SECONDS,
-            )
-        self._guarded(self.engine.flush)
 
     def _refusals(self) -> None:
         """Count peers refused at the handshake (from the monitor socket)."""

@@ -14,7 +14,7 @@ import msgpack
 import zmq
 
 from .book import AlertBook
-from .ingest import DRAIN_SECONDS, Ingest, Message
+from .ingest import Ingest, Message
 from .shard import run_of, shard_of
 from .store import ALERTS
 from .worker import ACTION, ALERT, DONE
@@ -67,42 +67,19 @@ class Router(Ingest):
     def _read_guarded(self, parts: list[bytes]) -> None:
         self._guarded(lambda: self.read_inbox(parts))
 
-    def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
-        poller.register(self.workers.inbox, zmq.POLLIN)
-        if self._monitor is not None:
-            poller.register(self._monitor, zmq.POLLIN)
-        next_tick = time.monotonic() + self.tick_seconds
-        try:
-            while not self._stop.is_set():
-                timeout_ms = max(0.0, next_tick - time.monotonic()) * 1000
-                ready = dict(poller.poll(int(min(timeout_ms, 200))))
-                if self._monitor is not None and self._monitor in ready:
-                    self._refusals()
-                if self._sock in ready:
-                    self._drain(until=lambda: self._stop.is_set())
-                if self.workers.inbox in ready:
-                    self._inbox()
-                if time.monotonic() >= next_tick:
-                    next_tick = time.monotonic() + self.tick_seconds
-                    self._guarded(self.engine.tick)
-                    self._guarded(lambda: self.workers.revive(time.monotonic()))
-        finally:
-            self._shutdown()
+    def _also_read(self) -> list[zmq.Socket[bytes]]:
+        return [self.workers.inbox]
 
-    def _shutdown(self) -> None:
+    def _read_also(self, ready: dict[Any, int]) -> None:
+        if self.workers.inbox in ready:
+            self._inbox()
+
+    def _tick(self) -> None:
+        self._guarded(self.engine.tick)  # the collector-level rules, retention
+        self._guarded(lambda: self.workers.revive(time.monotonic()))
+
+    def _finish_received(self) -> None:
         """Forward what was received (until the deadline), then let the workers finish theirs
         and keep their last alert changes."""
-        self._unbind()
-        deadline = time.monotonic() + DRAIN_SECONDS
-        self._drain(until=lambda: time.monotonic() > deadline)
-        while True:
-            try:
-                self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            self.health.messages += 1
-            self.health.rejected["shutdown"] += 1
+        super()._finish_received()
         self.workers.stop(self._read_guarded)
-        self._guarded(self.engine.flush)
