@@ -72,6 +72,9 @@ class AlertLog:
         """Change numbers up to this are reserved in the store (background writes)."""
         self._inflight: set[int] = set()
         """Alerts whose rows a background write holds right now."""
+        self.forward: Callable[[list[Alert]], None] | None = None
+        """A ``--workers`` worker's book (no store): at each flush, the alerts updated since
+        (step, value, history: no numbered change) go here, to the main process."""
 
     # -------------------------------------------------------------------- listeners
 
@@ -130,6 +133,19 @@ class AlertLog:
             self._trim()
         self._notify(snapshot)
         return snapshot[0]
+
+    def mirror_updates(self, alerts: Iterable[Alert]) -> None:
+        """Keep the updates another process's book flushed (``forward``): saved, not numbered
+        or announced (as this book's own updates)."""
+        with self._lock:
+            for alert in alerts:
+                held = self._alerts.get(alert.id)
+                if held is None:  # pruned, or dropped meanwhile
+                    continue
+                alert.seq, alert.acked = held.seq, held.acked or alert.acked
+                self._alerts[alert.id] = alert
+                self._dirty.add(alert.id)
+            self._persist_soon()
 
     def _trim(self) -> None:
         """Bound the resolved alerts held in memory (the lifecycle's, :class:`AlertBook`)."""
@@ -304,6 +320,13 @@ class AlertLog:
         """Write the alerts ``ids`` (every changed one when None) and pending deletions; on a
         store failure keep them for the next flush and log it (once per failing spell)."""
         if self.store is None:
+            if ids is not None:  # a numbered change: its listeners have it
+                self._dirty -= set(ids)
+                return
+            if self.forward is not None and self._dirty:
+                self.forward(
+                    [self._copy(self._alerts[i]) for i in self._dirty if i in self._alerts]
+                )
             self._dirty.clear()
             self._deleted.clear()
             self._counter_due = False

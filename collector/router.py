@@ -17,7 +17,7 @@ from .book import AlertBook
 from .ingest import Ingest, Message
 from .shard import run_of, shard_of
 from .store import ALERTS
-from .worker import ACTION, ALERT, DONE
+from .worker import ACTION, ALERT, DONE, UPDATE
 from .workers import STOP_SECONDS, Workers
 
 
@@ -45,11 +45,13 @@ class Router(Ingest):
             self.handle(data, identity)
 
     def read_inbox(self, parts: list[bytes]) -> None:
-        """One message from a worker: an alert change, an action, or done."""
+        """One message from a worker: an alert change, updates, an action, or done."""
         kind = parts[0]
         if kind == ALERT:
             row, dropped = msgpack.unpackb(parts[1])
             self.book.mirror(ALERTS.record(row), dropped)
+        elif kind == UPDATE:
+            self.book.mirror_updates(ALERTS.record(row) for row in msgpack.unpackb(parts[1]))
         elif kind == ACTION:
             self._send_to(parts[1], parts[2])
         elif kind == DONE:

@@ -32,9 +32,10 @@ from .views import LocalViews
 
 log = logging.getLogger(__name__)
 
-READY, ALERT, ACTION, DONE = b"ready", b"alert", b"action", b"done"
+READY, ALERT, UPDATE, ACTION, DONE = b"ready", b"alert", b"update", b"action", b"done"
 """The first part of a message from a worker to the main process: ``[READY, index]``,
-``[ALERT, [row, dropped]]``, ``[ACTION, identity, payload]``, ``[DONE, index, health]``."""
+``[ALERT, [row, dropped]]`` (a numbered change), ``[UPDATE, [row, ...]]`` (alerts updated
+since the last flush), ``[ACTION, identity, payload]``, ``[DONE, index, health]``."""
 PARENT_CHECK_SECONDS = 0.5
 """How often a worker checks that the main process is still there (it exits when not)."""
 
@@ -80,7 +81,12 @@ def run_worker(spec: WorkerSpec) -> None:
     def send_action(identity: bytes, payload: bytes) -> None:
         out.send_multipart([ACTION, identity, payload])
 
+    def send_updates(alerts: list[Alert]) -> None:
+        rows = [list(ALERTS.row(alert)) for alert in alerts]
+        out.send_multipart([UPDATE, msgpack.packb(rows)])
+
     core.book.subscribe(send_alert)
+    core.book.forward = send_updates
     ingest = Ingest(
         spec.frames, core.fleet, core.engine, core.health,
         max_frame_bytes=config.max_frame_bytes, rcvhwm=config.rcvhwm,

@@ -96,10 +96,17 @@ def test_mirror_numbers_saves_and_announces_and_keeps_acks(tmp_path: Path) -> No
     worker = AlertBook()
     worker.share_ids(1, 2)
     worker.subscribe(lambda a: main.mirror(a, dropped=worker.get(a.id) is None))
+    worker.forward = main.mirror_updates
     worker.observe(NAN, "r", 0, 5, [finding()], now=1)
     [alert] = main.alerts()
     assert main.ack(alert.id) is not None
-    worker.observe(NAN, "r", 0, 6, [], now=2)  # resolves: the worker does not know of the ack
+    worker.observe(NAN, "r", 0, 6, [finding()], now=2)  # held: an update, not a change
+    assert main.get(alert.id).step == 5  # type: ignore[union-attr]
+    worker.flush()
+    updated = main.get(alert.id)
+    assert updated is not None and (updated.step, updated.seq, updated.acked) == (6, 2, True)
+    assert updated.history == [(5, 1.0), (6, 1.0)]
+    worker.observe(NAN, "r", 0, 7, [], now=3)  # resolves: the worker does not know of the ack
     assert heard == [(alert.id, "firing", 1), (alert.id, "firing", 2), (alert.id, "resolved", 3)]
     main.flush()
     [saved] = Store(tmp_path / "db").load_alerts()
