@@ -25,8 +25,8 @@ from gradwatch import wire
 from gradwatch.collector import series
 from gradwatch.collector.config import CollectorConfig
 from gradwatch.collector.core import build_core
+from gradwatch.collector.fleet import Fleet
 from gradwatch.collector.series import SeriesStore, values_of
-from gradwatch.collector.state import Fleet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers, from a checkout
 from tests.helpers.fake_rank import FakeRank  # noqa: E402

@@ -25,8 +25,9 @@ from gradwatch.wire import metrics as m
 
 from .alert import Alert
 from .fired import FiredOnce
+from .fleet import Fleet
 from .rules.base import median
-from .state import Fleet, RunState
+from .state import RunState
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ from .config import CollectorConfig
 from .console import ConsoleLog
 from .engine import Engine
 from .exporter import GradwatchRegistry, build_registry
+from .fleet import Fleet
 from .health import IngestHealth
 from .recorder import FlightRecorder, Tape
 from .rules import AnyRule, build_rules, overrides
 from .rules.system import SilentSettings, TrainerSilent
 from .series import SeriesStore
 from .shard import Part
-from .state import Fleet
 from .store import Store
 from .stream import AlertStream
 from .writer import StoreWriter
@@ -154,10 +154,10 @@ def build_core(
     policies = {rule.name: rule.settings.action for rule in rules}
     back = BackChannel(fleet, policies, config.action_lead_seconds)
     recorder = FlightRecorder(config, rules, fleet, enabled=persist or bool(config.recordings_dir))
-    if part is None or worker:  # they act on frames: the main process of workers has none
+    routes_only = part is not None and not worker  # the main process: frames go to workers
+    if not routes_only:  # they act on frames
         book.subscribe(back)
         book.subscribe(recorder)
-    routes_only = part is not None and part.worker is None  # frames go to the workers
     tape = Tape(config, rules) if config.record and not routes_only else None
     writer = None
     if write_behind and store is not None and not worker:

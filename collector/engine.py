@@ -19,11 +19,12 @@ from gradwatch.wire import Bye, Frame, Hello, Stats
 from .alert import COLLECTOR_RANK, COLLECTOR_RUN
 from .book import AlertBook, Policy
 from .config import CollectorConfig
+from .fleet import Fleet
 from .health import IngestHealth
 from .rules import AnyRule
 from .rules.base import Finding, Rule
 from .run_record import RunRecord
-from .state import Fleet, RankState, RunState, StepRanks
+from .state import RankState, RunState, StepRanks
 from .store import Store, StoreError
 from .writer import StoreWriter
 

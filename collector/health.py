@@ -99,6 +99,11 @@ class LimitHit:
     """What was refused, for a person."""
 
 
+_COUNTERS = ("received", "rejected", "refused_peers", "limit_hits", "rule_errors")
+_HISTOGRAMS = ("latency", "lag")
+"""The fields of :class:`IngestHealth` a ``--workers`` worker reports and the main one adds."""
+
+
 @dataclass
 class IngestHealth:
     """Messages read, frames accepted by kind, rejected by reason, refused peers, limit hits,
@@ -149,25 +154,18 @@ class IngestHealth:
 
     def snapshot(self) -> dict[str, Any]:
         """What a ``--workers`` worker reports of its ingest at a scrape (msgpack-able)."""
-        return {
-            "received": dict(self.received),
-            "rejected": dict(self.rejected),
-            "refused_peers": dict(self.refused_peers),
-            "limit_hits": dict(self.limit_hits),
-            "rule_errors": dict(self.rule_errors),
-            "latency": [self.latency.counts, self.latency.total, self.latency.n],
-            "lag": [self.lag.counts, self.lag.total, self.lag.n],
-            "queued": self.queued,
-            "shed": self.shed,
-            "behind": self.lagging(),
-        }
+        out: dict[str, Any] = {key: dict(getattr(self, key)) for key in _COUNTERS}
+        for key in _HISTOGRAMS:
+            h: Histogram = getattr(self, key)
+            out[key] = [h.counts, h.total, h.n]
+        return out | {"queued": self.queued, "shed": self.shed, "behind": self.lagging()}
 
     def add(self, snapshot: dict[str, Any], name: str) -> None:
         """Add a worker's :meth:`snapshot` (``name`` says which, in ``behind``); its messages
         are this process's to count (the main process reads them all)."""
-        for key in ("received", "rejected", "refused_peers", "limit_hits", "rule_errors"):
+        for key in _COUNTERS:
             getattr(self, key).update(snapshot[key])
-        for key in ("latency", "lag"):
+        for key in _HISTOGRAMS:
             mine: Histogram = getattr(self, key)
             counts, total, n = snapshot[key]
             mine.counts = [a + b for a, b in zip(mine.counts, counts, strict=True)]

@@ -26,9 +26,9 @@ from gradwatch.keys import server_keys
 
 from .back_channel import BackChannel
 from .engine import Engine
+from .fleet import Fleet
 from .health import IngestHealth
 from .recorder import FlightRecorder, Tape
-from .state import Fleet
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from . import recording
 from .alert import Alert
 from .config import CollectorConfig
 from .fired import FiredOnce
+from .fleet import Fleet
 from .rules import AnyRule
-from .state import Fleet
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 from .book import AlertBook
+from .fleet import Fleet
 from .params import Floats
 from .ranking import worst
 from .run_record import RankSummary, RunRecord
@@ -21,7 +22,7 @@ from .schemas import (
     RunSummary,
     WorstParams,
 )
-from .state import Fleet, RankState
+from .state import RankState
 from .store import Store, StoreError
 
 

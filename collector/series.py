@@ -32,7 +32,8 @@ from gradwatch.wire.metrics import (
 )
 
 from .alert import Alert
-from .state import Fleet, RankState
+from .fleet import Fleet
+from .state import RankState
 
 LOSS = "loss"
 LR = "lr"

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 START_SECONDS = 60.0
 """How long the workers may take to start (import, open the database, bind)."""
 ASK_SECONDS = 10.0
-"""How long a question to a worker may take before the API answers without it."""
+"""How long a question to a worker may take (then the API answers 503)."""
 STOP_SECONDS = 15.0
 """How long the workers may take to finish their frames and stop."""
 RESTART_SECONDS = 10.0
@@ -62,7 +62,7 @@ class Workers:
                 f"ipc://{self.folder}/answers-{k}",
                 f"ipc://{self.folder}/inbox",
                 os.getpid(),
-            )  # fmt: skip
+            )
             for k in range(self.count)
         ]
         self.frames: list[zmq.Socket[bytes]] = []

@@ -12,7 +12,7 @@ import pytest
 from gradwatch.collector.alert import COLLECTOR_RANK, COLLECTOR_RUN
 from gradwatch.collector.config import CollectorConfig
 from gradwatch.collector.core import build_core
-from gradwatch.collector.state import Refused
+from gradwatch.collector.fleet import Refused
 from gradwatch.collector.store import Store
 from tests.helpers.fake_rank import NAMES, PARAMS, FakeRank, Harness
 

@@ -14,9 +14,10 @@ import pytest
 from prometheus_client import generate_latest
 
 from gradwatch.collector.alert import Alert
-from gradwatch.collector.exporter import METRIC_NAMES, SPECS, build_registry, group_labels
+from gradwatch.collector.exporter import build_registry, group_labels
+from gradwatch.collector.fleet import Fleet
 from gradwatch.collector.health import IngestHealth
-from gradwatch.collector.state import Fleet
+from gradwatch.collector.metric_specs import METRIC_NAMES, SPECS
 from gradwatch.wire import REJECT_REASONS, Bye, Hello, ParamInfo, Stats, pack_floats
 from gradwatch.wire import metrics as m
 

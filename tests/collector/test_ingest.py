@@ -15,10 +15,10 @@ from gradwatch.collector.book import AlertBook
 from gradwatch.collector.config import CollectorConfig
 from gradwatch.collector.core import build_core
 from gradwatch.collector.engine import Engine
+from gradwatch.collector.fleet import Fleet
 from gradwatch.collector.health import IngestHealth
 from gradwatch.collector.ingest import Ingest, bind_endpoint, connectable
 from gradwatch.collector.rules import build_rules
-from gradwatch.collector.state import Fleet
 from tests.helpers.fake_rank import FakeRank
 from tests.helpers.waiting import wait_until
 

@@ -7,6 +7,7 @@ import math
 import os
 import re
 import signal
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -15,7 +16,7 @@ import pytest
 import gradwatch.agent as ga
 from gradwatch.collector.shard import shard_of
 from tests.helpers.fake_rank import NAMES, FakeRank, job
-from tests.helpers.processes import CollectorProcess
+from tests.helpers.processes import PYTHON, CollectorProcess
 from tests.helpers.push import push
 from tests.helpers.waiting import wait_until
 
@@ -161,10 +162,6 @@ def test_a_worker_that_dies_is_started_again_and_judges_its_runs(tmp_path: Path)
     ],
 )
 def test_bad_workers_setting_names_it(tmp_path: Path, flags: list[str], says: str) -> None:
-    import subprocess
-
-    from tests.helpers.processes import PYTHON
-
     done = subprocess.run(
         [PYTHON, "-m", "gradwatch.collector", *flags], capture_output=True, text=True, timeout=60
     )

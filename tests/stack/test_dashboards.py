@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gradwatch.collector.exporter import SPECS
+from gradwatch.collector.metric_specs import SPECS
 from gradwatch.collector.rules import CATALOGUE
 from tests.helpers.stack import GRAFANA_DIR, load, need_binaries
 
